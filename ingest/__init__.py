@@ -1,0 +1,1 @@
+"""Batch worker: read a catalogue, embed its images, upsert them into Qdrant."""

@@ -1,0 +1,90 @@
+"""``python -m ingest [CATALOGUE]``: bring the Qdrant collection in line with a catalogue.
+
+Exit status: 0 when the run completed (items that failed are in the error report), 2 when the
+run could not proceed (no catalogue, store locked or unreachable, model mismatch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ingest.pipeline import ingest
+from ingest.report import ErrorReport
+from lookalike.catalogue import read_catalogue
+from lookalike.encoder import ImageEncoder
+from lookalike.errors import LookalikeError
+from lookalike.logs import configure_logging
+from lookalike.settings import Settings
+from lookalike.store import VectorStore
+
+log = logging.getLogger("ingest")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ingest", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "catalogue",
+        nargs="?",
+        type=Path,
+        help="folder of category sub-folders or CSV/JSONL manifest (default: CATALOGUE_DIR)",
+    )
+    parser.add_argument("--prune", action="store_true", help="delete items that left the catalogue")
+    parser.add_argument("--batch-size", type=int, help="images per forward pass (default: BATCH_SIZE)")
+    parser.add_argument("--workers", type=int, help="decode processes (default: DECODE_WORKERS)")
+    parser.add_argument("--error-report", type=Path, help="JSONL of failed items (default: INGEST_ERROR_REPORT)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = Settings()
+    configure_logging(settings.log_level)
+    try:
+        return run(args, settings)
+    except LookalikeError as e:
+        log.error("ingest stopped", extra={"code": e.code, "reason": e.message})
+        print(f"ingest: error: {e.message}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    overrides = {
+        "catalogue_dir": args.catalogue,
+        "batch_size": args.batch_size,
+        "decode_workers": args.workers,
+        "ingest_error_report": args.error_report,
+    }
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    catalogue = read_catalogue(settings.catalogue_dir or Path(settings.catalogue_root()))
+    store = VectorStore.from_settings(settings)  # first: a locked store fails before the model loads
+    encoder = ImageEncoder.from_settings(settings)
+    report = ErrorReport.open(settings.ingest_error_report)
+    try:
+        store.ensure_collection(encoder.dim, encoder.identity, settings.filterable_fields)
+        summary = ingest(
+            catalogue,
+            encoder,
+            store,
+            report,
+            batch_size=settings.batch_size,
+            workers=settings.decode_workers,
+            max_pixels=settings.max_image_pixels,
+            prune=args.prune,
+            progress=not args.no_progress,
+        )
+        total = store.count()
+    finally:
+        report.close()
+        store.close()
+    print(f"{summary.line()} collection={settings.collection} items={total} model={encoder.identity}")
+    if summary.failed:
+        print(f"failed items are listed in {settings.ingest_error_report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Catalogue -> (decode + preprocess in worker processes) -> embed in batches -> upsert.
+
+Incremental: an item whose image bytes (sha256) and model are unchanged is not decoded again;
+if only its category or metadata changed, its payload is rewritten. Every batch is committed
+before the next starts, so a killed run loses at most the batch in flight and a rerun finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ingest.report import ErrorReport, IngestSummary
+from lookalike.catalogue import Catalogue, CatalogueItem
+from lookalike.encoder import ImageEncoder, Preprocess
+from lookalike.errors import InvalidImage
+from lookalike.images import decode_image, read_bytes, sha256_hex
+from lookalike.store import StoredItem, VectorStore
+
+log = logging.getLogger(__name__)
+LOOKUP_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One item after the worker's pass: pixels ready for the model, or the reason it failed."""
+
+    item: CatalogueItem
+    sha256: str | None
+    pixels: torch.Tensor | None
+    error: InvalidImage | None
+
+
+@dataclass
+class Batch:
+    items: list[CatalogueItem]
+    sha256s: list[str]
+    pixels: torch.Tensor | None
+    failed: list[Decoded]
+
+
+class DecodeDataset(Dataset):
+    """Reads, hashes, decodes and preprocesses one item; errors are returned, not raised."""
+
+    def __init__(self, items: Sequence[CatalogueItem], preprocess: Preprocess, max_pixels: int) -> None:
+        self.items = items
+        self.preprocess = preprocess
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Decoded:
+        item = self.items[index]
+        try:
+            data = read_bytes(item.path)
+            pixels = self.preprocess(decode_image(data, self.max_pixels))
+            return Decoded(item, sha256_hex(data), pixels, None)
+        except InvalidImage as e:
+            return Decoded(item, None, None, e)
+
+
+def collate(decoded: list[Decoded]) -> Batch:
+    """Stack what decoded; carry the failures along so they are reported, not dropped."""
+    ok = [d for d in decoded if d.error is None]
+    return Batch(
+        items=[d.item for d in ok],
+        sha256s=[d.sha256 for d in ok],  # type: ignore[misc]
+        pixels=torch.stack([d.pixels for d in ok]) if ok else None,  # type: ignore[misc]
+        failed=[d for d in decoded if d.error is not None],
+    )
+
+
+def iter_batches(
+    items: Sequence[CatalogueItem], preprocess: Preprocess, max_pixels: int, batch_size: int, workers: int
+) -> Iterator[Batch]:
+    """Decode in ``workers`` processes, ahead of the model, in catalogue order."""
+    loader = DataLoader(
+        DecodeDataset(items, preprocess, max_pixels),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        prefetch_factor=4 if workers else None,
+    )
+    yield from loader
+
+
+def ingest(
+    catalogue: Catalogue,
+    encoder: ImageEncoder,
+    store: VectorStore,
+    report: ErrorReport,
+    *,
+    batch_size: int = 32,
+    workers: int = 2,
+    max_pixels: int = 40_000_000,
+    prune: bool = False,
+    progress: bool = True,
+) -> IngestSummary:
+    """Bring the collection in line with the catalogue; returns what was done."""
+    started = time.perf_counter()
+    summary = IngestSummary()
+    for error in catalogue.errors:
+        report.row_error(error)
+        summary.failed += 1
+    to_embed = _sync_unchanged(catalogue.items, encoder.identity, store, summary)
+    bar = tqdm(total=len(to_embed), unit="img", desc="ingest", disable=not progress)
+    with bar:
+        for batch in iter_batches(to_embed, encoder.preprocess, max_pixels, batch_size, workers):
+            for failure in batch.failed:
+                report.item_error(failure.item, failure.error)  # type: ignore[arg-type]
+            summary.failed += len(batch.failed)
+            if batch.pixels is not None:
+                embeddings = encoder.embed_batch(batch.pixels)
+                stored = [_stored_item(i, s, encoder.identity) for i, s in zip(batch.items, batch.sha256s, strict=True)]
+                store.upsert(stored, embeddings)
+                summary.ingested += len(stored)
+                log.info("batch upserted", extra={"items": len(stored), "first": stored[0].id})
+            bar.update(len(batch.items) + len(batch.failed))
+    if prune:
+        summary.pruned = _prune(catalogue, store)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _sync_unchanged(
+    items: Sequence[CatalogueItem], model: str, store: VectorStore, summary: IngestSummary
+) -> list[CatalogueItem]:
+    """Skip items already stored with the same bytes and model; return those to embed."""
+    to_embed: list[CatalogueItem] = []
+    for start in range(0, len(items), LOOKUP_CHUNK):
+        chunk = items[start : start + LOOKUP_CHUNK]
+        stored = store.get_many([item.id for item in chunk])
+        for item in chunk:
+            existing = stored.get(item.id)
+            sha256 = _sha256_or_none(item)
+            if existing is None or sha256 is None or existing.sha256 != sha256 or existing.model != model:
+                to_embed.append(item)  # new, changed, or unreadable (the decode pass reports why)
+                continue
+            wanted = _stored_item(item, sha256, model)
+            if wanted != existing:
+                store.replace_payload(wanted)
+                summary.updated += 1
+                log.info("payload updated", extra={"item_id": item.id})
+            else:
+                summary.skipped += 1
+    return to_embed
+
+
+def _sha256_or_none(item: CatalogueItem) -> str | None:
+    try:
+        return sha256_hex(read_bytes(item.path))
+    except InvalidImage:
+        return None
+
+
+def _stored_item(item: CatalogueItem, sha256: str, model: str) -> StoredItem:
+    return StoredItem(
+        id=item.id, category=item.category, image=item.image, sha256=sha256, model=model, metadata=item.metadata
+    )
+
+
+def _prune(catalogue: Catalogue, store: VectorStore) -> int:
+    """Delete catalogue items no longer listed (failing ones stay; items added over the API stay)."""
+    listed = {item.id for item in catalogue.items} | {e.item_id for e in catalogue.errors if e.item_id}
+    gone = [item_id for item_id in store.item_ids(image_source="catalogue") if item_id not in listed]
+    store.delete(gone)
+    for item_id in gone:
+        log.info("item pruned", extra={"item_id": item_id})
+    return len(gone)

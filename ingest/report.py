@@ -1,0 +1,61 @@
+"""What an ingest run did: the counts, and a JSONL line for every item that failed."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from lookalike.catalogue import CatalogueItem, RowError
+from lookalike.errors import InvalidImage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestSummary:
+    ingested: int = 0
+    skipped: int = 0
+    updated: int = 0  # payload rewritten, embedding kept
+    failed: int = 0
+    pruned: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.ingested / self.seconds if self.seconds else 0.0
+
+    def line(self) -> str:
+        return (
+            f"ingested={self.ingested} skipped={self.skipped} updated={self.updated} failed={self.failed} "
+            f"pruned={self.pruned} seconds={self.seconds:.1f} images_per_s={self.images_per_second:.1f}"
+        )
+
+
+class ErrorReport:
+    """Appends one JSON object per failed item: ``{"item_id", "path", "code", "reason"}``."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    @classmethod
+    def open(cls, path: Path) -> ErrorReport:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(path.open("w", encoding="utf-8"))
+
+    def item_error(self, item: CatalogueItem, error: InvalidImage) -> None:
+        self._write(item.id, item.image, error.code, error.message)
+
+    def row_error(self, error: RowError) -> None:
+        self._write(error.item_id, error.path, "invalid_row", error.reason)
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def _write(self, item_id: str | None, path: str | None, code: str, reason: str) -> None:
+        record = {"item_id": item_id, "path": path, "code": code, "reason": reason}
+        log.warning("item failed", extra=record)
+        self.stream.write(json.dumps(record) + "\n")
+        self.stream.flush()

@@ -1,0 +1,1 @@
+"""Shared building blocks of ingest, finetune and service: settings, catalogue, encoder, store."""

@@ -1,0 +1,190 @@
+"""Read a catalogue: a folder of category sub-folders, or a CSV / JSONL manifest.
+
+A manifest has the columns ``id``, ``image`` (a path relative to the manifest's folder) and
+``category``; every other column becomes filterable metadata. A row that cannot be used (no
+image, a path outside the catalogue root, a duplicate id, ...) becomes a `RowError`, reported
+by ingest, and never stops the others. Nothing outside the catalogue root is ever read.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from lookalike.errors import CatalogueError
+
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
+#: Ids appear in URL paths (`/v1/items/<id>`), so they are one path segment of safe characters.
+ITEM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}$")
+RESERVED_COLUMNS = ("id", "image", "category")
+
+
+@dataclass(frozen=True)
+class CatalogueItem:
+    """One catalogue entry: its id, image file, category and free metadata."""
+
+    id: str
+    path: Path  # absolute path of the image file
+    image: str  # the path relative to the catalogue root, as stored and served
+    category: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RowError:
+    """A catalogue entry that cannot be ingested, with the reason."""
+
+    item_id: str | None
+    path: str | None
+    reason: str
+
+
+@dataclass
+class Catalogue:
+    root: Path
+    items: list[CatalogueItem]
+    errors: list[RowError]
+
+
+def read_catalogue(source: Path) -> Catalogue:
+    """Read a folder or a manifest; per-row problems are collected, not raised."""
+    source = Path(source)
+    if source.is_dir():
+        root, rows = source, _folder_rows(source)
+    elif source.is_file() and source.suffix.lower() in MANIFEST_SUFFIXES:
+        root, rows = source.parent, _manifest_rows(source)
+    elif source.exists():
+        raise CatalogueError(
+            f"{source} is neither a folder nor a manifest ({', '.join(MANIFEST_SUFFIXES)}); set "
+            "CATALOGUE_DIR or pass a folder of category sub-folders or a CSV/JSONL manifest"
+        )
+    else:
+        raise CatalogueError(
+            f"catalogue {source} does not exist: set CATALOGUE_DIR or pass the catalogue path "
+            "(a folder of category sub-folders, or a CSV/JSONL manifest)"
+        )
+    return _validate(root.resolve(), rows)
+
+
+def derive_item_id(image: str) -> str:
+    """The id of an item that has none: its relative path, without suffix, '/' -> '-'."""
+    return str(PurePosixPath(image).with_suffix("")).replace("/", "-")
+
+
+def _folder_rows(root: Path) -> Iterator[dict[str, Any]]:
+    for category_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for image in sorted(category_dir.iterdir()):
+            if image.name.startswith(".") or image.is_dir():
+                continue
+            relative = f"{category_dir.name}/{image.name}"
+            yield {"id": derive_item_id(relative), "image": relative, "category": category_dir.name}
+
+
+def _manifest_rows(manifest: Path) -> Iterator[dict[str, Any]]:
+    try:
+        text = manifest.read_text(encoding="utf-8-sig", errors="surrogateescape")
+    except OSError as e:
+        raise CatalogueError(f"cannot read manifest {manifest}: {e}") from e
+    if manifest.suffix.lower() == ".csv":
+        yield from _csv_rows(manifest, text)
+    else:
+        yield from _jsonl_rows(text)
+
+
+def _csv_rows(manifest: Path, text: str) -> Iterator[dict[str, Any]]:
+    reader = csv.DictReader(text.splitlines())
+    columns = reader.fieldnames or []
+    image_column = "image" if "image" in columns else "path" if "path" in columns else None
+    if image_column is None or "category" not in columns:
+        raise CatalogueError(f"manifest {manifest} needs the columns id, image, category; it has {', '.join(columns)}")
+    for line, row in enumerate(reader, start=2):
+        if None in row:  # more cells than header columns
+            yield {"_error": f"line {line}: {len(row[None])} cells more than the header has"}
+            continue
+        values = {k: v for k, v in row.items() if v not in (None, "")}
+        values["image"] = values.pop(image_column, None)
+        values["_line"] = line
+        yield values
+
+
+def _jsonl_rows(text: str) -> Iterator[dict[str, Any]]:
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as e:
+            yield {"_error": f"line {line}: not JSON ({e.msg})"}
+            continue
+        if not isinstance(row, dict):
+            yield {"_error": f"line {line}: not a JSON object"}
+            continue
+        row["_line"] = line
+        yield row
+
+
+def _validate(root: Path, rows: Iterator[dict[str, Any]]) -> Catalogue:
+    items: list[CatalogueItem] = []
+    errors: list[RowError] = []
+    seen: set[str] = set()
+    for row in rows:
+        try:
+            item = _row_to_item(root, row)
+        except ValueError as e:
+            image = row.get("image")
+            errors.append(RowError(_str_or_none(row.get("id")), _str_or_none(image), str(e)))
+            continue
+        if item.id in seen:
+            errors.append(RowError(item.id, item.image, f"duplicate id {item.id!r}"))
+            continue
+        seen.add(item.id)
+        items.append(item)
+    return Catalogue(root=root, items=items, errors=errors)
+
+
+def _row_to_item(root: Path, row: dict[str, Any]) -> CatalogueItem:
+    if "_error" in row:
+        raise ValueError(row["_error"])
+    where = f"line {row['_line']}: " if "_line" in row else ""
+    if any(_has_surrogates(v) for v in row.values()):
+        raise ValueError(f"{where}not valid UTF-8")
+    image, category = row.get("image"), row.get("category")
+    if not isinstance(image, str) or not image.strip():
+        raise ValueError(f"{where}no image path")
+    if not isinstance(category, str) or not category.strip():
+        raise ValueError(f"{where}no category")
+    item_id = str(row.get("id") or derive_item_id(image)).strip()
+    if not ITEM_ID_PATTERN.match(item_id):
+        raise ValueError(f"{where}id {item_id!r} must be 1-200 characters of A-Z a-z 0-9 . _ : @ + = -")
+    path = resolve_inside(root, image)
+    metadata = {k: v for k, v in row.items() if k not in RESERVED_COLUMNS and not k.startswith("_")}
+    return CatalogueItem(item_id, path, path.relative_to(root).as_posix(), category.strip(), metadata)
+
+
+def resolve_inside(root: Path, relative: str) -> Path:
+    """``root / relative`` with links resolved, or ValueError if that leaves ``root``."""
+    if PurePosixPath(relative).is_absolute() or Path(relative).is_absolute():
+        raise ValueError(f"image path {relative!r} is absolute; paths are relative to the catalogue root")
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"image path {relative!r} leaves the catalogue root")
+    return path
+
+
+def _has_surrogates(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)

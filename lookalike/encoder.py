@@ -1,0 +1,150 @@
+"""The image encoder: an open_clip vision tower plus the validation transform it was built with.
+
+Built once per process with `ImageEncoder.from_settings`. The model's identity (what it is and a
+fingerprint of its weights) travels with every embedding into the store, so embeddings of two
+models are never mixed in one collection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from lookalike.errors import ModelLoadError
+from lookalike.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+#: Seed for random-init weights, so every process (ingest, each API worker) builds the same model.
+RANDOM_INIT_SEED = 0
+
+Preprocess = Callable[[Image.Image], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights come from, resolved from settings in one documented order."""
+
+    open_clip_name: str  # what open_clip.create_model_and_transforms takes as model_name
+    pretrained: str | None  # a tag or a weights file; None for schemas and random init
+    label: str  # human-readable, e.g. "ViT-B-32/laion2b_s34b_b79k"
+
+    @property
+    def random_init(self) -> bool:
+        return self.pretrained is None and not self.open_clip_name.startswith(("hf-hub:", "local-dir:"))
+
+
+def resolve_model_source(settings: Settings) -> ModelSource:
+    """MODEL_CHECKPOINT wins; else MODEL_PRETRAINED (`hf-hub:` id, tag or file) on MODEL_NAME."""
+    if settings.model_checkpoint is not None:
+        checkpoint = settings.model_checkpoint.resolve()
+        if not (checkpoint / "open_clip_config.json").is_file():
+            raise ModelLoadError(
+                f"MODEL_CHECKPOINT={settings.model_checkpoint} is not a checkpoint directory "
+                "(no open_clip_config.json); point it at a folder written by `python -m finetune`"
+            )
+        return ModelSource(f"local-dir:{checkpoint}", None, f"checkpoint:{checkpoint.name}")
+    pretrained = settings.model_pretrained
+    if pretrained.startswith("hf-hub:"):
+        return ModelSource(pretrained, None, pretrained)
+    if not pretrained:
+        return ModelSource(settings.model_name, None, f"{settings.model_name}/random-init")
+    return ModelSource(settings.model_name, pretrained, f"{settings.model_name}/{Path(pretrained).name}")
+
+
+def register_model_configs() -> None:
+    """Make this project's own architectures (the small presets) known to open_clip."""
+    if "lookalike-small" not in open_clip.list_models():
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A short hash of every parameter and buffer: equal weights <=> equal fingerprint."""
+    digest = hashlib.blake2b(digest_size=8)
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class ImageEncoder:
+    """Image tower + val transform; `embed_batch` returns L2-normalised float32 (N, dim)."""
+
+    def __init__(self, visual: torch.nn.Module, preprocess: Preprocess, label: str) -> None:
+        self.visual = visual.eval()
+        self.preprocess = preprocess
+        self.dim = int(self._probe_dim())
+        self.identity = f"{label}@{weights_fingerprint(visual)}"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageEncoder:
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        source = resolve_model_source(settings)
+        visual, preprocess = load_visual(source)
+        encoder = cls(visual, preprocess, source.label)
+        if source.random_init:
+            log.warning(
+                "encoder has RANDOM weights (MODEL_PRETRAINED is empty): results show the pipeline, "
+                "not visual similarity. Set MODEL_PRETRAINED (e.g. laion2b_s34b_b79k) or MODEL_CHECKPOINT."
+            )
+        log.info("encoder ready", extra={"model": encoder.identity, "dim": encoder.dim})
+        return encoder
+
+    @torch.inference_mode()
+    def embed_batch(self, pixels: torch.Tensor) -> np.ndarray:
+        """Embed preprocessed pixels (N, 3, H, W)."""
+        features = self.visual(pixels)
+        return F.normalize(features.float(), dim=-1).numpy().astype(np.float32, copy=False)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Preprocess with the model's own transform, then embed."""
+        return self.embed_batch(torch.stack([self.preprocess(image) for image in images]))
+
+    def _probe_dim(self) -> int:
+        output_dim = getattr(self.visual, "output_dim", None)
+        if output_dim:
+            return output_dim
+        size = open_clip_image_size(self.preprocess)
+        with torch.inference_mode():
+            return self.visual(torch.zeros(1, 3, size, size)).shape[-1]
+
+
+def load_visual(source: ModelSource) -> tuple[torch.nn.Module, Preprocess]:
+    """Build the model with open_clip's factory; keep only the image tower and val transform."""
+    register_model_configs()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                source.open_clip_name, pretrained=source.pretrained
+            )
+    except Exception as e:  # open_clip and the hub raise many kinds; one clear message for all
+        raise ModelLoadError(
+            f"could not load the encoder {source.label}: {e}. Check MODEL_NAME (one of "
+            "open_clip.list_models()), MODEL_PRETRAINED (an open_clip tag, `hf-hub:org/repo`, a local "
+            "weights file, or empty for random init) or MODEL_CHECKPOINT (a fine-tuned checkpoint "
+            "directory). Without internet, use a local file or checkpoint."
+        ) from e
+    visual = model.visual
+    del model  # the text tower is never used at inference
+    return visual, preprocess
+
+
+def open_clip_image_size(preprocess: Preprocess) -> int:
+    """The square input size of an open_clip transform (its first Resize/Crop)."""
+    for step in getattr(preprocess, "transforms", []):
+        size = getattr(step, "size", None)
+        if size is not None:
+            return size if isinstance(size, int) else size[0]
+    return 224

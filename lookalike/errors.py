@@ -1,0 +1,81 @@
+"""Domain errors: each carries the HTTP status and a short machine-readable code.
+
+Lower layers raise these (never return ``None`` to signal failure); the service renders them as
+``{"error": {"code", "message"}}`` and ingest turns per-item ones into report lines.
+"""
+
+from __future__ import annotations
+
+
+class LookalikeError(Exception):
+    """Base class. ``message`` is safe to show to a client: it names the problem and the fix."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class CatalogueError(LookalikeError):
+    """The catalogue itself cannot be read (missing folder, unreadable manifest)."""
+
+    status = 400
+    code = "catalogue_error"
+
+
+class InvalidImage(LookalikeError):
+    """Bytes that are not a decodable image of an allowed format."""
+
+    status = 422
+    code = "invalid_image"
+
+
+class UnsupportedImageFormat(InvalidImage):
+    """An image format outside the allow-list (or not an image at all)."""
+
+    status = 415
+    code = "unsupported_image"
+
+
+class ImageTooLarge(InvalidImage):
+    """More pixels than MAX_IMAGE_PIXELS: refused before decoding (decompression bombs)."""
+
+    status = 413
+    code = "image_too_large"
+
+
+class InvalidRequest(LookalikeError):
+    status = 400
+    code = "invalid_request"
+
+
+class ItemNotFound(LookalikeError):
+    status = 404
+    code = "item_not_found"
+
+
+class ModelLoadError(LookalikeError):
+    """The encoder could not be built; the message says which setting to change."""
+
+    code = "model_load_error"
+
+
+class StoreError(LookalikeError):
+    """The store is unusable as configured (dimension or model mismatch, locked directory)."""
+
+    status = 503
+    code = "store_error"
+
+
+class StoreLocked(StoreError):
+    code = "store_locked"
+
+
+class ModelMismatch(StoreError):
+    code = "model_mismatch"
+
+
+class StoreUnavailable(StoreError):
+    code = "store_unavailable"

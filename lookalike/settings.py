@@ -1,0 +1,102 @@
+"""One typed settings object, read from environment variables (12-factor).
+
+The env names (``QDRANT_URL``, ``COLLECTION``, ``MODEL_NAME`` ...) are the product's public
+contract: scripts and deployments set them, so they are never renamed. Each entry point builds
+one ``Settings`` and passes it down; deeper code takes plain arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Where the team's demo catalogue sits, relative to the project root.
+SHARED_CATALOGUE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "catalogue"
+
+
+def default_catalogue_dir() -> Path | None:
+    """The shared demo catalogue when it exists beside the checkout, else nothing."""
+    for candidate in (Path("../shared/data/catalogue"), SHARED_CATALOGUE):
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
+
+
+class Settings(BaseSettings):
+    """Every knob of ingest, fine-tuning and the service. Field name = env var (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+
+    # Qdrant: a server when QDRANT_URL is set, else the embedded store at QDRANT_PATH.
+    qdrant_url: str | None = None
+    qdrant_path: Path = Path("./data/qdrant")
+    qdrant_api_key: SecretStr | None = None
+    qdrant_timeout_s: float = 10.0
+    collection: str = Field("products", pattern=r"^[A-Za-z0-9_.-]{1,200}$")
+    #: Extra payload fields to index for filtering (comma-separated); `category` always is.
+    filterable_fields: Annotated[list[str], NoDecode] = []
+
+    # Catalogue: a folder of category folders, or a CSV/JSONL manifest.
+    catalogue_dir: Path | None = Field(default_factory=default_catalogue_dir)
+    #: Where images added through `PUT /v1/items/<id>` are kept.
+    upload_dir: Path = Path("./data/uploads")
+    ingest_error_report: Path = Path("./data/ingest-errors.jsonl")
+
+    # Encoder: an open_clip architecture + weights, or this project's own checkpoint.
+    model_name: str = "ViT-B-32"
+    #: open_clip pretrained tag, `hf-hub:org/repo`, or a local weights file; empty = random init.
+    model_pretrained: str = ""
+    #: This project's fine-tuned checkpoint directory; wins over MODEL_NAME/MODEL_PRETRAINED.
+    model_checkpoint: Path | None = None
+    batch_size: int = Field(32, ge=1, le=1024)
+    #: Processes that decode and preprocess images while the model runs (0 = in the main process).
+    decode_workers: int = Field(2, ge=0, le=64)
+    torch_threads: int | None = Field(None, ge=1)
+
+    # Images: limits that protect the process from hostile or broken files.
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
+
+    # Service.
+    api_key: SecretStr | None = None
+    #: Allow PUT/DELETE without API_KEY (local development only).
+    allow_unauthenticated_writes: bool = False
+    log_level: str = "INFO"
+
+    @field_validator("filterable_fields", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("qdrant_url", "qdrant_api_key", "model_checkpoint", "api_key", "catalogue_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`API_KEY=` (as compose passes an unset variable) means no key, never the empty key."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("model_pretrained", mode="before")
+    @classmethod
+    def _strip(cls, value: object) -> object:
+        return value.strip() if isinstance(value, str) else value
+
+    @property
+    def embedded(self) -> bool:
+        """True when no server is configured and Qdrant runs in-process."""
+        return not self.qdrant_url
+
+    def catalogue_root(self) -> Path:
+        """The folder that catalogue image paths are relative to (a manifest's own folder)."""
+        from lookalike.errors import CatalogueError
+
+        if self.catalogue_dir is None:
+            raise CatalogueError(
+                "no catalogue configured: set CATALOGUE_DIR (or pass the catalogue path on the command "
+                "line) to a folder of category sub-folders or to a CSV/JSONL manifest"
+            )
+        path = self.catalogue_dir
+        return path.parent if path.is_file() else path

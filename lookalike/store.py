@@ -1,0 +1,315 @@
+"""The Qdrant store: one class owns the client and speaks domain types (items, hits, filters).
+
+The same code runs against a Qdrant server (``QDRANT_URL``) and qdrant-client's embedded local
+mode (``QDRANT_PATH``). *Point* is a word used only inside this module; outside it is an *item*.
+This module knows nothing about torch: embeddings come in as numpy arrays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from lookalike.errors import ItemNotFound, ModelMismatch, StoreLocked, StoreUnavailable
+from lookalike.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: The named vector that holds the encoder's embedding.
+EMBEDDING = "embedding"
+# Payload keys.
+ITEM_ID = "item_id"
+CATEGORY = "category"
+IMAGE = "image"
+IMAGE_SOURCE = "image_source"  # "catalogue" (relative to CATALOGUE_DIR) or "upload" (UPLOAD_DIR)
+SHA256 = "sha256"
+MODEL = "model"
+METADATA = "metadata"
+#: Namespace of the UUIDv5 point ids: the same item id always maps to the same point.
+POINT_NAMESPACE = uuid.UUID("6f1c4f0e-4b4e-5b8a-9a57-6c6f6f6b616c")
+SCROLL_PAGE = 1000
+
+
+def point_id(item_id: str) -> str:
+    return str(uuid.uuid5(POINT_NAMESPACE, item_id))
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """What the store keeps about an item besides its embedding."""
+
+    id: str
+    category: str
+    image: str
+    sha256: str
+    model: str
+    image_source: str = "catalogue"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            ITEM_ID: self.id,
+            CATEGORY: self.category,
+            IMAGE: self.image,
+            IMAGE_SOURCE: self.image_source,
+            SHA256: self.sha256,
+            MODEL: self.model,
+            METADATA: self.metadata,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> StoredItem:
+        return cls(
+            id=payload[ITEM_ID],
+            category=payload[CATEGORY],
+            image=payload[IMAGE],
+            sha256=payload[SHA256],
+            model=payload[MODEL],
+            image_source=payload.get(IMAGE_SOURCE, "catalogue"),
+            metadata=payload.get(METADATA) or {},
+        )
+
+
+@dataclass(frozen=True)
+class Hit:
+    item: StoredItem
+    score: float
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Restrictions applied inside Qdrant's search (never as a post-filter)."""
+
+    categories: Sequence[str] = ()
+    exclude: Sequence[str] = ()  # item ids
+    metadata: dict[str, Sequence[str]] = field(default_factory=dict)  # field -> any of these values
+
+    def to_qdrant(self, also_exclude: Sequence[str] = ()) -> models.Filter | None:
+        must: list[models.Condition] = []
+        if self.categories:
+            must.append(models.FieldCondition(key=CATEGORY, match=models.MatchAny(any=list(self.categories))))
+        for name, values in self.metadata.items():
+            must.append(_metadata_condition(name, values))
+        excluded = [point_id(item_id) for item_id in (*self.exclude, *also_exclude)]
+        must_not: list[models.Condition] = [models.HasIdCondition(has_id=excluded)] if excluded else []
+        if not must and not must_not:
+            return None
+        return models.Filter(must=must or None, must_not=must_not or None)
+
+
+def _metadata_condition(name: str, values: Sequence[str]) -> models.Filter:
+    """Match a metadata field given as text: "12" also matches the number 12, "true" the boolean."""
+    key = f"{METADATA}.{name}"
+    should: list[models.Condition] = [models.FieldCondition(key=key, match=models.MatchAny(any=list(values)))]
+    integers = [int(v) for v in values if v.lstrip("-").isdigit()]
+    if integers:
+        should.append(models.FieldCondition(key=key, match=models.MatchAny(any=integers)))
+    for value in values:
+        if value.lower() in ("true", "false"):
+            should.append(models.FieldCondition(key=key, match=models.MatchValue(value=value.lower() == "true")))
+    return models.Filter(should=should)
+
+
+class VectorStore:
+    """Items and their embeddings in one Qdrant collection."""
+
+    def __init__(self, client: QdrantClient, collection: str, *, embedded: bool) -> None:
+        self.client = client
+        self.collection = collection
+        self.embedded = embedded
+        # Embedded mode is plain Python over shared arrays: serialise calls from server threads.
+        self._lock = threading.RLock() if embedded else contextlib.nullcontext()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VectorStore:
+        if settings.qdrant_url:
+            api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+            client = QdrantClient(url=settings.qdrant_url, api_key=api_key, timeout=settings.qdrant_timeout_s)
+            return cls(client, settings.collection, embedded=False)
+        return cls(open_embedded(settings.qdrant_path), settings.collection, embedded=True)
+
+    # -- collection ------------------------------------------------------------------------
+
+    def collection_exists(self) -> bool:
+        with self._call():
+            return self.client.collection_exists(self.collection)
+
+    def ensure_collection(self, dim: int, model: str, filterable_fields: Sequence[str] = ()) -> None:
+        """Create the collection for this model, or check that the existing one matches it."""
+        with self._call():
+            if self.client.collection_exists(self.collection):
+                self.check_model(dim, model)
+                return
+            self.client.create_collection(
+                self.collection,
+                vectors_config={EMBEDDING: models.VectorParams(size=dim, distance=models.Distance.COSINE)},
+                metadata={MODEL: model, "dim": dim},
+            )
+            if not self.embedded:  # embedded mode scans everything and ignores payload indexes
+                for key in (CATEGORY, ITEM_ID, *(f"{METADATA}.{name}" for name in filterable_fields)):
+                    self.client.create_payload_index(self.collection, key, models.PayloadSchemaType.KEYWORD)
+        log.info("collection created", extra={"collection": self.collection, "model": model, "dim": dim})
+
+    def check_model(self, dim: int, model: str) -> None:
+        """Raise `ModelMismatch` unless the collection holds embeddings of exactly this model."""
+        with self._call():
+            info = self.client.get_collection(self.collection)
+        stored_model = (info.config.metadata or {}).get(MODEL)
+        vectors = info.config.params.vectors
+        stored_dim = vectors[EMBEDDING].size if isinstance(vectors, dict) and EMBEDDING in vectors else None
+        if stored_model != model or stored_dim != dim:
+            raise ModelMismatch(
+                f"collection {self.collection!r} holds embeddings of model {stored_model} (dim {stored_dim}); "
+                f"this process loaded {model} (dim {dim}). Set MODEL_NAME/MODEL_PRETRAINED/MODEL_CHECKPOINT "
+                "back to that model, or ingest into another COLLECTION"
+            )
+
+    def count(self) -> int:
+        with self._call():
+            return self.client.count(self.collection, exact=True).count
+
+    # -- items -----------------------------------------------------------------------------
+
+    def upsert(self, items: Sequence[StoredItem], embeddings: np.ndarray) -> None:
+        points = [
+            models.PointStruct(id=point_id(item.id), vector={EMBEDDING: embedding.tolist()}, payload=item.payload())
+            for item, embedding in zip(items, embeddings, strict=True)
+        ]
+        with self._call():
+            self.client.upsert(self.collection, points=points, wait=True)
+
+    def replace_payload(self, item: StoredItem) -> None:
+        """Update what is known about an item without touching its embedding."""
+        with self._call():
+            self.client.overwrite_payload(self.collection, item.payload(), points=[point_id(item.id)], wait=True)
+
+    def get(self, item_id: str) -> StoredItem:
+        found = self.get_many([item_id])
+        if item_id not in found:
+            raise ItemNotFound(f"no item with id {item_id!r}")
+        return found[item_id]
+
+    def get_many(self, item_ids: Sequence[str]) -> dict[str, StoredItem]:
+        """The stored items among ``item_ids`` (missing ones are simply absent)."""
+        with self._call():
+            records = self.client.retrieve(
+                self.collection, [point_id(i) for i in item_ids], with_payload=True, with_vectors=False
+            )
+        items = (StoredItem.from_payload(record.payload or {}) for record in records)
+        return {item.id: item for item in items}
+
+    def item_ids(self, image_source: str | None = None) -> Iterator[str]:
+        """Every item id in the collection (of one image source if given), page by page."""
+        source_filter = None
+        if image_source is not None:
+            condition = models.FieldCondition(key=IMAGE_SOURCE, match=models.MatchValue(value=image_source))
+            source_filter = models.Filter(must=[condition])
+        offset = None
+        while True:
+            with self._call():
+                records, offset = self.client.scroll(
+                    self.collection,
+                    scroll_filter=source_filter,
+                    limit=SCROLL_PAGE,
+                    offset=offset,
+                    with_payload=[ITEM_ID],
+                    with_vectors=False,
+                )
+            yield from (record.payload[ITEM_ID] for record in records if record.payload)
+            if offset is None:
+                return
+
+    def delete(self, item_ids: Sequence[str]) -> None:
+        if not item_ids:
+            return
+        with self._call():
+            self.client.delete(self.collection, models.PointIdsList(points=[point_id(i) for i in item_ids]), wait=True)
+
+    # -- search ----------------------------------------------------------------------------
+
+    def similar(
+        self,
+        query: np.ndarray | str,
+        search_filter: SearchFilter,
+        limit: int,
+        offset: int = 0,
+        score_threshold: float | None = None,
+    ) -> list[Hit]:
+        """Nearest items to an embedding, or to a stored item's embedding (given its id).
+
+        A stored item is never among its own results.
+        """
+        if isinstance(query, str):
+            self.get(query)  # a clear 404 rather than Qdrant's error text
+            qdrant_query: Any = point_id(query)
+            query_filter = search_filter.to_qdrant(also_exclude=[query])
+        else:
+            qdrant_query = query.astype(np.float32).tolist()
+            query_filter = search_filter.to_qdrant()
+        with self._call():
+            response = self.client.query_points(
+                self.collection,
+                query=qdrant_query,
+                using=EMBEDDING,
+                query_filter=query_filter,
+                limit=limit,
+                offset=offset,
+                score_threshold=score_threshold,
+                with_payload=True,
+            )
+        return [Hit(StoredItem.from_payload(p.payload or {}), float(p.score)) for p in response.points]
+
+    def close(self) -> None:
+        with self._call():
+            self.client.close()
+
+    @contextlib.contextmanager
+    def _call(self) -> Iterator[None]:
+        """Serialise embedded-mode calls; turn transport failures into `StoreUnavailable`."""
+        try:
+            with self._lock:
+                yield
+        except (ResponseHandlingException, httpx.TransportError, ConnectionError) as e:
+            raise StoreUnavailable(f"Qdrant is unreachable: {e}") from e
+        except UnexpectedResponse as e:
+            if e.status_code == 404:
+                raise self._missing_collection() from e
+            if e.status_code in (502, 503, 504):
+                raise StoreUnavailable(f"Qdrant answered {e.status_code}") from e
+            raise
+        except ValueError as e:  # embedded mode's way of saying "no such collection"
+            if "not found" not in str(e).lower():
+                raise
+            raise self._missing_collection() from e
+
+    def _missing_collection(self) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"collection {self.collection!r} does not exist yet: run `python -m ingest` "
+            "(or add items with PUT /v1/items/<id>)"
+        )
+
+
+def open_embedded(path: Path) -> QdrantClient:
+    """Open qdrant-client's local mode, failing fast when another process holds the directory."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        return QdrantClient(path=str(path), force_disable_check_same_thread=True)
+    except RuntimeError as e:
+        if "already accessed" not in str(e):
+            raise
+        raise StoreLocked(
+            f"the embedded Qdrant store at {path} is in use by another process (the API service or an "
+            "ingest run); embedded mode allows one process per directory. Stop that process first, add "
+            "items through the running API (PUT /v1/items/<id>), or run a Qdrant server and set QDRANT_URL"
+        ) from e

@@ -1,0 +1,46 @@
+"""Every error leaves the service as ``{"error": {"code", "message"}}`` with a fitting status.
+
+Views raise domain errors or abort; they never catch. Anything unexpected is logged with its
+traceback and answered with a bare 500 that reveals nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from lookalike.errors import LookalikeError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+RETRY_AFTER_S = "5"
+
+
+def error_response(status: int, code: str, message: str) -> tuple[Response, int]:
+    return jsonify(error={"code": code, "message": message}), status
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(LookalikeError)
+    def domain_error(e: LookalikeError) -> tuple[Response, int]:
+        response, status = error_response(e.status, e.code, e.message)
+        if isinstance(e, StoreUnavailable):
+            response.headers["Retry-After"] = RETRY_AFTER_S
+        if status >= 500:
+            log.error("request failed", extra={"path": request.path, "code": e.code, "reason": e.message})
+        return response, status
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException) -> tuple[Response, int]:
+        code = re.sub(r"[^a-z]+", "_", (e.name or "error").lower()).strip("_")
+        response, status = error_response(e.code or 500, code, e.description or e.name)
+        if e.code == 405 and e.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(e.valid_methods)  # type: ignore[attr-defined]
+        return response, status
+
+    @app.errorhandler(Exception)
+    def unexpected_error(e: Exception) -> tuple[Response, int]:
+        log.exception("unhandled error", extra={"path": request.path})
+        return error_response(500, "internal_error", "internal error; it has been logged")

@@ -1,0 +1,32 @@
+"""gunicorn settings for ``gunicorn -c service/gunicorn.conf.py 'service:create_app()'``.
+
+Embedded Qdrant (no QDRANT_URL) allows one process per store directory, so it runs one worker
+with threads; with a Qdrant server, WEB_CONCURRENCY workers each hold their own model copy.
+"""
+
+import os
+
+from lookalike.errors import LookalikeError
+from lookalike.settings import Settings
+from lookalike.store import open_embedded
+
+_settings = Settings()
+
+bind = os.environ.get("BIND", "127.0.0.1:8000")
+worker_class = "gthread"
+threads = int(os.environ.get("THREADS", "4"))
+workers = 1 if _settings.embedded else int(os.environ.get("WEB_CONCURRENCY", "2"))
+timeout = int(os.environ.get("TIMEOUT", "120"))  # model load at worker start on a small CPU
+graceful_timeout = 30
+accesslog = "-"
+access_log_format = '{"remote": "%(h)s", "request": "%(r)s", "status": %(s)s, "bytes": %(B)s, "ms": %(M)s}'
+
+
+def on_starting(server) -> None:
+    """Fail at once, in words, if the embedded store is held by another process."""
+    if not _settings.embedded:
+        return
+    try:
+        open_embedded(_settings.qdrant_path).close()
+    except LookalikeError as e:
+        raise SystemExit(f"lookalike: cannot start: {e.message}") from None

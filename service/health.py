@@ -1,0 +1,31 @@
+"""``/healthz`` (the process answers) and ``/readyz`` (it can serve searches)."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from service.errors import error_response
+from service.resources import get_resources, ready_error
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    return {"status": "ok"}
+
+
+@bp.get("/readyz")
+def readyz():
+    resources = get_resources()
+    problem = ready_error(resources)
+    if problem is not None:
+        response, status = error_response(503, problem.code, problem.message)
+        response.headers["Retry-After"] = "5"
+        return response, status
+    return {
+        "status": "ready",
+        "collection": resources.store.collection,
+        "items": resources.store.count(),
+        "model": resources.encoder.identity,
+    }

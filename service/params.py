@@ -1,0 +1,61 @@
+"""Query parameters of the search endpoints, validated by one pydantic model.
+
+Accepted from the query string and (for POST) form fields alike. Unknown parameters are refused
+so that a typo (`categroy=`) is a 400, not a silently unfiltered result.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from werkzeug.datastructures import MultiDict
+
+from lookalike.errors import InvalidRequest
+from lookalike.store import SearchFilter
+
+FILTER_PREFIX = "filter."
+FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Value = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class SearchParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(4, ge=1, le=100, description="number of results")
+    category: list[Value] = Field(default_factory=list, max_length=100, description="any of these")
+    exclude: list[Value] = Field(default_factory=list, max_length=1000, description="item ids to leave out")
+    score_threshold: float | None = Field(None, ge=-1.0, le=1.0, description="minimum cosine similarity")
+    offset: int = Field(0, ge=0, le=10_000, description="results to skip (paging)")
+    filters: dict[FieldName, list[Value]] = Field(default_factory=dict, description="filter.<field>=<value>")
+
+    def search_filter(self) -> SearchFilter:
+        return SearchFilter(categories=self.category, exclude=self.exclude, metadata=self.filters)
+
+
+def parse_search_params(values: MultiDict[str, str]) -> SearchParams:
+    """Build `SearchParams` from a request's args/form; 400 with every problem listed."""
+    raw: dict[str, object] = {"filters": {}}
+    for key in values:
+        if key.startswith(FILTER_PREFIX):
+            raw["filters"][key[len(FILTER_PREFIX) :]] = values.getlist(key)  # type: ignore[index]
+        elif key in ("category", "exclude"):
+            raw[key] = values.getlist(key)
+        else:
+            raw[key] = values.get(key)
+    try:
+        return SearchParams.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(_describe(error) for error in e.errors())
+        raise InvalidRequest(f"invalid parameters: {problems}") from e
+
+
+def _describe(error: dict) -> str:
+    location = error["loc"]
+    if location and location[0] == "filters" and len(location) > 1:
+        name = f"{FILTER_PREFIX}{location[1]}"
+    else:
+        name = str(location[0]) if location else "request"
+    if error["type"] == "extra_forbidden":
+        return f"unknown parameter {name!r}"
+    return f"{name}: {error['msg']}"

@@ -1,0 +1,47 @@
+"""The per-app objects (settings, encoder, store), kept in ``app.extensions`` like Flask extensions.
+
+Views reach them through `get_resources()`; nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flask import current_app
+
+from lookalike.encoder import ImageEncoder
+from lookalike.errors import StoreError
+from lookalike.settings import Settings
+from lookalike.store import VectorStore
+
+EXTENSION_KEY = "lookalike"
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    encoder: ImageEncoder
+    store: VectorStore
+    #: Set once the collection was seen to exist and to hold this encoder's embeddings.
+    collection_checked: bool = field(default=False)
+
+    def check_collection(self, *, force: bool = False) -> None:
+        """Raise a `StoreError` unless the collection exists and matches the loaded model."""
+        if self.collection_checked and not force:
+            return
+        self.store.check_model(self.encoder.dim, self.encoder.identity)
+        self.collection_checked = True
+
+
+def get_resources() -> Resources:
+    return current_app.extensions[EXTENSION_KEY]
+
+
+def ready_error(resources: Resources) -> StoreError | None:
+    """Why the service cannot answer searches right now, or None when it can."""
+    try:
+        resources.check_collection(force=True)
+    except StoreError as e:
+        resources.collection_checked = False
+        return e
+    return None

@@ -1,0 +1,34 @@
+"""Reading an uploaded image from a multipart request, with the same decoding as ingest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import request
+from PIL import Image
+
+from lookalike.errors import InvalidRequest
+from lookalike.images import decode_image, image_format, sha256_hex
+
+IMAGE_FIELD = "image"
+
+
+@dataclass(frozen=True)
+class Upload:
+    data: bytes
+    image: Image.Image
+    format: str  # as detected from the content, e.g. "JPEG"
+
+    @property
+    def sha256(self) -> str:
+        return sha256_hex(self.data)
+
+
+def read_upload(max_pixels: int) -> Upload:
+    """The decoded ``image`` field; 400 if absent, 413/415/422 if it is not a usable image."""
+    file = request.files.get(IMAGE_FIELD)
+    if file is None:
+        raise InvalidRequest(f"send the image as the multipart form field {IMAGE_FIELD!r}")
+    data = file.read()
+    image = decode_image(data, max_pixels)
+    return Upload(data, image, image_format(data))

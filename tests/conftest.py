@@ -1,0 +1,117 @@
+"""Fixtures: a generated catalogue, settings on a temporary embedded store, a tiny real encoder."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from lookalike.encoder import ImageEncoder
+from lookalike.settings import Settings
+from lookalike.store import VectorStore
+from service import create_app
+
+#: A random-init open_clip ViT small enough to run in milliseconds (lookalike/model_configs).
+TEST_MODEL = "lookalike-tiny"
+CATEGORIES = {"red_round": (220, 30, 30), "green_square": (30, 200, 60), "blue_bar": (40, 60, 220)}
+API_KEY = "test-key"
+
+
+def draw_item(category: str, index: int, size: tuple[int, int] = (64, 48)) -> Image.Image:
+    """A product-ish picture: a coloured shape per category, shifted a little per index."""
+    colour = CATEGORIES.get(category, (120, 120, 120))
+    image = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    x, y = 8 + index * 3, 6 + index * 2
+    if "round" in category:
+        draw.ellipse((x, y, x + 30, y + 30), fill=colour)
+    elif "square" in category:
+        draw.rectangle((x, y, x + 28, y + 28), fill=colour)
+    else:
+        draw.rectangle((x, y, x + 40, y + 10), fill=colour)
+    return image
+
+
+def image_bytes(image: Image.Image, fmt: str = "JPEG", **save_args) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save_args)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def catalogue_dir(tmp_path: Path) -> Path:
+    """3 categories x 4 images, plus one corrupt file in the first category."""
+    root = tmp_path / "catalogue"
+    for category in CATEGORIES:
+        (root / category).mkdir(parents=True)
+        for index in range(4):
+            draw_item(category, index).save(root / category / f"item{index}.jpg", quality=95)
+    (root / "red_round" / "broken.jpg").write_bytes(b"this is not a jpeg")
+    return root
+
+
+def write_manifest(root: Path, rows: list[dict], name: str = "manifest.csv") -> Path:
+    path = root / name
+    if name.endswith(".csv"):
+        columns = sorted({key for row in rows for key in row}, key=lambda c: (c not in ("id", "image", "category"), c))
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path, catalogue_dir: Path) -> Settings:
+    return Settings(
+        _env_file=None,
+        qdrant_url=None,
+        qdrant_path=tmp_path / "qdrant",
+        collection="products",
+        catalogue_dir=catalogue_dir,
+        upload_dir=tmp_path / "uploads",
+        ingest_error_report=tmp_path / "errors.jsonl",
+        model_name=TEST_MODEL,
+        model_pretrained="",
+        model_checkpoint=None,
+        batch_size=4,
+        decode_workers=0,
+        api_key=API_KEY,
+        filterable_fields=["colour"],
+    )
+
+
+@pytest.fixture(scope="session")
+def encoder() -> ImageEncoder:
+    return ImageEncoder.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[VectorStore]:
+    store = VectorStore.from_settings(settings)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def app(settings: Settings, encoder: ImageEncoder, store: VectorStore):
+    app = create_app(settings, encoder=encoder, store=store)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_KEY}"}

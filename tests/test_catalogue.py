@@ -1,0 +1,88 @@
+"""Reading folders and manifests: good rows become items, bad rows become report lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lookalike.catalogue import read_catalogue
+from lookalike.errors import CatalogueError
+from tests.conftest import write_manifest
+
+
+def test_folder_items_take_their_category_from_the_folder(catalogue_dir: Path):
+    catalogue = read_catalogue(catalogue_dir)
+    assert len(catalogue.items) == 13  # 12 images + the corrupt file (it fails later, at decoding)
+    item = next(i for i in catalogue.items if i.id == "green_square-item2")
+    assert (item.category, item.image) == ("green_square", "green_square/item2.jpg")
+    assert catalogue.errors == []
+
+
+def test_csv_manifest_extra_columns_become_metadata(catalogue_dir: Path):
+    manifest = write_manifest(
+        catalogue_dir,
+        [
+            {"id": "sku-1", "image": "red_round/item0.jpg", "category": "ball", "colour": "red", "brand": "Acme"},
+            {"id": "sku-2", "image": "blue_bar/item1.jpg", "category": "bar", "colour": "blue", "brand": ""},
+        ],
+    )
+    items = {item.id: item for item in read_catalogue(manifest).items}
+    assert items["sku-1"].metadata == {"colour": "red", "brand": "Acme"}
+    assert items["sku-2"].metadata == {"colour": "blue"}  # empty cells are absent, not ""
+    assert items["sku-2"].path == (catalogue_dir / "blue_bar/item1.jpg").resolve()
+
+
+def test_jsonl_manifest_keeps_json_types(catalogue_dir: Path):
+    manifest = write_manifest(
+        catalogue_dir,
+        [{"id": "a", "image": "red_round/item0.jpg", "category": "ball", "size": 42, "sale": True}],
+        name="items.jsonl",
+    )
+    (item,) = read_catalogue(manifest).items
+    assert item.metadata == {"size": 42, "sale": True}
+
+
+def test_bad_rows_are_reported_one_by_one(catalogue_dir: Path, tmp_path: Path):
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(b"x")
+    (catalogue_dir / "link.jpg").symlink_to(outside)
+    rows = [
+        {"id": "ok", "image": "red_round/item0.jpg", "category": "ball"},
+        {"id": "dup", "image": "red_round/item1.jpg", "category": "ball"},
+        {"id": "dup", "image": "red_round/item2.jpg", "category": "ball"},
+        {"id": "up", "image": "../secret.jpg", "category": "ball"},
+        {"id": "abs", "image": str(outside), "category": "ball"},
+        {"id": "link", "image": "link.jpg", "category": "ball"},
+        {"id": "nocat", "image": "red_round/item3.jpg", "category": ""},
+        {"id": "bad/id", "image": "red_round/item3.jpg", "category": "ball"},
+    ]
+    catalogue = read_catalogue(write_manifest(catalogue_dir, rows))
+    assert [item.id for item in catalogue.items] == ["ok", "dup"]
+    reasons = {error.item_id: error.reason for error in catalogue.errors}
+    assert "duplicate id" in reasons["dup"]
+    assert "leaves the catalogue root" in reasons["up"]
+    assert "absolute" in reasons["abs"]
+    assert "leaves the catalogue root" in reasons["link"]
+    assert "no category" in reasons["nocat"]
+    assert "must be" in reasons["bad/id"]
+
+
+def test_non_utf8_row_is_reported(catalogue_dir: Path):
+    manifest = catalogue_dir / "m.csv"
+    manifest.write_bytes(b"id,image,category\nok,red_round/item0.jpg,ball\nbad,red_round/item1.jpg,b\xffll\n")
+    catalogue = read_catalogue(manifest)
+    assert [item.id for item in catalogue.items] == ["ok"]
+    assert "UTF-8" in catalogue.errors[0].reason
+
+
+def test_manifest_without_required_columns_is_refused(catalogue_dir: Path):
+    manifest = catalogue_dir / "m.csv"
+    manifest.write_text("sku,picture\n1,a.jpg\n")
+    with pytest.raises(CatalogueError, match="id, image, category"):
+        read_catalogue(manifest)
+
+
+def test_missing_catalogue_says_what_to_set(tmp_path: Path):
+    with pytest.raises(CatalogueError, match="CATALOGUE_DIR"):
+        read_catalogue(tmp_path / "nowhere")

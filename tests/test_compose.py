@@ -1,0 +1,44 @@
+"""docker-compose.yml, checked without a docker engine: services, env names, ports, health."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from lookalike.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+# Read by gunicorn.conf.py or by libraries, not by Settings.
+NON_SETTINGS_ENV = {"BIND", "WEB_CONCURRENCY", "HF_HOME"}
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_services_and_their_wiring():
+    services = compose()["services"]
+    assert set(services) >= {"qdrant", "api", "ingest"}
+    assert services["qdrant"]["image"].startswith("qdrant/qdrant:v")  # pinned tag, not latest
+    assert "6333:6333" in services["qdrant"]["ports"]
+    assert services["qdrant"]["healthcheck"]["test"]
+    assert services["api"]["depends_on"]["qdrant"]["condition"] == "service_healthy"
+    assert "8000:8000" in services["api"]["ports"]
+    assert services["api"]["environment"]["QDRANT_URL"] == "http://qdrant:6333"
+    assert services["ingest"]["profiles"] == ["ingest"]
+    assert services["ingest"]["command"][:3] == ["python", "-m", "ingest"]
+
+
+def test_environment_names_are_settings():
+    fields = {name.upper() for name in Settings.model_fields}
+    for name in ("api", "ingest"):
+        env = set(compose()["services"][name]["environment"])
+        assert env - NON_SETTINGS_ENV <= fields, env - NON_SETTINGS_ENV - fields
+
+
+def test_dockerfile_uses_cpu_torch_and_a_non_root_user():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "download.pytorch.org/whl/cpu" in dockerfile
+    assert "torch==2.14.1" in dockerfile
+    assert "\nUSER " in dockerfile

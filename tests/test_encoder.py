@@ -1,0 +1,49 @@
+"""The encoder: open_clip's factory, normalised embeddings, a stable identity, clear load errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookalike.encoder import ImageEncoder
+from lookalike.errors import ModelLoadError
+from lookalike.settings import Settings
+from tests.conftest import TEST_MODEL, draw_item
+
+
+def test_embeddings_are_unit_length_float32(encoder: ImageEncoder):
+    embeddings = encoder.embed_images([draw_item("red_round", 0), draw_item("blue_bar", 1)])
+    assert embeddings.shape == (2, encoder.dim)
+    assert embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
+
+
+def test_random_init_is_the_same_in_every_process(encoder: ImageEncoder):
+    again = ImageEncoder.from_settings(Settings(model_name=TEST_MODEL, model_pretrained=""))
+    assert again.identity == encoder.identity
+    image = draw_item("green_square", 2)
+    np.testing.assert_allclose(again.embed_images([image]), encoder.embed_images([image]), atol=1e-6)
+
+
+def test_identity_names_the_model_and_its_weights(encoder: ImageEncoder):
+    other = ImageEncoder.from_settings(Settings(model_name="lookalike-small", model_pretrained=""))
+    assert encoder.identity.startswith("lookalike-tiny/random-init@")
+    assert other.identity != encoder.identity
+
+
+def test_unknown_architecture_says_what_to_set():
+    with pytest.raises(ModelLoadError, match="MODEL_NAME"):
+        ImageEncoder.from_settings(Settings(model_name="no-such-model", model_pretrained=""))
+
+
+def test_missing_weights_file_says_what_to_set(tmp_path: Path):
+    settings = Settings(model_name=TEST_MODEL, model_pretrained=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ModelLoadError, match="MODEL_PRETRAINED"):
+        ImageEncoder.from_settings(settings)
+
+
+def test_checkpoint_that_is_not_a_checkpoint_is_refused(tmp_path: Path):
+    with pytest.raises(ModelLoadError, match="MODEL_CHECKPOINT"):
+        ImageEncoder.from_settings(Settings(model_checkpoint=tmp_path))

@@ -1,0 +1,97 @@
+"""Decoding untrusted bytes: every odd-but-valid image gives the right RGB, every bad one a clear error."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from lookalike.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
+from lookalike.images import decode_image, image_format
+from tests.conftest import image_bytes
+
+LIMIT = 10_000_000
+
+
+def test_rgba_is_composited_on_white():
+    image = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
+    decoded = decode_image(image_bytes(image, "PNG"), LIMIT)
+    assert decoded.mode == "RGB"
+    assert decoded.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_palette_with_transparency_is_composited_on_white():
+    image = Image.new("P", (4, 4), 0)
+    image.putpalette([0, 0, 255] + [0, 0, 0] * 255)
+    decoded = decode_image(image_bytes(image, "PNG", transparency=0), LIMIT)
+    assert decoded.getpixel((1, 1)) == (255, 255, 255)
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    image = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # red in CMYK
+    red, green, blue = decode_image(image_bytes(image, "JPEG"), LIMIT).getpixel((4, 4))
+    assert red > 200 and green < 60 and blue < 60
+
+
+def test_16_bit_png_keeps_its_brightness():
+    image = Image.new("I;16", (4, 4), 40000)  # ~61 % of the 16-bit range
+    decoded = decode_image(image_bytes(image, "PNG"), LIMIT)
+    assert decoded.mode == "RGB"
+    assert 150 <= decoded.getpixel((0, 0))[0] <= 160
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (40, 20), (0, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    decoded = decode_image(image_bytes(image, "JPEG", exif=exif), LIMIT)
+    assert decoded.size == (20, 40)
+
+
+def test_animated_gif_gives_its_first_frame():
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    red, _, blue = decode_image(buffer.getvalue(), LIMIT).getpixel((2, 2))
+    assert red > 200 and blue < 50
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"", InvalidImage),
+        (b"just some text, named .jpg", UnsupportedImageFormat),
+        (b"<html><body>hi</body></html>", UnsupportedImageFormat),
+        (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', UnsupportedImageFormat),
+        (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", UnsupportedImageFormat),
+    ],
+    ids=["empty", "text", "html", "svg", "pdf"],
+)
+def test_non_images_are_refused(data: bytes, error: type[Exception]):
+    with pytest.raises(error):
+        decode_image(data, LIMIT)
+
+
+def test_truncated_jpeg_is_invalid():
+    data = image_bytes(Image.new("RGB", (64, 64), (10, 200, 10)), "JPEG")
+    with pytest.raises(InvalidImage, match="corrupt or truncated"):
+        decode_image(data[: len(data) // 2], LIMIT)
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    data = image_bytes(Image.new("L", (2000, 2000)), "PNG")
+    with pytest.raises(ImageTooLarge, match="4,000,000 pixels"):
+        decode_image(data, max_pixels=1_000_000)
+
+
+def test_decompression_bomb_is_refused():
+    data = image_bytes(Image.new("1", (20000, 20000)), "PNG")  # 400 Mpx in ~50 kB
+    assert len(data) < 200_000
+    with pytest.raises(ImageTooLarge):
+        decode_image(data, LIMIT)
+
+
+def test_format_is_decided_by_content():
+    png = image_bytes(Image.new("RGB", (4, 4)), "PNG")
+    assert image_format(png) == "PNG"

@@ -1,0 +1,190 @@
+"""Ingest: folder and manifest, incremental reruns, prune, per-item failures, kill -9 and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ingest.__main__ import main as ingest_main
+from ingest.pipeline import ingest
+from ingest.report import ErrorReport
+from lookalike.catalogue import read_catalogue
+from lookalike.encoder import ImageEncoder
+from lookalike.settings import Settings
+from lookalike.store import VectorStore
+from tests.conftest import TEST_MODEL, draw_item, image_bytes, write_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_ingest(source: Path, encoder: ImageEncoder, store: VectorStore, report_path: Path, **options):
+    store.ensure_collection(encoder.dim, encoder.identity)
+    report = ErrorReport.open(report_path)
+    try:
+        return ingest(
+            read_catalogue(source), encoder, store, report, batch_size=4, workers=0, progress=False, **options
+        )
+    finally:
+        report.close()
+
+
+def report_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_folder_ingest_then_rerun_skips_everything(catalogue_dir, encoder, store, tmp_path):
+    first = run_ingest(catalogue_dir, encoder, store, tmp_path / "r1.jsonl")
+    assert (first.ingested, first.failed) == (12, 1)
+    assert store.count() == 12
+    (failure,) = report_lines(tmp_path / "r1.jsonl")
+    assert failure["item_id"] == "red_round-broken" and failure["code"] == "unsupported_image"
+
+    second = run_ingest(catalogue_dir, encoder, store, tmp_path / "r2.jsonl")
+    assert (second.ingested, second.skipped, second.failed) == (0, 12, 1)
+    assert store.count() == 12
+
+
+def test_changed_image_is_re_embedded_and_changed_metadata_only_rewritten(catalogue_dir, encoder, store, tmp_path):
+    rows = [{"id": f"sku-{i}", "image": f"blue_bar/item{i}.jpg", "category": "bar", "colour": "blue"} for i in range(4)]
+    manifest = write_manifest(catalogue_dir, rows)
+    run_ingest(manifest, encoder, store, tmp_path / "r.jsonl")
+    before = store.get("sku-1").sha256
+
+    draw_item("red_round", 3).save(catalogue_dir / "blue_bar/item1.jpg")
+    rows[2]["colour"] = "navy"
+    write_manifest(catalogue_dir, rows)
+    summary = run_ingest(manifest, encoder, store, tmp_path / "r.jsonl")
+    assert (summary.ingested, summary.updated, summary.skipped) == (1, 1, 2)
+    assert store.get("sku-1").sha256 != before
+    assert store.get("sku-2").metadata == {"colour": "navy"}
+
+
+def test_prune_removes_exactly_the_items_that_left(catalogue_dir, encoder, store, tmp_path):
+    rows = [{"id": f"sku-{i}", "image": f"green_square/item{i}.jpg", "category": "sq"} for i in range(4)]
+    manifest = write_manifest(catalogue_dir, rows)
+    run_ingest(manifest, encoder, store, tmp_path / "r.jsonl")
+    write_manifest(catalogue_dir, rows[:1] + rows[2:])
+
+    kept = run_ingest(manifest, encoder, store, tmp_path / "r.jsonl")
+    assert kept.pruned == 0 and store.count() == 4  # without --prune nothing is deleted
+    pruned = run_ingest(manifest, encoder, store, tmp_path / "r.jsonl", prune=True)
+    assert pruned.pruned == 1
+    assert sorted(store.item_ids()) == ["sku-0", "sku-2", "sku-3"]
+
+
+def test_each_kind_of_bad_file_fails_only_its_item(catalogue_dir, encoder, store, tmp_path):
+    bad = catalogue_dir / "bad"
+    bad.mkdir()
+    good_jpeg = image_bytes(draw_item("red_round", 1))
+    (bad / "truncated.jpg").write_bytes(good_jpeg[: len(good_jpeg) // 2])
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "text.jpg").write_text("hello")
+    (bad / "huge.png").write_bytes(image_bytes(Image.new("1", (20000, 20000)), "PNG"))
+    (bad / "fine.png").write_bytes(image_bytes(draw_item("blue_bar", 0), "PNG"))
+    rows = [
+        {"id": name, "image": f"bad/{name}", "category": "bad"}
+        for name in ("truncated.jpg", "empty.jpg", "text.jpg", "huge.png", "fine.png", "missing.jpg")
+    ]
+    rows.append({"id": "escape", "image": "../outside.jpg", "category": "bad"})
+    manifest = write_manifest(catalogue_dir, [{**row, "id": row["id"].replace(".", "_")} for row in rows])
+
+    summary = run_ingest(manifest, encoder, store, tmp_path / "r.jsonl", max_pixels=40_000_000)
+    assert (summary.ingested, summary.failed) == (1, 6)
+    codes = {line["item_id"]: line["code"] for line in report_lines(tmp_path / "r.jsonl")}
+    assert codes == {
+        "escape": "invalid_row",
+        "truncated_jpg": "invalid_image",
+        "empty_jpg": "invalid_image",
+        "text_jpg": "unsupported_image",
+        "huge_png": "image_too_large",
+        "missing_jpg": "invalid_image",
+    }
+    assert [i for i in store.item_ids()] == ["fine_png"]
+
+
+def test_cli_prints_summary_and_writes_report(settings: Settings, monkeypatch, capsys):
+    for name, value in {
+        "QDRANT_PATH": str(settings.qdrant_path),
+        "CATALOGUE_DIR": str(settings.catalogue_dir),
+        "MODEL_NAME": TEST_MODEL,
+        "MODEL_PRETRAINED": "",
+        "INGEST_ERROR_REPORT": str(settings.ingest_error_report),
+        "DECODE_WORKERS": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert ingest_main(["--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "ingested=12 skipped=0 updated=0 failed=1 pruned=0" in out
+    assert "items=12" in out
+    assert len(report_lines(settings.ingest_error_report)) == 1
+
+
+def test_cli_refuses_a_locked_store_with_exit_2(settings: Settings, store: VectorStore, monkeypatch, capsys):
+    monkeypatch.setenv("QDRANT_PATH", str(settings.qdrant_path))
+    monkeypatch.setenv("CATALOGUE_DIR", str(settings.catalogue_dir))
+    assert ingest_main(["--no-progress"]) == 2
+    assert "in use by another process" in capsys.readouterr().err
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from lookalike.store import VectorStore
+    from ingest.__main__ import main
+
+    upsert, calls = VectorStore.upsert, []
+
+    def upsert_then_die(self, items, embeddings):
+        upsert(self, items, embeddings)
+        calls.append(1)
+        if len(calls) == int(os.environ["KILL_AFTER_BATCHES"]):
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: as if the machine died
+
+    VectorStore.upsert = upsert_then_die
+    sys.exit(main(["--no-progress"]))
+    """
+)
+
+
+def test_sigkill_mid_run_then_rerun_finishes_without_duplicates(settings: Settings, tmp_path: Path):
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "QDRANT_PATH": str(settings.qdrant_path),
+        "CATALOGUE_DIR": str(settings.catalogue_dir),
+        "MODEL_NAME": TEST_MODEL,
+        "MODEL_PRETRAINED": "",
+        "BATCH_SIZE": "2",
+        "DECODE_WORKERS": "1",
+        "INGEST_ERROR_REPORT": str(tmp_path / "r.jsonl"),
+        "KILL_AFTER_BATCHES": "2",
+    }
+    killed = subprocess.run([sys.executable, "-c", KILLER], env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+
+    rerun = subprocess.run(
+        [sys.executable, "-m", "ingest", "--no-progress"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    # 2 batches of 2 were committed before the kill: they are skipped, the other 8 embedded.
+    assert "ingested=8 skipped=4 updated=0 failed=1" in rerun.stdout
+    assert "items=12" in rerun.stdout
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_decoding_in_worker_processes_gives_the_same_result(catalogue_dir, encoder, store, tmp_path, workers):
+    store.ensure_collection(encoder.dim, encoder.identity)
+    report = ErrorReport.open(tmp_path / "r.jsonl")
+    summary = ingest(
+        read_catalogue(catalogue_dir), encoder, store, report, batch_size=3, workers=workers, progress=False
+    )
+    report.close()
+    assert (summary.ingested, summary.failed) == (12, 1)

@@ -1,0 +1,39 @@
+"""The contact sheet: ORIGINAL plus k RECOMMENDED tiles, by item id or by image file."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from ingest.pipeline import ingest
+from ingest.report import ErrorReport
+from lookalike.catalogue import read_catalogue
+from service.recommend import MARGIN, TILE, main
+
+
+def test_contact_sheet_by_id_and_by_file(settings, encoder, catalogue_dir, tmp_path, monkeypatch, capsys):
+    from lookalike.store import VectorStore
+
+    store = VectorStore.from_settings(settings)
+    store.ensure_collection(encoder.dim, encoder.identity)
+    report = ErrorReport.open(tmp_path / "r.jsonl")
+    ingest(read_catalogue(catalogue_dir), encoder, store, report, workers=0, progress=False)
+    report.close()
+    store.close()  # the command opens the embedded store itself
+    for name, value in {
+        "QDRANT_PATH": settings.qdrant_path,
+        "CATALOGUE_DIR": catalogue_dir,
+        "MODEL_NAME": settings.model_name,
+        "MODEL_PRETRAINED": "",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+
+    by_id = tmp_path / "by_id.png"
+    assert main(["blue_bar-item0", "--category", "blue_bar", "-k", "3", "-o", str(by_id)]) == 0
+    assert Image.open(by_id).size[0] == MARGIN + 4 * (TILE + MARGIN)
+
+    by_file = tmp_path / "by_file.png"
+    assert main([str(catalogue_dir / "red_round/item1.jpg"), "-o", str(by_file)]) == 0
+    assert Image.open(by_file).size[0] == MARGIN + 5 * (TILE + MARGIN)
+
+    assert main(["no-such-item", "-o", str(tmp_path / "x.png")]) == 2
+    assert "no item with id" in capsys.readouterr().err

@@ -1,0 +1,243 @@
+"""The HTTP contract: every endpoint, its errors as JSON, filters inside the search."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from ingest.pipeline import ingest
+from ingest.report import ErrorReport
+from lookalike.catalogue import read_catalogue
+from lookalike.settings import Settings
+from service import create_app
+from tests.conftest import draw_item, image_bytes, write_manifest
+
+
+@pytest.fixture
+def ingested(settings, encoder, store, catalogue_dir, tmp_path):
+    """The generated catalogue, via a manifest that carries a `colour` metadata column."""
+    rows = []
+    for category, colour in (("red_round", "red"), ("green_square", "green"), ("blue_bar", "blue")):
+        rows += [
+            {"id": f"{category}-{i}", "image": f"{category}/item{i}.jpg", "category": category, "colour": colour}
+            for i in range(4)
+        ]
+    rows[0]["colour"] = "crimson"
+    store.ensure_collection(encoder.dim, encoder.identity)
+    report = ErrorReport.open(tmp_path / "r.jsonl")
+    ingest(read_catalogue(write_manifest(catalogue_dir, rows)), encoder, store, report, workers=0, progress=False)
+    report.close()
+    return store
+
+
+def upload(image: Image.Image | bytes, name: str = "photo.jpg") -> dict:
+    data = image if isinstance(image, bytes) else image_bytes(image)
+    return {"image": (io.BytesIO(data), name)}
+
+
+def result_ids(response) -> list[str]:
+    return [result["id"] for result in response.get_json()["results"]]
+
+
+def assert_error(response, status: int, code: str) -> None:
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["error"]["code"] == code and body["error"]["message"]
+
+
+def test_similar_by_id_returns_k_of_the_category_without_the_item(client, ingested):
+    response = client.get("/v1/items/red_round-0/similar?k=3&category=red_round")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert result_ids(response) and "red_round-0" not in result_ids(response)
+    assert len(body["results"]) == 3
+    assert {r["category"] for r in body["results"]} == {"red_round"}
+    assert body["took_ms"] >= 0
+    first = body["results"][0]
+    assert set(first) == {"id", "score", "category", "image_url", "metadata"}
+    assert first["image_url"] == f"/v1/items/{first['id']}/image"
+
+
+def test_default_k_is_4(client, ingested):
+    assert len(result_ids(client.get("/v1/items/red_round-0/similar"))) == 4
+
+
+def test_repeated_category_means_any_of(client, ingested):
+    response = client.get("/v1/items/red_round-0/similar?k=20&category=blue_bar&category=green_square")
+    assert {r["category"] for r in response.get_json()["results"]} == {"blue_bar", "green_square"}
+    assert len(result_ids(response)) == 8
+
+
+def test_metadata_filter_and_exclude(client, ingested):
+    response = client.get("/v1/items/red_round-1/similar?k=20&filter.colour=red&exclude=red_round-2")
+    assert sorted(result_ids(response)) == ["red_round-3"]
+    response = client.get("/v1/items/blue_bar-0/similar?k=20&filter.colour=crimson&filter.colour=green")
+    assert sorted(result_ids(response)) == [
+        "green_square-0",
+        "green_square-1",
+        "green_square-2",
+        "green_square-3",
+        "red_round-0",
+    ]
+
+
+def test_upload_search_finds_the_same_photo_first(client, ingested, catalogue_dir):
+    data = (catalogue_dir / "green_square/item2.jpg").read_bytes()
+    response = client.post("/v1/search?k=5", data=upload(data), content_type="multipart/form-data")
+    assert response.status_code == 200
+    results = response.get_json()["results"]
+    assert results[0]["id"] == "green_square-2"
+    assert results[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_upload_search_takes_params_from_the_form_too(client, ingested):
+    form = {**upload(draw_item("red_round", 0)), "category": "blue_bar", "k": "2"}
+    response = client.post("/v1/search", data=form, content_type="multipart/form-data")
+    assert [r["category"] for r in response.get_json()["results"]] == ["blue_bar", "blue_bar"]
+
+
+def test_offset_pages_through_results(client, ingested):
+    everything = result_ids(client.get("/v1/items/red_round-0/similar?k=6"))
+    assert result_ids(client.get("/v1/items/red_round-0/similar?k=3&offset=3")) == everything[3:]
+
+
+def test_score_threshold(client, ingested):
+    scores = [r["score"] for r in client.get("/v1/items/red_round-0/similar?k=11").get_json()["results"]]
+    threshold = sorted(scores)[5]
+    response = client.get(f"/v1/items/red_round-0/similar?k=11&score_threshold={threshold}")
+    assert len(result_ids(response)) == sum(score >= threshold for score in scores)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["k=0", "k=101", "k=abc", "offset=-1", "score_threshold=2", "categroy=shoes", "filter.b%20d=x", "filter.colour="],
+)
+def test_bad_parameters_are_400(client, ingested, query):
+    assert_error(client.get(f"/v1/items/red_round-0/similar?{query}"), 400, "invalid_request")
+
+
+def test_unknown_item_is_404_everywhere(client, ingested, auth):
+    for response in (
+        client.get("/v1/items/nope"),
+        client.get("/v1/items/nope/similar"),
+        client.get("/v1/items/nope/image"),
+        client.delete("/v1/items/nope", headers=auth),
+    ):
+        assert_error(response, 404, "item_not_found")
+
+
+def test_unknown_route_and_method_are_json(client, ingested):
+    assert_error(client.get("/v2/nothing"), 404, "not_found")
+    assert_error(client.get("/v1/search"), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "code"),
+    [
+        (b"plain text", 415, "unsupported_image"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", 415, "unsupported_image"),
+        (b"", 422, "invalid_image"),
+        (image_bytes(draw_item("red_round", 0))[:300], 422, "invalid_image"),
+        (image_bytes(Image.new("1", (20000, 20000)), "PNG"), 413, "image_too_large"),
+    ],
+    ids=["text", "svg", "empty", "truncated", "bomb"],
+)
+def test_bad_uploads_get_their_4xx(client, ingested, data, status, code):
+    response = client.post("/v1/search", data=upload(data), content_type="multipart/form-data")
+    assert_error(response, status, code)
+
+
+def test_missing_image_field_is_400(client, ingested):
+    assert_error(client.post("/v1/search", data={"k": "2"}, content_type="multipart/form-data"), 400, "invalid_request")
+
+
+def test_request_over_the_size_limit_is_413(settings, encoder, store, ingested):
+    small = create_app(settings.model_copy(update={"max_upload_bytes": 1000}), encoder=encoder, store=store)
+    big = image_bytes(Image.effect_noise((200, 200), 50).convert("RGB"))
+    response = small.test_client().post("/v1/search", data=upload(big), content_type="multipart/form-data")
+    assert_error(response, 413, "request_entity_too_large")
+
+
+def test_get_item_and_its_image(client, ingested, catalogue_dir):
+    body = client.get("/v1/items/blue_bar-1").get_json()
+    assert body["category"] == "blue_bar" and body["metadata"] == {"colour": "blue"}
+    image = client.get(body["image_url"])
+    assert image.status_code == 200 and image.mimetype == "image/jpeg"
+    assert image.data == (catalogue_dir / "blue_bar/item1.jpg").read_bytes()
+
+
+def test_put_adds_an_item_that_is_then_searchable(client, ingested, auth):
+    form = {**upload(draw_item("blue_bar", 3), "new.png"), "category": "blue_bar", "metadata": json.dumps({"c": 1})}
+    response = client.put("/v1/items/new-1", data=form, headers=auth, content_type="multipart/form-data")
+    assert response.status_code == 201
+    assert response.get_json()["metadata"] == {"c": 1}
+    assert client.get("/v1/items/new-1/image").status_code == 200
+    assert "new-1" in result_ids(client.get("/v1/items/blue_bar-3/similar?k=20&category=blue_bar"))
+
+    form = {**upload(draw_item("red_round", 1)), "category": "red_round"}
+    replaced = client.put("/v1/items/new-1", data=form, headers=auth, content_type="multipart/form-data")
+    assert replaced.status_code == 200
+    assert client.get("/v1/items/new-1").get_json()["category"] == "red_round"
+
+
+def test_delete_removes_the_item(client, ingested, auth):
+    assert client.delete("/v1/items/red_round-3", headers=auth).get_json() == {"id": "red_round-3", "deleted": True}
+    assert_error(client.get("/v1/items/red_round-3"), 404, "item_not_found")
+    assert "red_round-3" not in result_ids(client.get("/v1/items/red_round-0/similar?k=20"))
+
+
+@pytest.mark.parametrize(
+    ("form", "code"),
+    [
+        ({"category": ""}, "invalid_request"),
+        ({"category": "x", "metadata": "[1]"}, "invalid_request"),
+        ({"category": "x", "metadata": "{oops"}, "invalid_request"),
+        ({"category": "x", "price": "3"}, "invalid_request"),
+    ],
+)
+def test_bad_put_forms_are_400(client, ingested, auth, form, code):
+    data = {**upload(draw_item("red_round", 0)), **form}
+    assert_error(client.put("/v1/items/x1", data=data, headers=auth, content_type="multipart/form-data"), 400, code)
+
+
+def test_writes_need_the_api_key(client, ingested):
+    form = {**upload(draw_item("red_round", 0)), "category": "x"}
+    assert_error(client.put("/v1/items/x1", data=form, content_type="multipart/form-data"), 401, "unauthorized")
+    wrong = {"Authorization": "Bearer nope"}
+    assert_error(client.delete("/v1/items/red_round-0", headers=wrong), 401, "unauthorized")
+    assert client.get("/v1/items/red_round-0").status_code == 200
+
+
+def test_writes_are_off_without_a_configured_key(settings, encoder, store, ingested):
+    app = create_app(settings.model_copy(update={"api_key": None}), encoder=encoder, store=store)
+    response = app.test_client().delete("/v1/items/red_round-0", headers={"Authorization": "Bearer x"})
+    assert_error(response, 403, "writes_disabled")
+
+
+def test_health_and_readiness(client, ingested, encoder):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz").get_json()
+    assert ready == {"status": "ready", "collection": "products", "items": 12, "model": encoder.identity}
+
+
+def test_not_ready_without_a_collection(client):
+    response = client.get("/readyz")
+    assert_error(response, 503, "store_unavailable")
+    assert "python -m ingest" in response.get_json()["error"]["message"]
+    assert response.headers["Retry-After"]
+    assert client.get("/healthz").status_code == 200
+    for path in ("/v1/items/red_round-0/similar", "/v1/items/red_round-0", "/v1/items/red_round-0/image"):
+        assert_error(client.get(path), 503, "store_unavailable")
+
+
+def test_a_collection_of_another_model_is_refused(settings: Settings, store, ingested):
+    from lookalike.encoder import ImageEncoder
+
+    other = ImageEncoder.from_settings(settings.model_copy(update={"model_name": "lookalike-small"}))
+    client = create_app(settings, encoder=other, store=store).test_client()
+    assert_error(client.get("/readyz"), 503, "model_mismatch")
+    response = client.post("/v1/search", data=upload(draw_item("red_round", 0)), content_type="multipart/form-data")
+    assert_error(response, 503, "model_mismatch")

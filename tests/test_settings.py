@@ -1,0 +1,49 @@
+"""Settings come from the environment under the contract's names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lookalike.settings import Settings
+
+
+def test_contract_env_names(monkeypatch, tmp_path: Path):
+    env = {
+        "QDRANT_URL": "http://qdrant:6333",
+        "QDRANT_PATH": str(tmp_path / "q"),
+        "QDRANT_API_KEY": "s3cret",
+        "COLLECTION": "shop",
+        "CATALOGUE_DIR": str(tmp_path),
+        "MODEL_NAME": "RN50",
+        "MODEL_PRETRAINED": "openai",
+        "MODEL_CHECKPOINT": str(tmp_path / "ckpt"),
+        "API_KEY": "k",
+        "FILTERABLE_FIELDS": "brand, colour",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.qdrant_url == "http://qdrant:6333" and not settings.embedded
+    assert settings.qdrant_path == tmp_path / "q"
+    assert settings.qdrant_api_key.get_secret_value() == "s3cret"
+    assert (settings.collection, settings.model_name, settings.model_pretrained) == ("shop", "RN50", "openai")
+    assert settings.catalogue_dir == tmp_path and settings.model_checkpoint == tmp_path / "ckpt"
+    assert settings.api_key.get_secret_value() == "k"
+    assert settings.filterable_fields == ["brand", "colour"]
+    assert "s3cret" not in repr(settings)
+
+
+def test_empty_values_mean_unset(monkeypatch):
+    for name in ("QDRANT_URL", "QDRANT_API_KEY", "MODEL_CHECKPOINT", "API_KEY"):
+        monkeypatch.setenv(name, "")
+    settings = Settings()
+    assert settings.embedded
+    assert settings.api_key is None and settings.qdrant_api_key is None and settings.model_checkpoint is None
+
+
+def test_defaults(monkeypatch):
+    for name in ("QDRANT_URL", "QDRANT_PATH", "COLLECTION", "MODEL_PRETRAINED", "MODEL_CHECKPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.embedded and settings.qdrant_path == Path("data/qdrant")
+    assert settings.collection == "products" and settings.model_pretrained == ""
