@@ -17,14 +17,19 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
+# Fine-tune the small preset once (cached by catalogue fingerprint), evaluate it, (re)index the
+# catalogue with it, serve. MODEL_CHECKPOINT=<dir> make demo skips training and uses that checkpoint.
 demo: venv
-	$(PY) -m ingest
-	@echo
-	@echo "API on http://$(HOST):$(PORT) -- try, in another terminal:"
-	@echo "  curl -s 'http://$(HOST):$(PORT)/v1/items/watch-c101_image_0001/similar?k=4&category=watch'"
-	@echo "  curl -s -F image=@../shared/data/catalogue/watch/c101_image_0002.jpg 'http://$(HOST):$(PORT)/v1/search?k=4'"
-	@echo
-	BIND=$(HOST):$(PORT) exec $(VENV)/bin/gunicorn -c service/gunicorn.conf.py 'service:create_app()'
+	@set -e; \
+	ckpt="$${MODEL_CHECKPOINT:-$$($(PY) -m finetune --preset small --print-checkpoint)}"; \
+	$(PY) -m finetune.evaluate --checkpoint "$$ckpt"; \
+	MODEL_CHECKPOINT="$$ckpt" $(PY) -m ingest --reindex --drop-old; \
+	echo; \
+	echo "API on http://$(HOST):$(PORT) with MODEL_CHECKPOINT=$$ckpt -- try, in another terminal:"; \
+	echo "  curl -s 'http://$(HOST):$(PORT)/v1/items/watch-c101_image_0001/similar?k=4&category=watch'"; \
+	echo "  curl -s -F image=@../shared/data/catalogue/watch/c101_image_0002.jpg 'http://$(HOST):$(PORT)/v1/search?k=4&category=auto'"; \
+	echo; \
+	MODEL_CHECKPOINT="$$ckpt" BIND=$(HOST):$(PORT) exec $(VENV)/bin/gunicorn -c service/gunicorn.conf.py 'service:create_app()'
 
 ingest: venv
 	$(PY) -m ingest

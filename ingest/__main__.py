@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ingest.pipeline import ingest
+from ingest.pipeline import ingest, reindex
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
 from lookalike.encoder import ImageEncoder
@@ -32,6 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="folder of category sub-folders or CSV/JSONL manifest (default: CATALOGUE_DIR)",
     )
     parser.add_argument("--prune", action="store_true", help="delete items that left the catalogue")
+    parser.add_argument(
+        "--reindex", action="store_true", help="build the current model's collection anew, then switch COLLECTION to it"
+    )
+    parser.add_argument("--drop-old", action="store_true", help="with --reindex: delete the previous collection")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (default: BATCH_SIZE)")
     parser.add_argument("--workers", type=int, help="decode processes (default: DECODE_WORKERS)")
     parser.add_argument("--error-report", type=Path, help="JSONL of failed items (default: INGEST_ERROR_REPORT)")
@@ -63,19 +67,27 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     store = VectorStore.from_settings(settings)  # first: a locked store fails before the model loads
     encoder = ImageEncoder.from_settings(settings)
     report = ErrorReport.open(settings.ingest_error_report)
+    options = {
+        "batch_size": settings.batch_size,
+        "workers": settings.decode_workers,
+        "max_pixels": settings.max_image_pixels,
+        "prune": args.prune,
+        "progress": not args.no_progress,
+    }
     try:
-        store.ensure_collection(encoder.dim, encoder.identity, settings.filterable_fields)
-        summary = ingest(
-            catalogue,
-            encoder,
-            store,
-            report,
-            batch_size=settings.batch_size,
-            workers=settings.decode_workers,
-            max_pixels=settings.max_image_pixels,
-            prune=args.prune,
-            progress=not args.no_progress,
-        )
+        if args.reindex:
+            summary = reindex(
+                catalogue,
+                encoder,
+                store,
+                report,
+                drop_old=args.drop_old,
+                filterable_fields=settings.filterable_fields,
+                **options,
+            )
+        else:
+            store.ensure_collection(encoder.dim, encoder.identity, settings.filterable_fields)
+            summary = ingest(catalogue, encoder, store, report, **options)
         total = store.count()
     finally:
         report.close()

@@ -174,3 +174,27 @@ def _prune(catalogue: Catalogue, store: VectorStore) -> int:
     for item_id in gone:
         log.info("item pruned", extra={"item_id": item_id})
     return len(gone)
+
+
+def reindex(
+    catalogue: Catalogue,
+    encoder: ImageEncoder,
+    store: VectorStore,
+    report: ErrorReport,
+    *,
+    drop_old: bool,
+    filterable_fields: Sequence[str] = (),
+    **options,
+) -> IngestSummary:
+    """Build this model's own collection from the catalogue, then switch the alias to it in one call.
+
+    Nothing is reused from the old collection's vectors. Until the switch, searches keep reading
+    the old collection; a reindex killed midway resumes into the half-built one on its next run.
+    """
+    target = store.for_model(encoder.identity)
+    target.create_physical(encoder.dim, encoder.identity, filterable_fields)
+    summary = ingest(catalogue, encoder, target, report, **{**options, "prune": True})
+    previous = store.switch_alias(target.collection)
+    if drop_old and previous not in (None, target.collection):
+        store.drop(previous)
+    return summary

@@ -8,16 +8,19 @@ models are never mixed in one collection.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import load_file
 
 from lookalike.errors import ModelLoadError
 from lookalike.settings import Settings
@@ -25,6 +28,10 @@ from lookalike.settings import Settings
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+#: Files of a fine-tuned checkpoint directory that the encoder reads besides open_clip's own.
+HEAD_FILE = "head.safetensors"
+CLASSES_FILE = "classes.json"
+CHECKPOINT_INFO = "training.json"
 #: Seed for random-init weights, so every process (ingest, each API worker) builds the same model.
 RANDOM_INIT_SEED = 0
 
@@ -77,12 +84,40 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class CategoryClassifier:
+    """A fine-tuned checkpoint's cosine head: the category of an embedding, with its probability."""
+
+    classes: list[str]
+    weight: np.ndarray  # (classes, dim), rows L2-normalised
+    scale: float
+
+    @classmethod
+    def load(cls, checkpoint: Path) -> CategoryClassifier | None:
+        if not (checkpoint / HEAD_FILE).is_file():
+            return None
+        tensors = load_file(checkpoint / HEAD_FILE)
+        weight = F.normalize(tensors["weight"].float(), dim=-1).numpy()
+        classes = json.loads((checkpoint / CLASSES_FILE).read_text())
+        return cls(classes, weight, float(tensors["scale"]))
+
+    def predict(self, embedding: np.ndarray) -> tuple[str, float]:
+        logits = self.scale * (self.weight @ embedding)
+        probabilities = np.exp(logits - logits.max())
+        probabilities /= probabilities.sum()
+        best = int(probabilities.argmax())
+        return self.classes[best], float(probabilities[best])
+
+
 class ImageEncoder:
     """Image tower + val transform; `embed_batch` returns L2-normalised float32 (N, dim)."""
 
-    def __init__(self, visual: torch.nn.Module, preprocess: Preprocess, label: str) -> None:
+    def __init__(
+        self, visual: torch.nn.Module, preprocess: Preprocess, label: str, classifier: CategoryClassifier | None = None
+    ) -> None:
         self.visual = visual.eval()
         self.preprocess = preprocess
+        self.classifier = classifier
         self.dim = int(self._probe_dim())
         self.identity = f"{label}@{weights_fingerprint(visual)}"
 
@@ -92,7 +127,8 @@ class ImageEncoder:
             torch.set_num_threads(settings.torch_threads)
         source = resolve_model_source(settings)
         visual, preprocess = load_visual(source)
-        encoder = cls(visual, preprocess, source.label)
+        classifier = CategoryClassifier.load(settings.model_checkpoint) if settings.model_checkpoint else None
+        encoder = cls(visual, preprocess, source.label, classifier)
         if source.random_init:
             log.warning(
                 "encoder has RANDOM weights (MODEL_PRETRAINED is empty): results show the pipeline, "
@@ -120,14 +156,14 @@ class ImageEncoder:
             return self.visual(torch.zeros(1, 3, size, size)).shape[-1]
 
 
-def load_visual(source: ModelSource) -> tuple[torch.nn.Module, Preprocess]:
-    """Build the model with open_clip's factory; keep only the image tower and val transform."""
+def create_clip(source: ModelSource, aug_cfg: Any = None) -> tuple[torch.nn.Module, Preprocess, Preprocess]:
+    """open_clip's factory with one clear error: the whole model, its train and val transforms."""
     register_model_configs()
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                source.open_clip_name, pretrained=source.pretrained
+            return open_clip.create_model_and_transforms(
+                source.open_clip_name, pretrained=source.pretrained, aug_cfg=aug_cfg
             )
     except Exception as e:  # open_clip and the hub raise many kinds; one clear message for all
         raise ModelLoadError(
@@ -136,9 +172,12 @@ def load_visual(source: ModelSource) -> tuple[torch.nn.Module, Preprocess]:
             "weights file, or empty for random init) or MODEL_CHECKPOINT (a fine-tuned checkpoint "
             "directory). Without internet, use a local file or checkpoint."
         ) from e
-    visual = model.visual
-    del model  # the text tower is never used at inference
-    return visual, preprocess
+
+
+def load_visual(source: ModelSource) -> tuple[torch.nn.Module, Preprocess]:
+    """The image tower and its val transform; the text tower is never used at inference."""
+    model, _, preprocess = create_clip(source)
+    return model.visual, preprocess
 
 
 def open_clip_image_size(preprocess: Preprocess) -> int:

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     decode_workers: int = Field(2, ge=0, le=64)
     torch_threads: int | None = Field(None, ge=1)
 
+    #: `category=auto` filters by the predicted category only when it is at least this probable.
+    auto_category_min_probability: float = Field(0.5, ge=0.0, le=1.0)
+
     # Images: limits that protect the process from hostile or broken files.
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -21,7 +22,7 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from lookalike.errors import ItemNotFound, ModelMismatch, StoreLocked, StoreUnavailable
+from lookalike.errors import ItemNotFound, ModelMismatch, StoreError, StoreLocked, StoreUnavailable
 from lookalike.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -142,11 +143,38 @@ class VectorStore:
     # -- collection ------------------------------------------------------------------------
 
     def collection_exists(self) -> bool:
+        return self.resolve() is not None
+
+    def resolve(self) -> str | None:
+        """The collection behind this store's name: the alias target, the name itself, or None."""
         with self._call():
-            return self.client.collection_exists(self.collection)
+            for alias in self.client.get_aliases().aliases:
+                if alias.alias_name == self.collection:
+                    return alias.collection_name
+            return self.collection if self.client.collection_exists(self.collection) else None
 
     def ensure_collection(self, dim: int, model: str, filterable_fields: Sequence[str] = ()) -> None:
-        """Create the collection for this model, or check that the existing one matches it."""
+        """Create the collection for this model (behind an alias), or check the existing one matches."""
+        if self.collection_exists():
+            self.check_model(dim, model)
+            return
+        target = self.for_model(model)
+        target.create_physical(dim, model, filterable_fields)
+        self.switch_alias(target.collection)
+
+    def for_model(self, model: str) -> VectorStore:
+        """The store of this model's own collection, ``<name>__<model>``."""
+        slug = re.sub(r"[^A-Za-z0-9_-]+", "_", model).strip("_")[:120]
+        return self.bound_to(f"{self.collection}__{slug}")
+
+    def bound_to(self, collection: str) -> VectorStore:
+        """The same client (and lock) on another collection name."""
+        twin = VectorStore(self.client, collection, embedded=self.embedded)
+        twin._lock = self._lock
+        return twin
+
+    def create_physical(self, dim: int, model: str, filterable_fields: Sequence[str] = ()) -> None:
+        """Create this store's collection unless it exists (a reindex killed midway resumes into it)."""
         with self._call():
             if self.client.collection_exists(self.collection):
                 self.check_model(dim, model)
@@ -161,6 +189,32 @@ class VectorStore:
                     self.client.create_payload_index(self.collection, key, models.PayloadSchemaType.KEYWORD)
         log.info("collection created", extra={"collection": self.collection, "model": model, "dim": dim})
 
+    def switch_alias(self, target: str) -> str | None:
+        """Point this store's name at ``target`` in one Qdrant call; returns the previous target."""
+        previous = self.resolve()
+        if previous == self.collection:
+            raise StoreError(
+                f"{self.collection!r} is a plain collection, not an alias; a reindex needs a new COLLECTION "
+                "name (collections created by this project are always reached through an alias)"
+            )
+        operations: list[models.AliasOperations] = []
+        if previous is not None:
+            operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.collection)))
+        operations.append(
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(collection_name=target, alias_name=self.collection)
+            )
+        )
+        with self._call():
+            self.client.update_collection_aliases(change_aliases_operations=operations)
+        log.info("alias switched", extra={"alias": self.collection, "to": target, "from": previous})
+        return previous
+
+    def drop(self, collection: str) -> None:
+        with self._call():
+            self.client.delete_collection(collection)
+        log.info("collection dropped", extra={"collection": collection})
+
     def check_model(self, dim: int, model: str) -> None:
         """Raise `ModelMismatch` unless the collection holds embeddings of exactly this model."""
         with self._call():
@@ -172,7 +226,7 @@ class VectorStore:
             raise ModelMismatch(
                 f"collection {self.collection!r} holds embeddings of model {stored_model} (dim {stored_dim}); "
                 f"this process loaded {model} (dim {dim}). Set MODEL_NAME/MODEL_PRETRAINED/MODEL_CHECKPOINT "
-                "back to that model, or ingest into another COLLECTION"
+                "back to that model, or build the new model's collection with `python -m ingest --reindex`"
             )
 
     def count(self) -> int:

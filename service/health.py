@@ -25,7 +25,8 @@ def readyz():
         return response, status
     return {
         "status": "ready",
-        "collection": resources.store.collection,
+        "collection": resources.settings.collection,
+        "serving": resources.store.collection,
         "items": resources.store.count(),
         "model": resources.encoder.identity,
     }

@@ -38,7 +38,11 @@ def similar_items(item_id: str):
     resources = get_resources()
     params = parse_search_params(request.args)
     resources.check_collection()
-    hits = resources.store.similar(item_id, params.search_filter(), params.k, params.offset, params.score_threshold)
+    # By id, category=auto means the item's own category: no guessing needed.
+    categories = [resources.store.get(item_id).category] if params.auto_category else None
+    hits = resources.store.similar(
+        item_id, params.search_filter(categories), params.k, params.offset, params.score_threshold
+    )
     return results_json(hits, started)
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from werkzeug.datastructures import MultiDict
 
 from lookalike.errors import InvalidRequest
 from lookalike.store import SearchFilter
 
 FILTER_PREFIX = "filter."
+AUTO = "auto"
 FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Value = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
@@ -29,8 +30,21 @@ class SearchParams(BaseModel):
     offset: int = Field(0, ge=0, le=10_000, description="results to skip (paging)")
     filters: dict[FieldName, list[Value]] = Field(default_factory=dict, description="filter.<field>=<value>")
 
-    def search_filter(self) -> SearchFilter:
-        return SearchFilter(categories=self.category, exclude=self.exclude, metadata=self.filters)
+    @property
+    def auto_category(self) -> bool:
+        """`category=auto`: let the fine-tuned head choose the category."""
+        return AUTO in self.category
+
+    @model_validator(mode="after")
+    def _auto_alone(self) -> SearchParams:
+        if self.auto_category and len(self.category) > 1:
+            raise ValueError("category=auto cannot be combined with other categories")
+        return self
+
+    def search_filter(self, categories: list[str] | None = None) -> SearchFilter:
+        """The filter for Qdrant; ``categories`` replaces `auto` once it is resolved."""
+        chosen = self.category if categories is None else categories
+        return SearchFilter(categories=chosen, exclude=self.exclude, metadata=self.filters)
 
 
 def parse_search_params(values: MultiDict[str, str]) -> SearchParams:

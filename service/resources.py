@@ -26,10 +26,18 @@ class Resources:
     collection_checked: bool = field(default=False)
 
     def check_collection(self, *, force: bool = False) -> None:
-        """Raise a `StoreError` unless the collection exists and matches the loaded model."""
+        """Raise a `StoreError` unless the collection exists and matches the loaded model.
+
+        The first success pins the collection behind the COLLECTION alias: when a reindex later
+        switches the alias to another model's collection, this process keeps answering from the
+        one that matches its model until it is restarted (or reloaded) with the new model.
+        """
         if self.collection_checked and not force:
             return
         self.store.check_model(self.encoder.dim, self.encoder.identity)
+        physical = self.store.resolve()
+        if physical is not None and physical != self.store.collection:
+            self.store = self.store.bound_to(physical)
         self.collection_checked = True
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -217,10 +218,16 @@ def test_writes_are_off_without_a_configured_key(settings, encoder, store, inges
     assert_error(response, 403, "writes_disabled")
 
 
-def test_health_and_readiness(client, ingested, encoder):
+def test_health_and_readiness(client, ingested, encoder, store):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz").get_json()
-    assert ready == {"status": "ready", "collection": "products", "items": 12, "model": encoder.identity}
+    assert ready == {
+        "status": "ready",
+        "collection": "products",
+        "serving": store.for_model(encoder.identity).collection,  # the alias's target, pinned
+        "items": 12,
+        "model": encoder.identity,
+    }
 
 
 def test_not_ready_without_a_collection(client):
@@ -241,3 +248,50 @@ def test_a_collection_of_another_model_is_refused(settings: Settings, store, ing
     assert_error(client.get("/readyz"), 503, "model_mismatch")
     response = client.post("/v1/search", data=upload(draw_item("red_round", 0)), content_type="multipart/form-data")
     assert_error(response, 503, "model_mismatch")
+
+
+@pytest.fixture
+def auto_client(settings, encoder, store, ingested, catalogue_dir):
+    """An encoder whose head has one prototype per category: the mean embedding of its images."""
+    from lookalike.encoder import CategoryClassifier, ImageEncoder
+
+    classes = ["blue_bar", "green_square", "red_round"]
+    prototypes = np.stack([encoder.embed_images([draw_item(c, i) for i in range(4)]).mean(axis=0) for c in classes])
+    classifier = CategoryClassifier(classes, prototypes / np.linalg.norm(prototypes, axis=1, keepdims=True), 1000.0)
+    with_head = ImageEncoder(encoder.visual, encoder.preprocess, "lookalike-tiny/random-init", classifier)
+    assert with_head.identity == encoder.identity
+
+    def client_with(min_probability: float):
+        app_settings = settings.model_copy(update={"auto_category_min_probability": min_probability})
+        return create_app(app_settings, encoder=with_head, store=store).test_client()
+
+    return client_with
+
+
+def test_category_auto_filters_by_the_predicted_category(auto_client):
+    form = {**upload(draw_item("red_round", 2)), "category": "auto", "k": "10"}
+    body = auto_client(0.5).post("/v1/search", data=form, content_type="multipart/form-data").get_json()
+    prediction = body["predicted_category"]
+    assert prediction["category"] == "red_round" and prediction["applied"] is True
+    assert 0.5 <= prediction["probability"] <= 1
+    assert {r["category"] for r in body["results"]} == {"red_round"}
+
+
+def test_category_auto_below_the_threshold_searches_unfiltered(auto_client):
+    form = {**upload(draw_item("red_round", 2)), "category": "auto", "k": "12"}
+    body = auto_client(1.01 - 1e-9).post("/v1/search", data=form, content_type="multipart/form-data").get_json()
+    assert body["predicted_category"]["applied"] is False
+    assert len({r["category"] for r in body["results"]}) == 3
+
+
+def test_category_auto_without_a_head_is_400(client, ingested):
+    form = {**upload(draw_item("red_round", 2)), "category": "auto"}
+    response = client.post("/v1/search", data=form, content_type="multipart/form-data")
+    assert_error(response, 400, "invalid_request")
+    assert "MODEL_CHECKPOINT" in response.get_json()["error"]["message"]
+
+
+def test_category_auto_by_id_means_the_items_own_category(client, ingested):
+    response = client.get("/v1/items/blue_bar-0/similar?k=10&category=auto")
+    assert {r["category"] for r in response.get_json()["results"]} == {"blue_bar"}
+    assert_error(client.get("/v1/items/blue_bar-0/similar?category=auto&category=x"), 400, "invalid_request")

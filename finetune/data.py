@@ -1,0 +1,98 @@
+"""Training and evaluation data: the fixed query/gallery split and an in-memory image cache.
+
+Split protocol (fixed, so numbers stay comparable between runs and models): per category, sort
+the image paths, shuffle them with ``numpy.random.default_rng(0)``, the first ceil(20 %) are
+queries, the rest the gallery. Only the gallery trains; the queries are held out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from lookalike.catalogue import CatalogueItem
+from lookalike.errors import InvalidImage
+from lookalike.images import decode_image, read_bytes
+
+QUERY_FRACTION = 0.2
+SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Split:
+    queries: list[CatalogueItem]
+    gallery: list[CatalogueItem]
+
+
+def split_catalogue(items: Sequence[CatalogueItem], query_fraction: float = QUERY_FRACTION) -> Split:
+    """The fixed per-category split described in the module docstring."""
+    by_category: dict[str, list[CatalogueItem]] = {}
+    for item in items:
+        by_category.setdefault(item.category, []).append(item)
+    queries: list[CatalogueItem] = []
+    gallery: list[CatalogueItem] = []
+    for category in sorted(by_category):
+        members = sorted(by_category[category], key=lambda item: item.image)
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(members))
+        n_queries = math.ceil(query_fraction * len(members))
+        queries += [members[i] for i in order[:n_queries]]
+        gallery += [members[i] for i in order[n_queries:]]
+    return Split(queries, gallery)
+
+
+def catalogue_fingerprint(items: Sequence[CatalogueItem]) -> str:
+    """A hash of ids, categories and image bytes: same fingerprint, same training data."""
+    digest = hashlib.sha256()
+    for item in sorted(items, key=lambda item: item.id):
+        digest.update(f"{item.id}\0{item.category}\0".encode())
+        digest.update(hashlib.sha256(item.path.read_bytes()).digest() if item.path.is_file() else b"-")
+    return digest.hexdigest()
+
+
+@dataclass
+class ImageCache:
+    """Every usable image decoded once and shrunk, so epochs never touch JPEG decoding again."""
+
+    images: list[Image.Image]
+    items: list[CatalogueItem]
+
+    @classmethod
+    def load(cls, items: Sequence[CatalogueItem], side: int | None, max_pixels: int) -> ImageCache:
+        """Decode ``items`` (bad ones are skipped), the shorter side reduced to ``side`` if given."""
+        images, kept = [], []
+        for item in items:
+            try:
+                image = decode_image(read_bytes(item.path), max_pixels)
+            except InvalidImage:
+                continue
+            scale = side / min(image.size) if side else 1.0
+            if scale < 1:
+                image = image.resize(
+                    (round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC
+                )
+            images.append(image)
+            kept.append(item)
+        return cls(images, kept)
+
+
+class LabelledImages(Dataset):
+    """Cached images through a transform, with their class index."""
+
+    def __init__(self, cache: ImageCache, transform: Callable[[Image.Image], torch.Tensor], classes: list[str]):
+        self.cache = cache
+        self.transform = transform
+        index = {name: i for i, name in enumerate(classes)}
+        self.labels = torch.tensor([index[item.category] for item in cache.items])
+
+    def __len__(self) -> int:
+        return len(self.cache.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.cache.images[i]), self.labels[i]

@@ -1,0 +1,154 @@
+"""``python -m finetune.evaluate``: the retrieval report, several encoders side by side on one split.
+
+Compared by default: the fine-tuned checkpoint (``--checkpoint`` or MODEL_CHECKPOINT), the untuned
+encoder it started from, and an HSV colour-histogram baseline. Protocol in `finetune.data` (fixed
+query/gallery split) and `finetune.metrics` (P@1, P@4, P@10, mAP@R). Writes JSON and Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from finetune.data import ImageCache, split_catalogue
+from finetune.metrics import KS, retrieval_scores
+from lookalike.catalogue import read_catalogue
+from lookalike.colour import colour_histogram
+from lookalike.encoder import CHECKPOINT_INFO, CategoryClassifier, ImageEncoder, ModelSource, load_visual
+from lookalike.errors import LookalikeError
+from lookalike.logs import configure_logging
+from lookalike.settings import Settings
+
+METRICS = [f"P@{k}" for k in KS] + ["mAP@R"]
+EMBED_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Something that turns images into unit-length embeddings, maybe with a classifier head."""
+
+    name: str
+    embed: Callable[[Sequence[Image.Image]], np.ndarray]
+    classifier: CategoryClassifier | None = None
+
+
+def encoder_candidate(name: str, encoder: ImageEncoder) -> Candidate:
+    def embed(images: Sequence[Image.Image]) -> np.ndarray:
+        return np.concatenate(
+            [encoder.embed_images(images[i : i + EMBED_BATCH]) for i in range(0, len(images), EMBED_BATCH)]
+        )
+
+    return Candidate(name, embed, encoder.classifier)
+
+
+def colour_candidate() -> Candidate:
+    return Candidate("colour histogram (HSV 8x8x8)", lambda images: np.stack([colour_histogram(i) for i in images]))
+
+
+def evaluate_candidates(queries: ImageCache, gallery: ImageCache, candidates: Sequence[Candidate]) -> dict:
+    """Scores of every candidate on the same split."""
+    query_labels = [item.category for item in queries.items]
+    gallery_labels = [item.category for item in gallery.items]
+    report = {}
+    for candidate in candidates:
+        query_embeddings = candidate.embed(queries.images)
+        scores = retrieval_scores(query_embeddings, query_labels, candidate.embed(gallery.images), gallery_labels)
+        accuracy = None
+        if candidate.classifier is not None:
+            predicted = [candidate.classifier.predict(e)[0] for e in query_embeddings]
+            accuracy = float(np.mean([p == label for p, label in zip(predicted, query_labels, strict=True)]))
+        report[candidate.name] = {
+            "overall": scores.overall,
+            "per_category": scores.per_category,
+            "head_accuracy": accuracy,
+        }
+    return report
+
+
+def markdown(report: dict, worst: int = 5) -> str:
+    """The overall table, then P@4 per category (worst categories of the first model first)."""
+    lines = ["| encoder | " + " | ".join(METRICS) + " | head accuracy |", "|---" * (len(METRICS) + 2) + "|"]
+    for name, result in report.items():
+        values = " | ".join(f"{result['overall'][m]:.3f}" for m in METRICS)
+        accuracy = "–" if result["head_accuracy"] is None else f"{result['head_accuracy']:.3f}"
+        lines.append(f"| {name} | {values} | {accuracy} |")
+    names = list(report)
+    first = report[names[0]]["per_category"]
+    categories = sorted(first, key=lambda c: first[c]["P@4"])
+    lines += [
+        "",
+        "P@4 per category (worst first):",
+        "",
+        "| category | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for category in categories:
+        lines.append(
+            f"| {category} | " + " | ".join(f"{report[n]['per_category'][category]['P@4']:.3f}" for n in names) + " |"
+        )
+    return "\n".join(lines)
+
+
+def build_candidates(args: argparse.Namespace, settings: Settings) -> list[Candidate]:
+    candidates = []
+    checkpoint = args.checkpoint or settings.model_checkpoint
+    if checkpoint is not None:
+        tuned = ImageEncoder.from_settings(settings.model_copy(update={"model_checkpoint": checkpoint}))
+        candidates.append(encoder_candidate(f"fine-tuned ({Path(checkpoint).name})", tuned))
+        base = json.loads((Path(checkpoint) / CHECKPOINT_INFO).read_text())["base_model"]
+        candidates.append(encoder_candidate(f"untuned ({base})", untuned_encoder(base)))
+    else:
+        encoder = ImageEncoder.from_settings(settings)
+        candidates.append(encoder_candidate(f"untuned ({encoder.identity.split('@')[0]})", encoder))
+    if not args.no_colour:
+        candidates.append(colour_candidate())
+    return candidates
+
+
+def untuned_encoder(base_label: str) -> ImageEncoder:
+    """The encoder a checkpoint started from, rebuilt from its recorded label."""
+    name, _, weights = base_label.partition("/")
+    pretrained = None if weights in ("", "random-init") else weights
+    source = ModelSource(name, pretrained, base_label)
+    visual, preprocess = load_visual(source)
+    return ImageEncoder(visual, preprocess, base_label)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m finetune.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("catalogue", nargs="?", type=Path, help="catalogue (default CATALOGUE_DIR)")
+    parser.add_argument("--checkpoint", type=Path, help="fine-tuned checkpoint (default MODEL_CHECKPOINT)")
+    parser.add_argument("--no-colour", action="store_true", help="leave out the colour-histogram baseline")
+    parser.add_argument("--output-dir", type=Path, default=Path("reports"), help="where JSON and Markdown go")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    configure_logging("WARNING")
+    try:
+        catalogue = read_catalogue(args.catalogue or settings.catalogue_dir or settings.catalogue_root())
+        candidates = build_candidates(args, settings)
+    except LookalikeError as e:
+        print(f"evaluate: error: {e.message}", file=sys.stderr)
+        return 2
+    split = split_catalogue(catalogue.items)
+    queries = ImageCache.load(split.queries, None, settings.max_image_pixels)
+    gallery = ImageCache.load(split.gallery, None, settings.max_image_pixels)
+    report = evaluate_candidates(queries, gallery, candidates)
+    table = markdown(report)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    split_info = {"queries": len(queries.items), "gallery": len(gallery.items)}
+    (args.output_dir / "evaluation.json").write_text(json.dumps({"split": split_info, "models": report}, indent=2))
+    (args.output_dir / "evaluation.md").write_text(table + "\n")
+    print(f"held-out queries: {split_info['queries']}, gallery: {split_info['gallery']}\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

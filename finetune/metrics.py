@@ -1,0 +1,56 @@
+"""Retrieval metrics for the evaluation protocol: P@k and mAP@R, overall and per category.
+
+Each query ranks the whole gallery by cosine similarity (embeddings are L2-normalised, so a dot
+product). A gallery item is relevant when it shares the query's category. mAP@R (Musgrave et al.,
+"A Metric Learning Reality Check") averages precision at each relevant hit within the first R
+results, R = number of relevant gallery items; it rewards putting *all* look-alikes first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+KS = (1, 4, 10)
+
+
+@dataclass(frozen=True)
+class RetrievalScores:
+    """Metric name -> value, overall and for each category."""
+
+    overall: dict[str, float]
+    per_category: dict[str, dict[str, float]]
+
+
+def query_scores(relevant: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int] = KS) -> dict[str, np.ndarray]:
+    """Per-query metrics from ``relevant`` (Q, G) booleans in ranked order and R per query."""
+    scores = {f"P@{k}": relevant[:, :k].mean(axis=1) for k in ks}
+    ranks = np.arange(1, relevant.shape[1] + 1)
+    precision_at_hit = np.cumsum(relevant, axis=1) / ranks
+    within_r = ranks[None, :] <= n_relevant[:, None]
+    average_precision = (precision_at_hit * relevant * within_r).sum(axis=1) / np.maximum(n_relevant, 1)
+    scores["mAP@R"] = average_precision
+    return scores
+
+
+def retrieval_scores(
+    queries: np.ndarray,
+    query_labels: Sequence[str],
+    gallery: np.ndarray,
+    gallery_labels: Sequence[str],
+    ks: Sequence[int] = KS,
+) -> RetrievalScores:
+    """Rank the gallery for every query by cosine similarity and score the ranking."""
+    query_labels_arr, gallery_labels_arr = np.asarray(query_labels), np.asarray(gallery_labels)
+    order = np.argsort(-(queries @ gallery.T), axis=1, kind="stable")
+    relevant = gallery_labels_arr[order] == query_labels_arr[:, None]
+    n_relevant = (gallery_labels_arr[None, :] == query_labels_arr[:, None]).sum(axis=1)
+    per_query = query_scores(relevant, n_relevant, ks)
+    overall = {name: float(values.mean()) for name, values in per_query.items()}
+    per_category = {
+        category: {name: float(values[query_labels_arr == category].mean()) for name, values in per_query.items()}
+        for category in sorted(set(query_labels))
+    }
+    return RetrievalScores(overall, per_category)

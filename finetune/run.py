@@ -1,0 +1,225 @@
+"""The fine-tuning job: data, model, the epoch loop with early stopping and resume, the checkpoint."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from open_clip.model import get_model_preprocess_cfg
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from tqdm import tqdm
+
+from finetune.checkpoint import is_complete, load_resume_state, save_checkpoint, save_resume_state
+from finetune.data import ImageCache, LabelledImages, catalogue_fingerprint, split_catalogue
+from finetune.model import RetrievalModel
+from finetune.train import bf16_supported, evaluate, train_one_epoch, warmup_cosine
+from lookalike.catalogue import CatalogueItem
+from lookalike.encoder import ModelSource, create_clip
+
+log = logging.getLogger(__name__)
+#: Colour jitter leaves hue alone: colour is part of "looks alike", so a red shoe stays red.
+AUGMENTATION = open_clip.AugmentationCfg(scale=(0.35, 1.0), color_jitter=(0.2, 0.2, 0.2, 0.0), color_jitter_prob=0.8)
+CACHE_MARGIN = 1.15  # cached images keep a little more than the model's input size for cropping
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 2.0
+    label_smoothing: float = 0.1
+    head_scale: float = 16.0
+    margin: float = 0.1
+    patience: int = 6
+    lp_epochs: int = 0  # linear probe (head only) before full fine-tuning; for pretrained starts
+    backbone_lr_scale: float = 1.0  # < 1 keeps pretrained features close to where they started
+    wise_alpha: float | None = None  # WiSE-FT: interpolate fine-tuned and starting weights
+    seed: int = 0
+    max_minutes: float | None = None
+    precision: str = "auto"  # "auto" (bf16 autocast where the CPU has it), "bf16" or "fp32"
+    progress: bool = True
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16" or (self.precision == "auto" and bf16_supported())
+
+
+@dataclass
+class TrainingResult:
+    output: Path
+    epochs_run: int
+    best_epoch: int
+    seconds: float
+    metrics: dict[str, Any]
+
+
+def fine_tune(
+    items: list[CatalogueItem], source: ModelSource, output: Path, config: TrainingConfig, max_pixels: int
+) -> TrainingResult:
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    clip, train_transform, val_transform = create_clip(source, aug_cfg=AUGMENTATION)
+    train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
+    split = split_catalogue(items)
+    classes = sorted({item.category for item in items})
+    side = round(get_model_preprocess_cfg(clip)["size"][0] * CACHE_MARGIN)
+    gallery, queries = (
+        ImageCache.load(split.gallery, side, max_pixels),
+        ImageCache.load(split.queries, side, max_pixels),
+    )
+    log.info(
+        "data ready", extra={"gallery": len(gallery.images), "queries": len(queries.images), "classes": len(classes)}
+    )
+
+    dim = int(_embedding_dim(clip.visual, val_transform, gallery))
+    model = RetrievalModel(clip.visual, dim, len(classes), config.head_scale, config.margin)
+    model.to(memory_format=torch.channels_last)
+    start_state = copy.deepcopy(clip.visual.state_dict())
+    loader = DataLoader(
+        LabelledImages(gallery, train_transform, classes), batch_size=config.batch_size, shuffle=True, drop_last=True
+    )
+    loop = EpochLoop(model, loader, config, output)
+    loop.run(lambda: evaluate(model, queries, gallery, val_transform, classes, config.bf16), started)
+
+    model.load_state_dict(loop.best_state)
+    if config.wise_alpha is not None:
+        interpolate_weights(clip.visual, start_state, config.wise_alpha)
+    # The reported numbers: full-resolution images in fp32, exactly as ingest and the service see them.
+    queries, gallery = (
+        ImageCache.load(split.queries, None, max_pixels),
+        ImageCache.load(split.gallery, None, max_pixels),
+    )
+    scores, accuracy = evaluate(model, queries, gallery, val_transform, classes)
+    metrics = {"overall": scores.overall, "per_category": scores.per_category, "head_accuracy": accuracy}
+    info = {
+        "version": output.name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "base_model": source.label,
+        "catalogue_fingerprint": catalogue_fingerprint(items),
+        "training": dataclasses.asdict(config),
+        "epochs_run": loop.epoch,
+        "best_epoch": loop.best_epoch,
+        "history": loop.history,
+        "seconds": round(time.perf_counter() - started, 1),
+        "metrics": metrics,
+    }
+    model_cfg = open_clip.get_model_config(source.open_clip_name)
+    save_checkpoint(
+        output, clip, model.head.weight, config.head_scale, classes, model_cfg, get_model_preprocess_cfg(clip), info
+    )
+    return TrainingResult(output, loop.epoch, loop.best_epoch, info["seconds"], metrics)
+
+
+class EpochLoop:
+    """Epochs with LP-FT phases, early stopping on held-out P@4, and a resume file after each."""
+
+    def __init__(self, model: RetrievalModel, loader: DataLoader, config: TrainingConfig, output: Path) -> None:
+        self.model, self.loader, self.config, self.output = model, loader, config, output
+        backbone_lr = config.lr * config.backbone_lr_scale
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": model.visual.parameters(), "lr": backbone_lr},
+                {"params": model.head.parameters(), "lr": config.lr, "weight_decay": 0.0},
+            ],
+            weight_decay=config.weight_decay,
+        )
+        steps = len(loader) * config.epochs
+        multiplier = warmup_cosine(round(len(loader) * config.warmup_epochs), steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, multiplier)
+        self.epoch, self.best_epoch, self.best_score, self.stale = 0, 0, -1.0, 0
+        self.best_state = copy.deepcopy(model.state_dict())
+        self.history: list[dict[str, float]] = []
+        self._resume()
+
+    def run(self, evaluate_now, started: float) -> None:
+        while self.epoch < self.config.epochs and self.stale < self.config.patience:
+            if self.config.max_minutes and time.perf_counter() - started > self.config.max_minutes * 60:
+                log.warning("time budget reached", extra={"epoch": self.epoch, "max_minutes": self.config.max_minutes})
+                break
+            self.epoch += 1
+            self.model.visual.requires_grad_(self.epoch > self.config.lp_epochs)
+            bar = tqdm(
+                total=len(self.loader.dataset),
+                desc=f"epoch {self.epoch}/{self.config.epochs}",
+                unit="img",
+                disable=not self.config.progress,
+                leave=False,
+            )
+            with bar:
+                loss = train_one_epoch(
+                    self.model,
+                    self.loader,
+                    self.optimizer,
+                    self.scheduler,
+                    self.config.label_smoothing,
+                    bar,
+                    self.config.bf16,
+                )
+                scores, accuracy = evaluate_now()
+                bar.set_postfix(loss=f"{loss:.3f}", p_at_4=f"{scores.overall['P@4']:.3f}")
+            self._record(loss, scores.overall["P@4"], accuracy)
+
+    def _record(self, loss: float, p_at_4: float, accuracy: float) -> None:
+        self.history.append({"epoch": self.epoch, "loss": loss, "P@4": p_at_4, "accuracy": accuracy})
+        log.info("epoch done", extra=self.history[-1])
+        if p_at_4 > self.best_score:
+            self.best_score, self.best_epoch, self.stale = p_at_4, self.epoch, 0
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        else:
+            self.stale += 1
+        save_resume_state(
+            self.output,
+            {
+                "epoch": self.epoch,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "best_state": self.best_state,
+                "best_score": self.best_score,
+                "best_epoch": self.best_epoch,
+                "stale": self.stale,
+                "history": self.history,
+                "config": dataclasses.asdict(self.config),
+            },
+        )
+
+    def _resume(self) -> None:
+        state = load_resume_state(self.output)
+        if state is None:
+            return
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.best_state, self.best_score = state["epoch"], state["best_state"], state["best_score"]
+        self.best_epoch, self.stale, self.history = state["best_epoch"], state["stale"], state["history"]
+        log.info("resumed", extra={"epoch": self.epoch, "output": str(self.output)})
+
+
+def interpolate_weights(module: torch.nn.Module, start: dict[str, torch.Tensor], alpha: float) -> None:
+    """WiSE-FT: ``alpha`` * fine-tuned + (1 - ``alpha``) * starting weights (float tensors only)."""
+    state = module.state_dict()
+    for name, tensor in state.items():
+        if tensor.is_floating_point():
+            state[name] = alpha * tensor + (1 - alpha) * start[name]
+    module.load_state_dict(state)
+
+
+def _embedding_dim(visual: torch.nn.Module, preprocess, cache: ImageCache) -> int:
+    visual.eval()
+    with torch.inference_mode():
+        return visual(preprocess(cache.images[0]).unsqueeze(0)).shape[-1]
+
+
+def already_trained(output: Path) -> bool:
+    return is_complete(output)

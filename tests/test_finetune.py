@@ -1,0 +1,152 @@
+"""Fine-tuning on generated shapes: it learns, its checkpoint round-trips, resume works, auto-category."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from finetune.__main__ import main as finetune_main
+from finetune.data import ImageCache, split_catalogue
+from finetune.evaluate import encoder_candidate, evaluate_candidates, untuned_encoder
+from finetune.evaluate import main as evaluate_main
+from finetune.run import TrainingConfig, fine_tune
+from lookalike.catalogue import read_catalogue
+from lookalike.encoder import ImageEncoder, resolve_model_source
+from lookalike.settings import Settings
+from tests.conftest import TEST_MODEL
+
+SHAPES = ("disc", "box", "bar")
+FAST = TrainingConfig(epochs=120, batch_size=8, lr=3e-3, warmup_epochs=1, patience=100, progress=False)
+
+
+def draw_shape(shape: str, rng: random.Random) -> Image.Image:
+    """The category is the shape; colour, size and position are random, so colour alone cannot tell."""
+    image = Image.new("RGB", (48, 48), "white")
+    colour = tuple(rng.randrange(30, 220) for _ in range(3))
+    size, x, y = rng.randrange(18, 30), rng.randrange(0, 12), rng.randrange(0, 12)
+    draw = ImageDraw.Draw(image)
+    if shape == "disc":
+        draw.ellipse((x, y, x + size, y + size), fill=colour)
+    elif shape == "box":
+        draw.rectangle((x, y, x + size, y + size), fill=colour)
+    else:
+        draw.rectangle((x, y + size // 2 - 3, x + size + 10, y + size // 2 + 3), fill=colour)
+    return image
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    rng = random.Random(7)
+    for shape in SHAPES:
+        (root / shape).mkdir()
+        for index in range(15):
+            draw_shape(shape, rng).save(root / shape / f"{index:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(shapes_dir, tmp_path_factory) -> tuple[Path, dict]:
+    output = tmp_path_factory.mktemp("models") / "tiny-v1"
+    source = resolve_model_source(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
+    result = fine_tune(read_catalogue(shapes_dir).items, source, output, FAST, max_pixels=10**7)
+    return output, result.metrics
+
+
+def held_out(shapes_dir: Path) -> tuple[ImageCache, ImageCache]:
+    split = split_catalogue(read_catalogue(shapes_dir).items)
+    return ImageCache.load(split.queries, None, 10**7), ImageCache.load(split.gallery, None, 10**7)
+
+
+def test_split_is_fixed_and_disjoint(shapes_dir):
+    first, again = split_catalogue(read_catalogue(shapes_dir).items), split_catalogue(read_catalogue(shapes_dir).items)
+    assert [i.id for i in first.queries] == [i.id for i in again.queries]
+    assert len(first.queries) == 3 * 3  # ceil(20 % of 15) per category
+    assert not {i.id for i in first.queries} & {i.id for i in first.gallery}
+
+
+def test_training_beats_its_own_random_init(trained, shapes_dir):
+    output, metrics = trained
+    queries, gallery = held_out(shapes_dir)
+    base = json.loads((output / "training.json").read_text())["base_model"]
+    before = evaluate_candidates(queries, gallery, [encoder_candidate("init", untuned_encoder(base))])["init"]
+    assert metrics["overall"]["P@4"] > before["overall"]["P@4"] + 0.1
+
+
+def test_checkpoint_round_trips_to_identical_vectors(trained, shapes_dir):
+    output, metrics = trained
+    settings = Settings(model_checkpoint=output)
+    loaded = ImageEncoder.from_settings(settings)
+    assert loaded.identity == ImageEncoder.from_settings(settings).identity
+    assert loaded.identity.startswith("checkpoint:tiny-v1@")
+    queries, gallery = held_out(shapes_dir)
+    report = evaluate_candidates(queries, gallery, [encoder_candidate("loaded", loaded)])["loaded"]
+    assert report["overall"] == pytest.approx(metrics["overall"], abs=1e-6)
+    assert report["head_accuracy"] == pytest.approx(metrics["head_accuracy"])
+    info = json.loads((output / "training.json").read_text())
+    assert info["training"]["epochs"] == FAST.epochs and len(info["catalogue_fingerprint"]) == 64
+    assert not (output / "resume.pt").exists()
+
+
+def test_classifier_head_predicts_shapes(trained, shapes_dir):
+    output, _ = trained
+    encoder = ImageEncoder.from_settings(Settings(model_checkpoint=output))
+    queries, _ = held_out(shapes_dir)
+    embeddings = encoder.embed_images(queries.images)
+    predicted = [encoder.classifier.predict(e)[0] for e in embeddings]
+    accuracy = np.mean([p == item.category for p, item in zip(predicted, queries.items, strict=True)])
+    assert accuracy >= 0.5
+    category, probability = encoder.classifier.predict(embeddings[0])
+    assert category in SHAPES and 0 < probability <= 1
+
+
+def test_interrupted_training_resumes_from_its_last_epoch(shapes_dir, tmp_path, monkeypatch):
+    import finetune.run as run
+
+    source = resolve_model_source(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
+    items = read_catalogue(shapes_dir).items
+    config = dataclasses.replace(FAST, epochs=4)
+    record = run.EpochLoop._record
+
+    def record_then_crash(self, *args):
+        record(self, *args)  # the resume file of this epoch is written
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(run.EpochLoop, "_record", record_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        fine_tune(items, source, tmp_path / "run", config, max_pixels=10**7)
+    assert (tmp_path / "run" / "resume.pt").exists() and not (tmp_path / "run" / "training.json").exists()
+
+    monkeypatch.setattr(run.EpochLoop, "_record", record)
+    epochs_trained = []
+    train = run.train_one_epoch
+    monkeypatch.setattr(run, "train_one_epoch", lambda *a: epochs_trained.append(1) or train(*a))
+    result = fine_tune(items, source, tmp_path / "run", config, max_pixels=10**7)
+    assert (result.epochs_run, len(epochs_trained)) == (4, 2)  # epochs 3 and 4 only
+    assert [h["epoch"] for h in json.loads((tmp_path / "run" / "training.json").read_text())["history"]] == [1, 2, 3, 4]
+
+
+def test_cli_and_evaluate_report(shapes_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MODEL_NAME", TEST_MODEL)
+    monkeypatch.setenv("MODEL_PRETRAINED", "")
+    output = tmp_path / "ckpt"
+    args = [str(shapes_dir), "--output", str(output), "--epochs", "2", "--batch-size", "8", "--no-progress"]
+    assert finetune_main(args) == 0
+    assert "heldout_P@4=" in capsys.readouterr().out
+    assert finetune_main(args) == 0  # cached: same catalogue, finished checkpoint
+    assert "already trained" in capsys.readouterr().out
+
+    reports = tmp_path / "reports"
+    assert evaluate_main([str(shapes_dir), "--checkpoint", str(output), "--output-dir", str(reports)]) == 0
+    table = capsys.readouterr().out
+    assert "fine-tuned (ckpt)" in table and "untuned (lookalike-tiny/random-init)" in table
+    assert "colour histogram" in table
+    report = json.loads((reports / "evaluation.json").read_text())
+    assert set(report["models"]["fine-tuned (ckpt)"]["overall"]) == {"P@1", "P@4", "P@10", "mAP@R"}
