@@ -6,13 +6,12 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv demo ingest serve test lint clean
+.PHONY: venv demo ingest serve browser test bench clean
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
@@ -37,9 +36,23 @@ ingest: venv
 serve: venv
 	BIND=$(HOST):$(PORT) exec $(VENV)/bin/gunicorn -c service/gunicorn.conf.py 'service:create_app()'
 
-test: venv
+# The browser tests drive Debian's chromium (playwright cannot download its own browser here).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+	  || echo "could not install chromium (needs root): the browser tests will be skipped"
+
+test: venv browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# Benchmarks (not tests): each prints one line per figure with its goal and baseline, and writes
+# bench/results/<name>.json. Uses the MODEL_* settings (default ViT-B-32, random init).
+bench: venv
+	$(PY) -m bench.b1_ingest
+	$(PY) -m bench.b2_search
+	$(PY) -m bench.b3_http
+	$(PY) -m bench.b4_coldstart
+	$(PY) -m bench.b5_finetune
 
 clean:
 	rm -rf $(VENV) data/qdrant

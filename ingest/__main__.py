@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ingest.pipeline import ingest, reindex
 from ingest.report import ErrorReport
-from lookalike.catalogue import read_catalogue
+from lookalike.catalogue import Shard, read_catalogue, take_shard
 from lookalike.encoder import ImageEncoder
 from lookalike.errors import LookalikeError
 from lookalike.logs import configure_logging
@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, help="images per forward pass (default: BATCH_SIZE)")
     parser.add_argument("--workers", type=int, help="decode processes (default: DECODE_WORKERS)")
     parser.add_argument("--error-report", type=Path, help="JSONL of failed items (default: INGEST_ERROR_REPORT)")
+    parser.add_argument("--shard", help="i/n: handle only slice i of n (parallel workers, Qdrant server)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -64,6 +65,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     }
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     catalogue = read_catalogue(settings.catalogue_dir or Path(settings.catalogue_root()))
+    if args.shard:
+        catalogue = take_shard(catalogue, Shard.parse(args.shard))
     store = VectorStore.from_settings(settings)  # first: a locked store fails before the model loads
     encoder = ImageEncoder.from_settings(settings)
     report = ErrorReport.open(settings.ingest_error_report)

@@ -169,7 +169,8 @@ def _stored_item(item: CatalogueItem, sha256: str, model: str) -> StoredItem:
 def _prune(catalogue: Catalogue, store: VectorStore) -> int:
     """Delete catalogue items no longer listed (failing ones stay; items added over the API stay)."""
     listed = {item.id for item in catalogue.items} | {e.item_id for e in catalogue.errors if e.item_id}
-    gone = [item_id for item_id in store.item_ids(image_source="catalogue") if item_id not in listed]
+    mine = catalogue.shard.holds if catalogue.shard else lambda item_id: True  # other workers' items stay
+    gone = [i for i in store.item_ids(image_source="catalogue") if i not in listed and mine(i)]
     store.delete(gone)
     for item_id in gone:
         log.info("item pruned", extra={"item_id": item_id})

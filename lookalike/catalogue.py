@@ -9,6 +9,7 @@ by ingest, and never stops the others. Nothing outside the catalogue root is eve
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -49,6 +50,7 @@ class Catalogue:
     root: Path
     items: list[CatalogueItem]
     errors: list[RowError]
+    shard: Shard | None = None  # set when this is one worker's slice of a larger catalogue
 
 
 def read_catalogue(source: Path) -> Catalogue:
@@ -69,6 +71,33 @@ def read_catalogue(source: Path) -> Catalogue:
             "(a folder of category sub-folders, or a CSV/JSONL manifest)"
         )
     return _validate(root.resolve(), rows)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Slice ``index`` of ``count`` (0-based): each item id belongs to exactly one slice, by hash."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"i/n"``, e.g. ``"0/3"``."""
+        index, _, count = text.partition("/")
+        if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+            raise CatalogueError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. 0/3")
+        return cls(int(index), int(count))
+
+    def holds(self, item_id: str) -> bool:
+        digest = hashlib.sha1(item_id.encode(), usedforsecurity=False).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index
+
+
+def take_shard(catalogue: Catalogue, shard: Shard) -> Catalogue:
+    """The part of a catalogue that one of several parallel ingest workers handles."""
+    items = [item for item in catalogue.items if shard.holds(item.id)]
+    errors = [error for error in catalogue.errors if error.item_id is None or shard.holds(error.item_id)]
+    return Catalogue(catalogue.root, items, errors, shard)
 
 
 def derive_item_id(image: str) -> str:

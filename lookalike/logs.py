@@ -11,9 +11,11 @@ import sys
 from pythonjsonlogger.json import JsonFormatter
 
 
-def configure_logging(level: str = "INFO") -> None:
+def configure_logging(level: str = "INFO", filters: tuple[logging.Filter, ...] = ()) -> None:
     """Send JSON lines to stderr (stdout stays free for a command's own output)."""
     handler = logging.StreamHandler(sys.stderr)
+    for log_filter in filters:
+        handler.addFilter(log_filter)
     handler.setFormatter(
         JsonFormatter("{asctime}{levelname}{name}{message}", style="{", rename_fields={"levelname": "level"})
     )

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     qdrant_path: Path = Path("./data/qdrant")
     qdrant_api_key: SecretStr | None = None
     qdrant_timeout_s: float = 10.0
+    # Server-only collection layout (Qdrant's cluster mode is the scale-out path).
+    qdrant_shard_number: int | None = Field(None, ge=1)
+    qdrant_replication_factor: int | None = Field(None, ge=1)
+    qdrant_write_consistency_factor: int | None = Field(None, ge=1)
+    #: int8 scalar quantisation, quantised vectors in RAM, originals on disk (4x less memory).
+    qdrant_quantize_int8: bool = False
     collection: str = Field("products", pattern=r"^[A-Za-z0-9_.-]{1,200}$")
     #: Extra payload fields to index for filtering (comma-separated); `category` always is.
     filterable_fields: Annotated[list[str], NoDecode] = []
@@ -67,9 +73,13 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     #: Allow PUT/DELETE without API_KEY (local development only).
     allow_unauthenticated_writes: bool = False
+    #: Require API_KEY for the read endpoints of /v1 too (health, metrics and docs stay open).
+    protect_reads: bool = False
+    #: Origins allowed to call the API from a browser (comma-separated); empty = no CORS headers.
+    cors_origins: Annotated[list[str], NoDecode] = []
     log_level: str = "INFO"
 
-    @field_validator("filterable_fields", mode="before")
+    @field_validator("filterable_fields", "cors_origins", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):

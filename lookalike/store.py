@@ -122,13 +122,38 @@ def _metadata_condition(name: str, values: Sequence[str]) -> models.Filter:
     return models.Filter(should=should)
 
 
+@dataclass(frozen=True)
+class CollectionLayout:
+    """How a new collection is laid out on a Qdrant server (embedded mode ignores all of it)."""
+
+    shard_number: int | None = None
+    replication_factor: int | None = None
+    write_consistency_factor: int | None = None
+    quantize_int8: bool = False
+
+    def create_arguments(self) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
+            "shard_number": self.shard_number,
+            "replication_factor": self.replication_factor,
+            "write_consistency_factor": self.write_consistency_factor,
+        }
+        if self.quantize_int8:
+            arguments["quantization_config"] = models.ScalarQuantization(
+                scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True)
+            )
+        return arguments
+
+
 class VectorStore:
     """Items and their embeddings in one Qdrant collection."""
 
-    def __init__(self, client: QdrantClient, collection: str, *, embedded: bool) -> None:
+    def __init__(
+        self, client: QdrantClient, collection: str, *, embedded: bool, layout: CollectionLayout | None = None
+    ) -> None:
         self.client = client
         self.collection = collection
         self.embedded = embedded
+        self.layout = layout or CollectionLayout()
         # Embedded mode is plain Python over shared arrays: serialise calls from server threads.
         self._lock = threading.RLock() if embedded else contextlib.nullcontext()
 
@@ -137,7 +162,13 @@ class VectorStore:
         if settings.qdrant_url:
             api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
             client = QdrantClient(url=settings.qdrant_url, api_key=api_key, timeout=settings.qdrant_timeout_s)
-            return cls(client, settings.collection, embedded=False)
+            layout = CollectionLayout(
+                settings.qdrant_shard_number,
+                settings.qdrant_replication_factor,
+                settings.qdrant_write_consistency_factor,
+                settings.qdrant_quantize_int8,
+            )
+            return cls(client, settings.collection, embedded=False, layout=layout)
         return cls(open_embedded(settings.qdrant_path), settings.collection, embedded=True)
 
     # -- collection ------------------------------------------------------------------------
@@ -169,7 +200,7 @@ class VectorStore:
 
     def bound_to(self, collection: str) -> VectorStore:
         """The same client (and lock) on another collection name."""
-        twin = VectorStore(self.client, collection, embedded=self.embedded)
+        twin = VectorStore(self.client, collection, embedded=self.embedded, layout=self.layout)
         twin._lock = self._lock
         return twin
 
@@ -179,10 +210,14 @@ class VectorStore:
             if self.client.collection_exists(self.collection):
                 self.check_model(dim, model)
                 return
+            on_disk = self.layout.quantize_int8 and not self.embedded  # originals on disk, int8 in RAM
             self.client.create_collection(
                 self.collection,
-                vectors_config={EMBEDDING: models.VectorParams(size=dim, distance=models.Distance.COSINE)},
+                vectors_config={
+                    EMBEDDING: models.VectorParams(size=dim, distance=models.Distance.COSINE, on_disk=on_disk or None)
+                },
                 metadata={MODEL: model, "dim": dim},
+                **({} if self.embedded else self.layout.create_arguments()),
             )
             if not self.embedded:  # embedded mode scans everything and ignores payload indexes
                 for key in (CATEGORY, ITEM_ID, *(f"{METADATA}.{name}" for name in filterable_fields)):
@@ -323,6 +358,24 @@ class VectorStore:
                 with_payload=True,
             )
         return [Hit(StoredItem.from_payload(p.payload or {}), float(p.score)) for p in response.points]
+
+    def categories(self) -> list[tuple[str, int]]:
+        """Every category with its item count, most items first (Qdrant's facet count)."""
+        with self._call():
+            response = self.client.facet(self.collection, key=CATEGORY, limit=10_000, exact=True)
+        return [(str(hit.value), hit.count) for hit in response.hits]
+
+    def random_items(self, search_filter: SearchFilter, limit: int) -> list[StoredItem]:
+        """A random sample of items (Qdrant's sample query), for browsing."""
+        with self._call():
+            response = self.client.query_points(
+                self.collection,
+                query=models.SampleQuery(sample=models.Sample.RANDOM),
+                query_filter=search_filter.to_qdrant(),
+                limit=limit,
+                with_payload=True,
+            )
+        return [StoredItem.from_payload(point.payload or {}) for point in response.points]
 
     def close(self) -> None:
         with self._call():

@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 
 from flask import Flask
+from flask_cors import CORS
 
 from lookalike.encoder import ImageEncoder
 from lookalike.errors import StoreError
 from lookalike.logs import configure_logging
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
-from service import health, items, search
+from service import browse, health, items, openapi, page, search
+from service.auth import protect_reads
 from service.errors import register_error_handlers
+from service.observability import REQUEST_ID_HEADER, RequestIdFilter, init_observability
 from service.resources import EXTENSION_KEY, Resources, ready_error
 
 log = logging.getLogger(__name__)
@@ -30,18 +33,29 @@ def create_app(
     """
     if settings is None:
         settings = Settings()
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, filters=(RequestIdFilter(),))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False
     encoder = encoder or ImageEncoder.from_settings(settings)
     store = store or VectorStore.from_settings(settings)
-    resources = Resources(settings, encoder, store)
+    metrics = init_observability(app, lambda: _item_count(resources))
+    resources = Resources(settings, encoder, store, metrics)
     app.extensions[EXTENSION_KEY] = resources
+    if settings.cors_origins:
+        CORS(app, origins=settings.cors_origins, expose_headers=[REQUEST_ID_HEADER])
     register_error_handlers(app)
-    for blueprint in (search.bp, items.bp, health.bp):
+    protect_reads(app)
+    for blueprint in (search.bp, items.bp, browse.bp, health.bp, page.bp, openapi.bp):
         app.register_blueprint(blueprint)
     problem: StoreError | None = ready_error(resources)
     if problem is not None:
         log.warning("not ready yet", extra={"code": problem.code, "reason": problem.message})
     return app
+
+
+def _item_count(resources: Resources) -> float:
+    try:
+        return float(resources.store.count())
+    except StoreError:
+        return float("nan")

@@ -7,7 +7,7 @@ import hmac
 from collections.abc import Callable
 from typing import TypeVar
 
-from flask import request
+from flask import Flask, request
 
 from lookalike.errors import LookalikeError
 from service.resources import get_resources
@@ -34,7 +34,17 @@ def require_api_key(view: View) -> View:
     return wrapped  # type: ignore[return-value]
 
 
+def protect_reads(app: Flask) -> None:
+    """With PROTECT_READS=true, every /v1 request needs the API key (not health, metrics, docs)."""
+
+    @app.before_request
+    def require_key_for_v1() -> None:
+        if get_resources().settings.protect_reads and request.path.startswith("/v1/"):
+            check_write_access(request.headers.get("Authorization", ""))
+
+
 def check_write_access(authorization: str) -> None:
+    """The bearer-key check (writes always; reads when PROTECT_READS is set)."""
     settings = get_resources().settings
     if settings.api_key is None:
         if settings.allow_unauthenticated_writes:

@@ -13,13 +13,19 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from lookalike.errors import LookalikeError, StoreUnavailable
+from service.observability import current_request_id
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = "5"
 
 
 def error_response(status: int, code: str, message: str) -> tuple[Response, int]:
-    return jsonify(error={"code": code, "message": message}), status
+    """The one error shape; it names the request id so a client report can be matched to the logs."""
+    error = {"code": code, "message": message}
+    request_id = current_request_id()
+    if request_id is not None:
+        error["request_id"] = request_id
+    return jsonify(error=error), status
 
 
 def register_error_handlers(app: Flask) -> None:

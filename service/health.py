@@ -5,17 +5,23 @@ from __future__ import annotations
 from flask import Blueprint
 
 from service.errors import error_response
+from service.openapi import Operation, documented
 from service.resources import get_resources, ready_error
+from service.schemas import Health, Ready
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@documented(Operation("The process answers", {200: Health}))
 def healthz():
     return {"status": "ok"}
 
 
 @bp.get("/readyz")
+@documented(
+    Operation("Ready to search: model loaded, store reachable, collection of this model", {200: Ready}, errors=(503,))
+)
 def readyz():
     resources = get_resources()
     problem = ready_error(resources)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from flask import Blueprint, request, send_file
 
@@ -16,23 +14,33 @@ from lookalike.errors import CatalogueError, InvalidRequest, ItemNotFound
 from lookalike.settings import Settings
 from lookalike.store import StoredItem
 from service.auth import require_api_key
-from service.params import parse_search_params
+from service.openapi import Operation, documented
+from service.params import FILTER_NOTE, PutForm, SearchParams, parse_params, parse_search_params
 from service.resources import get_resources
-from service.serialise import item_json, results_json
+from service.schemas import Deleted, Item, SearchResults
+from service.serialise import item_detail_json, results_json
 from service.uploads import Upload, read_upload
 
 bp = Blueprint("items", __name__, url_prefix="/v1/items")
-PUT_FIELDS = {"category", "metadata"}
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 
 
 @bp.get("/<item_id>")
+@documented(Operation("One item", {200: Item}, errors=(404, 503), tags=("items",)))
 def get_item(item_id: str):
-    item = get_resources().store.get(item_id)
-    return {**item_json(item), "sha256": item.sha256, "model": item.model}
+    return item_detail_json(get_resources().store.get(item_id))
 
 
 @bp.get("/<item_id>/similar")
+@documented(
+    Operation(
+        "Look-alikes of a stored item (from its stored embedding; never the item itself)",
+        {200: SearchResults},
+        query=SearchParams,
+        errors=(400, 404, 503),
+        description=FILTER_NOTE + " `category=auto` means the item's own category.",
+    )
+)
 def similar_items(item_id: str):
     started = time.perf_counter()
     resources = get_resources()
@@ -40,13 +48,15 @@ def similar_items(item_id: str):
     resources.check_collection()
     # By id, category=auto means the item's own category: no guessing needed.
     categories = [resources.store.get(item_id).category] if params.auto_category else None
-    hits = resources.store.similar(
-        item_id, params.search_filter(categories), params.k, params.offset, params.score_threshold
-    )
+    with resources.metrics.search.time():
+        hits = resources.store.similar(
+            item_id, params.search_filter(categories), params.k, params.offset, params.score_threshold
+        )
     return results_json(hits, started)
 
 
 @bp.get("/<item_id>/image")
+@documented(Operation("The item's image file", {}, errors=(404, 503)))
 def image(item_id: str):
     resources = get_resources()
     item = resources.store.get(item_id)
@@ -54,45 +64,41 @@ def image(item_id: str):
 
 
 @bp.put("/<item_id>")
+@documented(
+    Operation(
+        "Add or replace one item (no rebuild needed)",
+        {200: Item, 201: Item},
+        form=PutForm,
+        upload="required",
+        errors=(400, 401, 403, 413, 415, 422, 503),
+        auth=True,
+    )
+)
 @require_api_key
 def put_item(item_id: str):
     resources = get_resources()
     if not ITEM_ID_PATTERN.match(item_id):
         raise InvalidRequest("item ids are 1-200 characters of A-Z a-z 0-9 . _ : @ + = -")
-    category, metadata = _put_fields()
+    form = parse_params(PutForm, request.form)
     upload = read_upload(resources.settings.max_image_pixels)
     encoder, store = resources.encoder, resources.store
     store.ensure_collection(encoder.dim, encoder.identity, resources.settings.filterable_fields)
     existed = bool(store.get_many([item_id]))
     image_name = _save_upload(resources.settings.upload_dir, upload)
-    item = StoredItem(item_id, category, image_name, upload.sha256, encoder.identity, "upload", metadata)
+    metadata = form.metadata or {}
+    item = StoredItem(item_id, form.category, image_name, upload.sha256, encoder.identity, "upload", metadata)
     store.upsert([item], encoder.embed_images([upload.image]))
-    return {**item_json(item), "sha256": item.sha256, "model": item.model}, 200 if existed else 201
+    return item_detail_json(item), 200 if existed else 201
 
 
 @bp.delete("/<item_id>")
+@documented(Operation("Delete one item", {200: Deleted}, errors=(401, 403, 404, 503), auth=True))
 @require_api_key
 def delete_item(item_id: str):
     store = get_resources().store
     store.get(item_id)
     store.delete([item_id])
     return {"id": item_id, "deleted": True}
-
-
-def _put_fields() -> tuple[str, dict[str, Any]]:
-    unknown = set(request.form) - PUT_FIELDS
-    if unknown:
-        raise InvalidRequest(f"unknown form fields {sorted(unknown)}; accepted: image, category, metadata")
-    category = (request.form.get("category") or "").strip()
-    if not category:
-        raise InvalidRequest("form field 'category' is required")
-    try:
-        metadata = json.loads(request.form.get("metadata") or "{}")
-    except json.JSONDecodeError as e:
-        raise InvalidRequest(f"form field 'metadata' is not JSON: {e.msg}") from e
-    if not isinstance(metadata, dict):
-        raise InvalidRequest("form field 'metadata' must be a JSON object")
-    return category, metadata
 
 
 def _save_upload(upload_dir: Path, upload: Upload) -> str:

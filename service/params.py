@@ -6,9 +6,9 @@ so that a typo (`categroy=`) is a 400, not a silently unfiltered result.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, TypeVar, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Json, StringConstraints, ValidationError, model_validator
 from werkzeug.datastructures import MultiDict
 
 from lookalike.errors import InvalidRequest
@@ -16,6 +16,10 @@ from lookalike.store import SearchFilter
 
 FILTER_PREFIX = "filter."
 AUTO = "auto"
+FILTER_NOTE = (
+    "Metadata filters: `filter.<field>=<value>` (repeat for any of; `12` also matches the number 12, "
+    "`true` the boolean). Filters run inside the nearest-neighbour search."
+)
 FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Value = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
@@ -47,21 +51,47 @@ class SearchParams(BaseModel):
         return SearchFilter(categories=chosen, exclude=self.exclude, metadata=self.filters)
 
 
-def parse_search_params(values: MultiDict[str, str]) -> SearchParams:
-    """Build `SearchParams` from a request's args/form; 400 with every problem listed."""
-    raw: dict[str, object] = {"filters": {}}
+class RandomParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(1, ge=1, le=100, description="number of items")
+    category: list[Value] = Field(default_factory=list, max_length=100, description="any of these")
+
+
+class PutForm(BaseModel):
+    """The form fields of ``PUT /v1/items/<id>`` besides the image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    category: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    metadata: Json[dict[str, Any]] | None = Field(None, description="a JSON object of metadata fields")
+
+
+Params = TypeVar("Params", bound=BaseModel)
+
+
+def parse_params(model: type[Params], values: MultiDict[str, str]) -> Params:
+    """Validate a request's args/form into ``model``; 400 with every problem listed.
+
+    Fields typed as lists take every value of a repeated parameter; ``filter.<field>`` parameters
+    go to a ``filters`` field when the model has one.
+    """
+    raw: dict[str, object] = {}
+    list_fields = {name for name, info in model.model_fields.items() if get_origin(info.annotation) is list}
     for key in values:
-        if key.startswith(FILTER_PREFIX):
-            raw["filters"][key[len(FILTER_PREFIX) :]] = values.getlist(key)  # type: ignore[index]
-        elif key in ("category", "exclude"):
-            raw[key] = values.getlist(key)
+        if key.startswith(FILTER_PREFIX) and "filters" in model.model_fields:
+            raw.setdefault("filters", {})[key[len(FILTER_PREFIX) :]] = values.getlist(key)  # type: ignore[index]
         else:
-            raw[key] = values.get(key)
+            raw[key] = values.getlist(key) if key in list_fields else values.get(key)
     try:
-        return SearchParams.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
         problems = "; ".join(_describe(error) for error in e.errors())
         raise InvalidRequest(f"invalid parameters: {problems}") from e
+
+
+def parse_search_params(values: MultiDict[str, str]) -> SearchParams:
+    return parse_params(SearchParams, values)
 
 
 def _describe(error: dict) -> str:

@@ -13,6 +13,7 @@ from lookalike.encoder import ImageEncoder
 from lookalike.errors import StoreError
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
+from service.observability import ServiceMetrics
 
 EXTENSION_KEY = "lookalike"
 
@@ -22,6 +23,7 @@ class Resources:
     settings: Settings
     encoder: ImageEncoder
     store: VectorStore
+    metrics: ServiceMetrics
     #: Set once the collection was seen to exist and to hold this encoder's embeddings.
     collection_checked: bool = field(default=False)
 

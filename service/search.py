@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 from flask import Blueprint, request
 
 from lookalike.errors import InvalidRequest
-from service.params import parse_search_params
+from service.openapi import Operation, documented
+from service.params import FILTER_NOTE, SearchParams, parse_search_params
 from service.resources import Resources, get_resources
+from service.schemas import PredictedCategory, SearchResults
 from service.serialise import results_json
 from service.uploads import read_upload
 
@@ -18,27 +19,38 @@ bp = Blueprint("search", __name__, url_prefix="/v1")
 
 
 @bp.post("/search")
+@documented(
+    Operation(
+        "Look-alikes of an uploaded photo",
+        {200: SearchResults},
+        query=SearchParams,
+        upload="required",
+        errors=(400, 413, 415, 422, 503),
+        description=FILTER_NOTE
+        + " Parameters may also be sent as form fields. `category=auto` filters by the category the"
+        " fine-tuned head predicts, when it is probable enough.",
+    )
+)
 def search_by_upload():
     started = time.perf_counter()
     resources = get_resources()
     params = parse_search_params(request.values)
     upload = read_upload(resources.settings.max_image_pixels)
     resources.check_collection()
-    embedding = resources.encoder.embed_images([upload.image])[0]
+    with resources.metrics.encode.time():
+        embedding = resources.encoder.embed_images([upload.image])[0]
     categories, prediction = None, None
     if params.auto_category:
         prediction = predict_category(resources, embedding)
-        categories = [prediction["category"]] if prediction["applied"] else []
-    hits = resources.store.similar(
-        embedding, params.search_filter(categories), params.k, params.offset, params.score_threshold
-    )
-    body = results_json(hits, started)
-    if prediction is not None:
-        body["predicted_category"] = prediction
-    return body
+        categories = [prediction.category] if prediction.applied else []
+    with resources.metrics.search.time():
+        hits = resources.store.similar(
+            embedding, params.search_filter(categories), params.k, params.offset, params.score_threshold
+        )
+    return results_json(hits, started, prediction)
 
 
-def predict_category(resources: Resources, embedding: np.ndarray) -> dict[str, Any]:
+def predict_category(resources: Resources, embedding: np.ndarray) -> PredictedCategory:
     """The head's guess; it filters the search only when it is probable enough (else unfiltered)."""
     classifier = resources.encoder.classifier
     if classifier is None:
@@ -48,9 +60,9 @@ def predict_category(resources: Resources, embedding: np.ndarray) -> dict[str, A
         )
     category, probability = classifier.predict(embedding)
     threshold = resources.settings.auto_category_min_probability
-    return {
-        "category": category,
-        "probability": round(probability, 4),
-        "applied": probability >= threshold,
-        "min_probability": threshold,
-    }
+    return PredictedCategory(
+        category=category,
+        probability=round(probability, 4),
+        applied=probability >= threshold,
+        min_probability=threshold,
+    )

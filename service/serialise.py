@@ -1,4 +1,4 @@
-"""JSON shapes of the API: one place that turns stored items and hits into responses."""
+"""Stored items and hits -> the response models of `service.schemas` -> JSON-ready dicts."""
 
 from __future__ import annotations
 
@@ -9,21 +9,41 @@ from typing import Any
 from flask import url_for
 
 from lookalike.store import Hit, StoredItem
+from service.schemas import Item, ItemSummary, PredictedCategory, Result, SearchResults
+
+
+def image_url(item: StoredItem) -> str:
+    return url_for("items.image", item_id=item.id)
 
 
 def item_json(item: StoredItem) -> dict[str, Any]:
-    return {
-        "id": item.id,
-        "category": item.category,
-        "image_url": url_for("items.image", item_id=item.id),
-        "metadata": item.metadata,
-    }
+    return ItemSummary(
+        id=item.id, category=item.category, image_url=image_url(item), metadata=item.metadata
+    ).model_dump()
 
 
-def hit_json(hit: Hit) -> dict[str, Any]:
-    return {"id": hit.item.id, "score": round(hit.score, 6), **item_json(hit.item)}
+def item_detail_json(item: StoredItem) -> dict[str, Any]:
+    return Item(
+        id=item.id,
+        category=item.category,
+        image_url=image_url(item),
+        metadata=item.metadata,
+        sha256=item.sha256,
+        model=item.model,
+    ).model_dump()
 
 
-def results_json(hits: Sequence[Hit], started: float) -> dict[str, Any]:
+def results_json(hits: Sequence[Hit], started: float, prediction: PredictedCategory | None = None) -> dict[str, Any]:
     """The response of every similarity endpoint; ``started`` is a `time.perf_counter()` value."""
-    return {"results": [hit_json(hit) for hit in hits], "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+    results = [
+        Result(
+            id=hit.item.id,
+            score=round(hit.score, 6),
+            category=hit.item.category,
+            image_url=image_url(hit.item),
+            metadata=hit.item.metadata,
+        )
+        for hit in hits
+    ]
+    took_ms = round((time.perf_counter() - started) * 1000, 2)
+    return SearchResults(results=results, took_ms=took_ms, predicted_category=prediction).model_dump(exclude_none=True)

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
+from ingest.pipeline import ingest
+from ingest.report import ErrorReport
+from lookalike.catalogue import read_catalogue
 from lookalike.encoder import ImageEncoder
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
@@ -115,3 +118,20 @@ def client(app):
 @pytest.fixture
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture
+def ingested(settings, encoder, store, catalogue_dir, tmp_path):
+    """The generated catalogue, via a manifest that carries a `colour` metadata column."""
+    rows = []
+    for category, colour in (("red_round", "red"), ("green_square", "green"), ("blue_bar", "blue")):
+        rows += [
+            {"id": f"{category}-{i}", "image": f"{category}/item{i}.jpg", "category": category, "colour": colour}
+            for i in range(4)
+        ]
+    rows[0]["colour"] = "crimson"
+    store.ensure_collection(encoder.dim, encoder.identity)
+    report = ErrorReport.open(tmp_path / "r.jsonl")
+    ingest(read_catalogue(write_manifest(catalogue_dir, rows)), encoder, store, report, workers=0, progress=False)
+    report.close()
+    return store

@@ -32,7 +32,7 @@ def test_services_and_their_wiring():
 
 def test_environment_names_are_settings():
     fields = {name.upper() for name in Settings.model_fields}
-    for name in ("api", "ingest"):
+    for name in ("api", "ingest", "api-cluster", "ingest-cluster"):
         env = set(compose()["services"][name]["environment"])
         assert env - NON_SETTINGS_ENV <= fields, env - NON_SETTINGS_ENV - fields
 
@@ -42,3 +42,20 @@ def test_dockerfile_uses_cpu_torch_and_a_non_root_user():
     assert "download.pytorch.org/whl/cpu" in dockerfile
     assert "torch==2.14.1" in dockerfile
     assert "\nUSER " in dockerfile
+
+
+def test_cluster_profile_runs_qdrant_in_distributed_mode():
+    services = compose()["services"]
+    nodes = [services[f"qdrant-node{i}"] for i in (1, 2, 3)]
+    for node in nodes:
+        assert node["profiles"] == ["cluster"]
+        assert node["environment"]["QDRANT__CLUSTER__ENABLED"] == "true"
+        assert node["image"] == services["qdrant"]["image"]
+    assert "--bootstrap" not in nodes[0]["command"]
+    for node in nodes[1:]:
+        assert node["command"][node["command"].index("--bootstrap") + 1] == "http://qdrant-node1:6335"
+    env = services["api-cluster"]["environment"]
+    assert {"QDRANT_SHARD_NUMBER", "QDRANT_REPLICATION_FACTOR", "QDRANT_WRITE_CONSISTENCY_FACTOR"} <= set(env)
+    assert services["ingest-cluster"]["entrypoint"][:3] == ["python", "-m", "ingest"]
+    fields = {name.upper() for name in Settings.model_fields}
+    assert set(env) - NON_SETTINGS_ENV <= fields

@@ -188,3 +188,27 @@ def test_decoding_in_worker_processes_gives_the_same_result(catalogue_dir, encod
     )
     report.close()
     assert (summary.ingested, summary.failed) == (12, 1)
+
+
+def test_shards_split_the_catalogue_and_prune_only_their_own(catalogue_dir, encoder, store, tmp_path):
+    from lookalike.catalogue import Shard, take_shard
+
+    full = read_catalogue(catalogue_dir)
+    slices = [take_shard(read_catalogue(catalogue_dir), Shard(i, 3)) for i in range(3)]
+    assert sorted(i.id for s in slices for i in s.items) == sorted(i.id for i in full.items)
+    store.ensure_collection(encoder.dim, encoder.identity)
+    for part in slices:
+        report = ErrorReport.open(tmp_path / "r.jsonl")
+        ingest(part, encoder, store, report, workers=0, progress=False, prune=True)
+        report.close()
+    assert store.count() == 12  # no worker pruned another's items
+
+
+def test_shard_syntax_is_checked():
+    from lookalike.catalogue import Shard
+    from lookalike.errors import CatalogueError
+
+    assert Shard.parse("2/3") == Shard(2, 3)
+    for bad in ("3/3", "a/b", "1"):
+        with pytest.raises(CatalogueError):
+            Shard.parse(bad)

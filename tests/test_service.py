@@ -9,29 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ingest.pipeline import ingest
-from ingest.report import ErrorReport
-from lookalike.catalogue import read_catalogue
 from lookalike.settings import Settings
 from service import create_app
-from tests.conftest import draw_item, image_bytes, write_manifest
-
-
-@pytest.fixture
-def ingested(settings, encoder, store, catalogue_dir, tmp_path):
-    """The generated catalogue, via a manifest that carries a `colour` metadata column."""
-    rows = []
-    for category, colour in (("red_round", "red"), ("green_square", "green"), ("blue_bar", "blue")):
-        rows += [
-            {"id": f"{category}-{i}", "image": f"{category}/item{i}.jpg", "category": category, "colour": colour}
-            for i in range(4)
-        ]
-    rows[0]["colour"] = "crimson"
-    store.ensure_collection(encoder.dim, encoder.identity)
-    report = ErrorReport.open(tmp_path / "r.jsonl")
-    ingest(read_catalogue(write_manifest(catalogue_dir, rows)), encoder, store, report, workers=0, progress=False)
-    report.close()
-    return store
+from tests.conftest import draw_item, image_bytes
 
 
 def upload(image: Image.Image | bytes, name: str = "photo.jpg") -> dict:
@@ -295,3 +275,59 @@ def test_category_auto_by_id_means_the_items_own_category(client, ingested):
     response = client.get("/v1/items/blue_bar-0/similar?k=10&category=auto")
     assert {r["category"] for r in response.get_json()["results"]} == {"blue_bar"}
     assert_error(client.get("/v1/items/blue_bar-0/similar?category=auto&category=x"), 400, "invalid_request")
+
+
+def test_categories_and_random_items(client, ingested):
+    categories = client.get("/v1/categories").get_json()["categories"]
+    assert {c["name"]: c["count"] for c in categories} == {"red_round": 4, "green_square": 4, "blue_bar": 4}
+    items = client.get("/v1/items:random?k=3&category=blue_bar").get_json()["items"]
+    assert len(items) == 3 and {i["category"] for i in items} == {"blue_bar"}
+    assert_error(client.get("/v1/items:random?k=0"), 400, "invalid_request")
+
+
+def test_page_is_served_with_its_assets(client, ingested, encoder):
+    page = client.get("/")
+    assert page.status_code == 200 and encoder.identity.encode() in page.data
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_request_id_is_echoed_and_named_in_errors(client, ingested):
+    response = client.get("/v1/items/nope", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["X-Request-ID"] == "abc-123"
+    assert response.get_json()["error"]["request_id"] == "abc-123"
+    generated = client.get("/healthz").headers["X-Request-ID"]
+    assert len(generated) == 32
+    assert client.get("/healthz", headers={"X-Request-ID": "bad id"}).headers["X-Request-ID"] != "bad id"
+
+
+def test_metrics_expose_latency_status_timings_and_size(client, ingested):
+    client.get("/v1/items/red_round-0/similar")
+    client.get("/v1/items/nope")
+    client.post("/v1/search", data=upload(draw_item("red_round", 0)), content_type="multipart/form-data")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert (
+        'flask_http_request_duration_seconds_bucket{endpoint="items.similar_items",le="0.005",method="GET",status="200"}'
+        in text
+    )
+    assert 'flask_http_request_total{method="GET",status="404"} 1.0' in text
+    assert "lookalike_encode_seconds_count 1.0" in text
+    assert "lookalike_search_seconds_count 2.0" in text
+    assert "lookalike_collection_items 12.0" in text
+
+
+def test_cors_headers_only_for_configured_origins(settings, encoder, store, ingested):
+    app = create_app(
+        settings.model_copy(update={"cors_origins": ["https://shop.example"]}), encoder=encoder, store=store
+    )
+    allowed = app.test_client().get("/healthz", headers={"Origin": "https://shop.example"})
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    other = app.test_client().get("/healthz", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_protect_reads_closes_v1_but_not_health(settings, encoder, store, ingested, auth):
+    app = create_app(settings.model_copy(update={"protect_reads": True}), encoder=encoder, store=store)
+    client = app.test_client()
+    assert_error(client.get("/v1/items/red_round-0"), 401, "unauthorized")
+    assert client.get("/v1/items/red_round-0", headers=auth).status_code == 200
+    assert client.get("/healthz").status_code == 200 and client.get("/metrics").status_code == 200

@@ -89,3 +89,27 @@ def test_another_model_is_refused(filled: VectorStore):
 def test_second_opener_of_an_embedded_store_fails_fast(store: VectorStore, settings: Settings):
     with pytest.raises(StoreLocked, match="QDRANT_URL"):
         VectorStore.from_settings(settings)
+
+
+def test_server_collections_get_the_configured_layout():
+    from unittest.mock import MagicMock
+
+    from qdrant_client import models
+
+    from lookalike.store import CollectionLayout
+
+    client = MagicMock()
+    client.get_aliases.return_value = models.CollectionsAliasesResponse(aliases=[])
+    client.collection_exists.return_value = False
+    layout = CollectionLayout(shard_number=6, replication_factor=2, write_consistency_factor=2, quantize_int8=True)
+    VectorStore(client, "products", embedded=False, layout=layout).ensure_collection(512, MODEL, ["brand"])
+
+    name, kwargs = client.create_collection.call_args.args[0], client.create_collection.call_args.kwargs
+    assert name.startswith("products__test-model")
+    assert (kwargs["shard_number"], kwargs["replication_factor"], kwargs["write_consistency_factor"]) == (6, 2, 2)
+    assert kwargs["quantization_config"].scalar.type == models.ScalarType.INT8
+    assert kwargs["vectors_config"]["embedding"].on_disk is True
+    indexed = {call.args[1] for call in client.create_payload_index.call_args_list}
+    assert indexed == {"category", "item_id", "metadata.brand"}
+    alias = client.update_collection_aliases.call_args.kwargs["change_aliases_operations"][-1].create_alias
+    assert (alias.alias_name, alias.collection_name) == ("products", name)

@@ -1,0 +1,62 @@
+"""B4: time from process start to /readyz 200, and memory, with a large collection.
+
+Goal: <= 2 s and RSS <= model + 2x the raw vectors. Synthetic vectors stand in for 100k items
+(embedded mode); the model is the configured one (MODEL_* settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import report
+from bench.server import rss_mib, running_service
+from lookalike.encoder import ImageEncoder
+from lookalike.settings import Settings
+from lookalike.store import StoredItem, VectorStore, open_embedded
+
+BATCH = 2000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--items", type=int, default=100_000)
+    args = parser.parse_args()
+    settings = Settings()
+    encoder = ImageEncoder.from_settings(settings)
+    model_mib = sum(p.numel() * p.element_size() for p in encoder.visual.parameters()) / 2**20
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "q"
+        store = VectorStore(open_embedded(path), settings.collection, embedded=True)
+        store.ensure_collection(encoder.dim, encoder.identity)
+        for start in range(0, args.items, BATCH):
+            count = min(BATCH, args.items - start)
+            vectors = rng.standard_normal((count, encoder.dim), dtype=np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            items = [StoredItem(f"i{start + j}", f"c{j % 30}", "x.jpg", "0", encoder.identity) for j in range(count)]
+            store.upsert(items, vectors)
+        store.close()
+        with running_service({"QDRANT_PATH": str(path)}) as (_, ready_s, process):
+            rss = rss_mib(process.pid)
+    vectors_mib = args.items * encoder.dim * 4 / 2**20
+    report(
+        "b4_coldstart",
+        [
+            {"figure": "start_to_ready_s", "value": round(ready_s, 2), "items": args.items, "goal": "<=2"},
+            {
+                "figure": "rss_mib",
+                "value": round(rss, 1),
+                "model_mib": round(model_mib, 1),
+                "raw_vectors_mib": round(vectors_mib, 1),
+                "goal_mib": round(model_mib + 2 * vectors_mib, 1),
+            },
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()

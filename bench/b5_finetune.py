@@ -1,0 +1,82 @@
+"""B5: one fine-tuning epoch vs pure forward + backward on pre-decoded tensors. Goal: <= 1.2x.
+
+The epoch includes what training really does per step (augmenting cached images, collating,
+the optimiser step); the baseline only runs the model on tensors prepared beforehand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from tqdm import tqdm
+
+from bench.common import report
+from finetune.data import ImageCache, LabelledImages, split_catalogue
+from finetune.model import RetrievalModel
+from finetune.run import AUGMENTATION, TrainingConfig
+from finetune.train import autocast, train_one_epoch
+from lookalike.catalogue import read_catalogue
+from lookalike.encoder import create_clip, resolve_model_source
+from lookalike.settings import Settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=768)
+    args = parser.parse_args()
+    settings = Settings(model_name="lookalike-small", model_pretrained="", model_checkpoint=None)
+    items = split_catalogue(read_catalogue(settings.catalogue_dir or settings.catalogue_root()).items).gallery
+    items = items[:: max(1, len(items) // args.images)][: args.images]
+    clip, train_transform, _ = create_clip(resolve_model_source(settings), aug_cfg=AUGMENTATION)
+    train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
+    cache = ImageCache.load(items, 129, settings.max_image_pixels)
+    classes = sorted({item.category for item in cache.items})
+    config = TrainingConfig()
+    model = RetrievalModel(clip.visual, 256, len(classes)).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    dataset = LabelledImages(cache, train_transform, classes)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True)
+
+    with tqdm(disable=True) as bar:
+        train_one_epoch(model, loader, optimizer, scheduler, config.label_smoothing, bar, config.bf16)  # warm-up
+        started = time.perf_counter()
+        train_one_epoch(model, loader, optimizer, scheduler, config.label_smoothing, bar, config.bf16)
+        epoch_s = time.perf_counter() - started
+
+    batches = [next(iter(loader)) for _ in range(len(loader))]  # pre-decoded, pre-augmented tensors
+    model.train()
+    started = time.perf_counter()
+    for pixels, labels in batches:
+        with autocast(config.bf16):
+            logits = model(pixels.contiguous(memory_format=torch.channels_last), labels)
+        loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    pure_s = time.perf_counter() - started
+
+    images = len(loader) * config.batch_size
+    report(
+        "b5_finetune",
+        [
+            {
+                "figure": "epoch_vs_forward_backward",
+                "value": round(epoch_s / pure_s, 3),
+                "goal": "<=1.2",
+                "epoch_images_per_s": round(images / epoch_s, 1),
+                "baseline_images_per_s": round(images / pure_s, 1),
+                "bf16": config.bf16,
+                "images": images,
+            },
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()

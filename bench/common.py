@@ -1,0 +1,41 @@
+"""Shared helpers of the benchmarks: timing, percentiles, one JSON file and one line per figure."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS_DIR = Path("bench/results")
+
+
+def percentiles(samples_s: list[float]) -> dict[str, float]:
+    values = np.asarray(samples_s) * 1000
+    return {f"p{p}": round(float(np.percentile(values, p)), 3) for p in (50, 95, 99)}
+
+
+def time_calls(call: Callable[[int], Any], repeat: int, warmup: int = 2) -> list[float]:
+    """Seconds of ``call(i)`` for i in range(repeat), after ``warmup`` untimed calls."""
+    for i in range(warmup):
+        call(i)
+    samples = []
+    for i in range(repeat):
+        started = time.perf_counter()
+        call(i)
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def report(name: str, figures: list[dict[str, Any]]) -> None:
+    """Print one line per figure (value, baseline, ratio, goal) and write bench/results/<name>.json."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    for figure in figures:
+        parts = [f"{key}={value}" for key, value in figure.items()]
+        print(f"[{name}] " + " ".join(parts))
+    meta = {"machine": platform.machine(), "python": platform.python_version()}
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps({"meta": meta, "figures": figures}, indent=2))

@@ -1,0 +1,60 @@
+"""Start the real service (gunicorn, service/gunicorn.conf.py) on loopback for a benchmark."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_service(env: dict[str, str], timeout_s: float = 300) -> Iterator[tuple[str, float, subprocess.Popen]]:
+    """Yields (base URL, seconds from process start to /readyz 200, the gunicorn process)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [str(gunicorn), "-c", "service/gunicorn.conf.py", "--access-logfile", "/dev/null", "service:create_app()"],
+        env={**os.environ, **env, "BIND": f"127.0.0.1:{port}", "LOG_LEVEL": "WARNING"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {process.returncode}")
+            if time.perf_counter() - started > timeout_s:
+                raise TimeoutError("service not ready in time")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.05)
+        yield url, time.perf_counter() - started, process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children (gunicorn master + workers), MiB."""
+    pids = [pid, *(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    total_kib = 0
+    for one in pids:
+        for line in Path(f"/proc/{one}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total_kib += int(line.split()[1])
+    return total_kib / 1024

@@ -1,0 +1,161 @@
+"""``/openapi.json`` and ``/docs``: the API description, generated from the code that serves it.
+
+Each view carries an `Operation` (via `documented`); request parameters come from the pydantic
+models that validate them (`service.params`) and responses from `service.schemas`. apispec
+assembles the document.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from apispec import APISpec
+from flask import Blueprint, Flask, current_app
+from pydantic import BaseModel
+
+from service.schemas import ErrorResponse
+
+bp = Blueprint("openapi", __name__)
+REF = "#/components/schemas/{model}"
+ERROR_TEXT = {
+    400: "bad parameters or form fields",
+    401: "missing or wrong API key",
+    403: "writes are disabled (no API_KEY configured)",
+    404: "no such item",
+    413: "request or image too large",
+    415: "not an image in an accepted format",
+    422: "a corrupt or truncated image",
+    503: "store unavailable, collection missing, or built by another model",
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    summary: str
+    responses: dict[int, type[BaseModel]]
+    query: type[BaseModel] | None = None
+    form: type[BaseModel] | None = None  # multipart fields besides the image
+    upload: str | None = None  # "required" or "optional": a multipart `image` field
+    errors: tuple[int, ...] = ()
+    auth: bool = False
+    description: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+def documented(operation: Operation) -> Callable:
+    def attach(view: Callable) -> Callable:
+        view.openapi = operation  # type: ignore[attr-defined]
+        return view
+
+    return attach
+
+
+def build_spec(app: Flask) -> dict[str, Any]:
+    spec = APISpec(
+        title="lookalike",
+        version="1",
+        openapi_version="3.1.0",
+        info={"description": "Visual product recommendations: catalogue items that look alike."},
+    )
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    schemas: dict[str, dict] = {}
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        operation = getattr(app.view_functions[rule.endpoint], "openapi", None)
+        if operation is None:
+            continue
+        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
+        methods = sorted(rule.methods - {"HEAD", "OPTIONS"})
+        spec.path(path=path, operations={m.lower(): _operation(operation, rule, schemas) for m in methods})
+    for name, schema in sorted(schemas.items()):
+        spec.components.schema(name, schema)
+    return spec.to_dict()
+
+
+def _operation(operation: Operation, rule, schemas: dict[str, dict]) -> dict[str, Any]:
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in rule.arguments
+    ]
+    if operation.query is not None:
+        parameters += _query_parameters(operation.query)
+    result: dict[str, Any] = {
+        "summary": operation.summary,
+        "operationId": rule.endpoint.replace(".", "_"),
+        "parameters": parameters,
+        "responses": {},
+    }
+    if operation.description:
+        result["description"] = operation.description
+    if operation.upload or operation.form:
+        result["requestBody"] = _multipart(operation, schemas)
+    for status, model in operation.responses.items():
+        result["responses"][str(status)] = _response("OK" if status < 300 else "", model, schemas)
+    for status in operation.errors:
+        result["responses"][str(status)] = _response(ERROR_TEXT[status], ErrorResponse, schemas)
+    if operation.auth:
+        result["security"] = [{"bearer": []}]
+    return result
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    properties = model.model_json_schema(ref_template=REF)["properties"]
+    parameters = []
+    for name, info in model.model_fields.items():
+        if name == "filters":
+            continue  # documented in the operation's description: `filter.<field>=<value>`
+        schema = {k: v for k, v in properties[name].items() if k not in ("title", "description")}
+        parameter = {"name": name, "in": "query", "required": info.is_required(), "schema": schema}
+        if info.description:
+            parameter["description"] = info.description
+        if schema.get("type") == "array":
+            parameter |= {"style": "form", "explode": True}
+        parameters.append(parameter)
+    return parameters
+
+
+def _multipart(operation: Operation, schemas: dict[str, dict]) -> dict[str, Any]:
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    if operation.upload:
+        properties["image"] = {"type": "string", "format": "binary", "description": "the photo"}
+        required += ["image"] if operation.upload == "required" else []
+    if operation.form is not None:
+        form_schema = operation.form.model_json_schema(ref_template=REF)
+        properties |= form_schema["properties"]
+        required += form_schema.get("required", [])
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+
+
+def _response(description: str, model: type[BaseModel], schemas: dict[str, dict]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template=REF)
+    schemas.update(schema.pop("$defs", {}))
+    schemas[model.__name__] = schema
+    return {
+        "description": description or model.__name__,
+        "content": {"application/json": {"schema": {"$ref": REF.format(model=model.__name__)}}},
+    }
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    return build_spec(current_app)
+
+
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>lookalike API</title>
+<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
+<body><noscript>The machine-readable description is at <a href="/openapi.json">/openapi.json</a>.</noscript>
+<p><a href="/openapi.json">/openapi.json</a></p><div id="ui"></div>
+<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>if (window.SwaggerUIBundle) SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
+</body></html>"""
+
+
+@bp.get("/docs")
+def docs():
+    return DOCS_PAGE, 200, {"Content-Type": "text/html; charset=utf-8"}

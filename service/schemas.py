@@ -1,0 +1,85 @@
+"""Response models of the API. Views build their JSON through these, and /openapi.json is
+generated from them and from the request models in `service.params`: one source for both."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Result(BaseModel):
+    id: str
+    score: float = Field(description="cosine similarity, -1..1")
+    category: str
+    image_url: str
+    metadata: dict[str, Any]
+
+
+class PredictedCategory(BaseModel):
+    category: str
+    probability: float
+    applied: bool = Field(description="whether the search was filtered by it")
+    min_probability: float
+
+
+class SearchResults(BaseModel):
+    results: list[Result]
+    took_ms: float
+    predicted_category: PredictedCategory | None = Field(None, description="only with category=auto")
+
+
+class Item(BaseModel):
+    id: str
+    category: str
+    image_url: str
+    metadata: dict[str, Any]
+    sha256: str
+    model: str = Field(description="identity of the encoder that embedded it")
+
+
+class ItemSummary(BaseModel):
+    id: str
+    category: str
+    image_url: str
+    metadata: dict[str, Any]
+
+
+class Deleted(BaseModel):
+    id: str
+    deleted: bool
+
+
+class CategoryCount(BaseModel):
+    name: str
+    count: int
+
+
+class Categories(BaseModel):
+    categories: list[CategoryCount]
+
+
+class RandomItems(BaseModel):
+    items: list[ItemSummary]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str
+    collection: str
+    serving: str
+    items: int
+    model: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    request_id: str | None = Field(None, description="also in the X-Request-ID header and the logs")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,121 @@
+// The page talks to the same /v1 API a site backend uses; errors are shown, never swallowed.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const hasHead = document.body.dataset.hasHead === "true";
+
+function params() {
+  const query = new URLSearchParams({ k: $("k").value || "8" });
+  if ($("category").value) query.append("category", $("category").value);
+  return query;
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+async function callApi(url, options) {
+  const response = await fetch(url, options);
+  let body = null;
+  try { body = await response.json(); } catch (e) { /* not JSON */ }
+  if (!response.ok) {
+    const message = body && body.error ? body.error.message : `HTTP ${response.status}`;
+    throw new Error(message);
+  }
+  return body;
+}
+
+function showQuery(src, caption) {
+  $("query").hidden = false;
+  $("query-image").src = src;
+  $("query-caption").textContent = caption;
+}
+
+function showResults(body) {
+  const list = $("results");
+  list.replaceChildren();
+  for (const result of body.results) {
+    const item = document.createElement("li");
+    item.dataset.id = result.id;
+    const image = document.createElement("img");
+    image.src = result.image_url;
+    image.alt = result.id;
+    image.title = "search from this item";
+    image.addEventListener("click", () => searchById(result.id, result.image_url, result.category));
+    const category = document.createElement("div");
+    category.className = "category";
+    category.textContent = result.category;
+    const score = document.createElement("div");
+    score.className = "score";
+    score.textContent = `score ${result.score.toFixed(3)}`;
+    item.append(image, category, score);
+    list.append(item);
+  }
+  let status = `${body.results.length} results in ${body.took_ms} ms`;
+  if (body.predicted_category) {
+    const p = body.predicted_category;
+    status += ` · predicted ${p.category} (${(p.probability * 100).toFixed(0)} %${p.applied ? "" : ", not applied"})`;
+  }
+  $("status").textContent = status;
+}
+
+async function run(task) {
+  showError("");
+  $("status").textContent = "searching…";
+  try {
+    await task();
+  } catch (error) {
+    $("status").textContent = "";
+    showError(error.message);
+  }
+}
+
+function searchById(id, imageUrl, category) {
+  return run(async () => {
+    const query = params();
+    showQuery(imageUrl, `${id} · ${category}`);
+    showResults(await callApi(`/v1/items/${encodeURIComponent(id)}/similar?${query}`));
+  });
+}
+
+function searchByUpload(file) {
+  return run(async () => {
+    showQuery(URL.createObjectURL(file), file.name);
+    const form = new FormData();
+    form.append("image", file);
+    showResults(await callApi(`/v1/search?${params()}`, { method: "POST", body: form }));
+  });
+}
+
+async function loadCategories() {
+  try {
+    const body = await callApi("/v1/categories");
+    for (const { name, count } of body.categories) {
+      const option = new Option(`${name} (${count})`, name);
+      $("category").append(option);
+    }
+  } catch (error) {
+    showError(`categories: ${error.message}`);
+  }
+}
+
+$("file").addEventListener("change", () => { if ($("file").files[0]) searchByUpload($("file").files[0]); });
+$("random").addEventListener("click", () => run(async () => {
+  const category = $("category").value;
+  const query = new URLSearchParams({ k: "1" });
+  if (category && category !== "auto") query.append("category", category);
+  const [item] = (await callApi(`/v1/items:random?${query}`)).items;
+  if (!item) throw new Error("the catalogue is empty");
+  await searchById(item.id, item.image_url, item.category);
+}));
+const drop = $("drop");
+drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  if (event.dataTransfer.files[0]) searchByUpload(event.dataTransfer.files[0]);
+});
+if (!hasHead) $("category").title = "category=auto needs a fine-tuned checkpoint";
+loadCategories();

@@ -1,0 +1,72 @@
+"""The web page in a real headless Chromium: upload a photo, see the grid, click a result."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import pytest
+from werkzeug.serving import make_server
+
+from tests.conftest import draw_item
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium binary: `make test` installs Debian's chromium (apt-get install chromium)"
+)
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args():
+    return {
+        "executable_path": CHROMIUM,
+        "args": ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+    }
+
+
+@pytest.fixture
+def live_url(app, ingested):
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join()
+
+
+def test_upload_then_click_a_result(page, live_url, tmp_path):
+    photo = tmp_path / "photo.png"
+    draw_item("green_square", 1).save(photo)
+    page.goto(live_url)
+    page.fill("#k", "5")
+    page.set_input_files("#file", str(photo))
+    results = page.locator("#results li")
+    results.nth(4).wait_for()
+    assert results.count() == 5
+    assert "photo.png" in page.inner_text("#query-caption")
+    assert page.locator("#results li .score").first.inner_text().startswith("score ")
+
+    clicked = results.nth(2).get_attribute("data-id")
+    results.nth(2).locator("img").click()
+    page.wait_for_function("id => document.querySelector('#query-caption').textContent.startsWith(id)", arg=clicked)
+    page.wait_for_function(
+        "id => [...document.querySelectorAll('#results li')].length === 5 && "
+        "![...document.querySelectorAll('#results li')].some(li => li.dataset.id === id)",
+        arg=clicked,
+    )
+
+
+def test_category_filter_and_errors_are_shown(page, live_url, tmp_path):
+    page.goto(live_url)
+    page.wait_for_function("document.querySelectorAll('#category option').length > 1")
+    page.select_option("#category", "blue_bar")
+    page.click("#random")
+    page.locator("#results li").first.wait_for()
+    categories = page.locator("#results li .category").all_inner_texts()
+    assert categories and set(categories) == {"blue_bar"}
+
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not an image")
+    page.set_input_files("#file", str(not_an_image))
+    page.locator("#error").wait_for(state="visible")
+    assert "not an image" in page.inner_text("#error")

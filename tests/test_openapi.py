@@ -1,0 +1,38 @@
+"""/openapi.json is generated from the code: every route is in it, with the validated parameters."""
+
+from __future__ import annotations
+
+from openapi_spec_validator import validate
+
+from service.params import SearchParams
+
+
+def test_document_is_valid_openapi_and_covers_every_route(app, client):
+    document = client.get("/openapi.json").get_json()
+    validate(document)
+    documented = {(path, method) for path, operations in document["paths"].items() for method in operations}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in ("static", "openapi.openapi_json", "openapi.docs", "page.index", "prometheus_metrics"):
+            continue
+        path = rule.rule.replace("<item_id>", "{item_id}")
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            assert (path, method.lower()) in documented, (path, method)
+
+
+def test_search_parameters_come_from_the_validating_model(client):
+    document = client.get("/openapi.json").get_json()
+    operation = document["paths"]["/v1/items/{item_id}/similar"]["get"]
+    names = {p["name"] for p in operation["parameters"] if p["in"] == "query"}
+    assert names == set(SearchParams.model_fields) - {"filters"}
+    k = next(p for p in operation["parameters"] if p["name"] == "k")
+    assert (k["schema"]["minimum"], k["schema"]["maximum"], k["schema"]["default"]) == (1, 100, 4)
+    assert "filter.<field>" in operation["description"]
+    upload = document["paths"]["/v1/search"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert upload["required"] == ["image"]
+    assert "SearchResults" in document["components"]["schemas"]
+    assert document["paths"]["/v1/items/{item_id}"]["put"]["security"] == [{"bearer": []}]
+
+
+def test_docs_page_points_at_the_document(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and b"/openapi.json" in page.data
