@@ -192,10 +192,12 @@ def reindex(
     Nothing is reused from the old collection's vectors. Until the switch, searches keep reading
     the old collection; a reindex killed midway resumes into the half-built one on its next run.
     """
+    if store.is_plain_collection() and not drop_old:
+        raise store.plain_collection_error()  # before any work is done
     target = store.for_model(encoder.identity)
     target.create_physical(encoder.dim, encoder.identity, filterable_fields)
     summary = ingest(catalogue, encoder, target, report, **{**options, "prune": True})
-    previous = store.switch_alias(target.collection)
+    previous = store.switch_alias(target.collection, replace_plain=drop_old)
     if drop_old and previous not in (None, target.collection):
         store.drop(previous)
     return summary

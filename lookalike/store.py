@@ -224,16 +224,30 @@ class VectorStore:
                     self.client.create_payload_index(self.collection, key, models.PayloadSchemaType.KEYWORD)
         log.info("collection created", extra={"collection": self.collection, "model": model, "dim": dim})
 
-    def switch_alias(self, target: str) -> str | None:
-        """Point this store's name at ``target`` in one Qdrant call; returns the previous target."""
+    def plain_collection_error(self) -> StoreError:
+        return StoreError(
+            f"{self.collection!r} is a plain collection, not an alias: run the reindex with --drop-old "
+            "to replace it (searches fail for a moment), or choose another COLLECTION name"
+        )
+
+    def is_plain_collection(self) -> bool:
+        """True when this store's name is a collection itself, not an alias (older layouts)."""
+        return self.resolve() == self.collection
+
+    def switch_alias(self, target: str, *, replace_plain: bool = False) -> str | None:
+        """Point this store's name at ``target`` in one Qdrant call; returns the previous target.
+
+        A plain collection under the name (made before collections had aliases) is only replaced
+        with ``replace_plain``: it is deleted first, so the name is missing for a moment.
+        """
         previous = self.resolve()
-        if previous == self.collection:
-            raise StoreError(
-                f"{self.collection!r} is a plain collection, not an alias; a reindex needs a new COLLECTION "
-                "name (collections created by this project are always reached through an alias)"
-            )
         operations: list[models.AliasOperations] = []
-        if previous is not None:
+        if previous == self.collection:
+            if not replace_plain:
+                raise self.plain_collection_error()
+            log.warning("replacing a plain collection by an alias", extra={"collection": self.collection})
+            self.drop(self.collection)
+        elif previous is not None:
             operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.collection)))
         operations.append(
             models.CreateAliasOperation(
@@ -243,7 +257,7 @@ class VectorStore:
         with self._call():
             self.client.update_collection_aliases(change_aliases_operations=operations)
         log.info("alias switched", extra={"alias": self.collection, "to": target, "from": previous})
-        return previous
+        return None if previous == self.collection else previous
 
     def drop(self, collection: str) -> None:
         with self._call():

@@ -73,3 +73,20 @@ def test_drop_old_removes_the_previous_collection(encoder, new_encoder, store, c
     again = run(reindex, catalogue_dir, new_encoder, store, tmp_path, drop_old=True)
     assert (again.ingested, again.skipped) == (0, 12)  # same model: nothing to rebuild
     assert store.collection_exists()
+
+
+def test_a_plain_collection_from_an_older_layout_is_replaced_only_with_drop_old(
+    encoder, new_encoder, store, catalogue_dir, tmp_path
+):
+    from lookalike.errors import StoreError
+
+    store.create_physical(encoder.dim, encoder.identity)  # "products" itself, no alias
+    run(ingest, catalogue_dir, encoder, store, tmp_path)
+    with pytest.raises(StoreError, match="--drop-old"):
+        run(reindex, catalogue_dir, new_encoder, store, tmp_path, drop_old=False)
+    assert store.count() == 12 and store.is_plain_collection()
+
+    run(reindex, catalogue_dir, new_encoder, store, tmp_path, drop_old=True)
+    assert not store.is_plain_collection()
+    assert store.resolve() == store.for_model(new_encoder.identity).collection
+    assert store.count() == 12
