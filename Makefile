@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv demo ingest serve browser test bench clean
+.PHONY: venv demo ingest serve test-tools test bench clean
 
 venv: $(VENV)/.installed
 
@@ -36,12 +36,14 @@ ingest: venv
 serve: venv
 	BIND=$(HOST):$(PORT) exec $(VENV)/bin/gunicorn -c service/gunicorn.conf.py 'service:create_app()'
 
-# The browser tests drive Debian's chromium (playwright cannot download its own browser here).
-browser:
-	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
-	  || echo "could not install chromium (needs root): the browser tests will be skipped"
+# Test tools from Debian: chromium for the browser tests (playwright cannot download its own
+# browser here) and docker-compose to validate docker-compose.yml without a daemon.
+test-tools:
+	@command -v chromium >/dev/null && command -v docker-compose >/dev/null || { apt-get update -qq \
+	  && apt-get install -y -qq --no-install-recommends chromium docker-compose >/dev/null; } \
+	  || echo "could not install chromium/docker-compose (needs root): those tests will be skipped"
 
-test: venv browser
+test: venv test-tools
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

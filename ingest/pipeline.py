@@ -19,12 +19,14 @@ from tqdm import tqdm
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, CatalogueItem
 from lookalike.encoder import ImageEncoder, Preprocess
-from lookalike.errors import InvalidImage
+from lookalike.errors import InvalidImage, StoreUnavailable
 from lookalike.images import decode_image, read_bytes, sha256_hex
 from lookalike.store import StoredItem, VectorStore
 
 log = logging.getLogger(__name__)
 LOOKUP_CHUNK = 256
+RETRY_ATTEMPTS = 5
+RETRY_FIRST_DELAY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ def ingest(
             if batch.pixels is not None:
                 embeddings = encoder.embed_batch(batch.pixels)
                 stored = [_stored_item(i, s, encoder.identity) for i, s in zip(batch.items, batch.sha256s, strict=True)]
-                store.upsert(stored, embeddings)
+                upsert_with_retry(store, stored, embeddings)
                 summary.ingested += len(stored)
                 log.info("batch upserted", extra={"items": len(stored), "first": stored[0].id})
             bar.update(len(batch.items) + len(batch.failed))
@@ -127,6 +129,24 @@ def ingest(
         summary.pruned = _prune(catalogue, store)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def upsert_with_retry(
+    store: VectorStore, items: Sequence[StoredItem], embeddings, attempts: int = RETRY_ATTEMPTS
+) -> None:
+    """A server that is briefly unreachable costs a pause, not the run; then it stops with the cause."""
+    for attempt in range(1, attempts + 1):
+        try:
+            store.upsert(items, embeddings)
+            return
+        except StoreUnavailable as e:
+            if attempt == attempts:
+                raise StoreUnavailable(f"{e.message} (gave up after {attempts} attempts)") from e
+            delay = RETRY_FIRST_DELAY_S * 2 ** (attempt - 1)
+            log.warning(
+                "store unavailable, retrying", extra={"attempt": attempt, "delay_s": delay, "reason": e.message}
+            )
+            time.sleep(delay)
 
 
 def _sync_unchanged(

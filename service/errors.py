@@ -34,14 +34,17 @@ def register_error_handlers(app: Flask) -> None:
         response, status = error_response(e.status, e.code, e.message)
         if isinstance(e, StoreUnavailable):
             response.headers["Retry-After"] = RETRY_AFTER_S
-        if status >= 500:
-            log.error("request failed", extra={"path": request.path, "code": e.code, "reason": e.message})
+        level = logging.ERROR if status >= 500 else logging.INFO
+        log.log(
+            level, "request failed", extra={"path": request.path, "status": status, "code": e.code, "reason": e.message}
+        )
         return response, status
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException) -> tuple[Response, int]:
         code = re.sub(r"[^a-z]+", "_", (e.name or "error").lower()).strip("_")
         response, status = error_response(e.code or 500, code, e.description or e.name)
+        log.info("request failed", extra={"path": request.path, "status": status, "code": code})
         if e.code == 405 and e.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(e.valid_methods)  # type: ignore[attr-defined]
         return response, status

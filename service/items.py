@@ -56,7 +56,7 @@ def similar_items(item_id: str):
 
 
 @bp.get("/<item_id>/image")
-@documented(Operation("The item's image file", {}, errors=(404, 503)))
+@documented(Operation("The item's image file", {}, file_response="image/*", errors=(404, 503)))
 def image(item_id: str):
     resources = get_resources()
     item = resources.store.get(item_id)

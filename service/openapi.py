@@ -39,6 +39,7 @@ class Operation:
     query: type[BaseModel] | None = None
     form: type[BaseModel] | None = None  # multipart fields besides the image
     upload: str | None = None  # "required" or "optional": a multipart `image` field
+    file_response: str | None = None  # media type of a 200 that is a file, e.g. "image/*"
     errors: tuple[int, ...] = ()
     auth: bool = False
     description: str = ""
@@ -90,6 +91,9 @@ def _operation(operation: Operation, rule, schemas: dict[str, dict]) -> dict[str
         result["description"] = operation.description
     if operation.upload or operation.form:
         result["requestBody"] = _multipart(operation, schemas)
+    if operation.file_response:
+        binary = {"schema": {"type": "string", "format": "binary"}}
+        result["responses"]["200"] = {"description": "the file", "content": {operation.file_response: binary}}
     for status, model in operation.responses.items():
         result["responses"][str(status)] = _response("OK" if status < 300 else "", model, schemas)
     for status in operation.errors:

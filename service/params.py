@@ -79,6 +79,8 @@ def parse_params(model: type[Params], values: MultiDict[str, str]) -> Params:
     raw: dict[str, object] = {}
     list_fields = {name for name, info in model.model_fields.items() if get_origin(info.annotation) is list}
     for key in values:
+        if not key:  # a multipart part without a name
+            raise InvalidRequest("invalid parameters: a form field without a name")
         if key.startswith(FILTER_PREFIX) and "filters" in model.model_fields:
             raw.setdefault("filters", {})[key[len(FILTER_PREFIX) :]] = values.getlist(key)  # type: ignore[index]
         else:

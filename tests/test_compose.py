@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from lookalike.settings import Settings
@@ -59,3 +62,15 @@ def test_cluster_profile_runs_qdrant_in_distributed_mode():
     assert services["ingest-cluster"]["entrypoint"][:3] == ["python", "-m", "ingest"]
     fields = {name.upper() for name in Settings.model_fields}
     assert set(env) - NON_SETTINGS_ENV <= fields
+
+
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None,
+    reason="docker-compose not installed: `make test` installs Debian's docker-compose (validates without a daemon)",
+)
+@pytest.mark.parametrize("profile", [[], ["--profile", "cluster"]], ids=["default", "cluster"])
+def test_docker_compose_validates_the_file(profile):
+    result = subprocess.run(
+        ["docker-compose", *profile, "config", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr

@@ -150,3 +150,26 @@ def test_cli_and_evaluate_report(shapes_dir, tmp_path, monkeypatch, capsys):
     assert "colour histogram" in table
     report = json.loads((reports / "evaluation.json").read_text())
     assert set(report["models"]["fine-tuned (ckpt)"]["overall"]) == {"P@1", "P@4", "P@10", "mAP@R"}
+
+
+def test_linear_probe_epochs_leave_the_tower_untouched(shapes_dir, tmp_path):
+    source = resolve_model_source(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
+    config = dataclasses.replace(FAST, epochs=1, lp_epochs=1)
+    fine_tune(read_catalogue(shapes_dir).items, source, tmp_path / "lp", config, max_pixels=10**7)
+    tuned = ImageEncoder.from_settings(Settings(model_checkpoint=tmp_path / "lp"))
+    untouched = untuned_encoder("lookalike-tiny/random-init")
+    assert tuned.identity.split("@")[1] == untouched.identity.split("@")[1]  # same weights fingerprint
+    assert tuned.classifier is not None
+
+
+def test_wise_ft_interpolates_between_start_and_fine_tuned_weights():
+    import torch
+
+    from finetune.run import interpolate_weights
+
+    layer = torch.nn.Linear(2, 2)
+    start = {name: torch.zeros_like(t) for name, t in layer.state_dict().items()}
+    fine_tuned = {name: t.clone() for name, t in layer.state_dict().items()}
+    interpolate_weights(layer, start, alpha=0.25)
+    for name, tensor in layer.state_dict().items():
+        torch.testing.assert_close(tensor, 0.25 * fine_tuned[name])

@@ -212,3 +212,31 @@ def test_shard_syntax_is_checked():
     for bad in ("3/3", "a/b", "1"):
         with pytest.raises(CatalogueError):
             Shard.parse(bad)
+
+
+def test_upserts_retry_with_backoff_then_stop_with_the_cause(monkeypatch, encoder, store):
+    import ingest.pipeline as pipeline
+    from lookalike.errors import StoreUnavailable
+    from lookalike.store import StoredItem
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(pipeline.time, "sleep", sleeps.append)
+    store.ensure_collection(encoder.dim, encoder.identity)
+    item = StoredItem("a", "c", "c/a.jpg", "0", encoder.identity)
+    embedding = encoder.embed_images([draw_item("red_round", 0)])
+    calls = []
+    real_upsert = store.upsert
+
+    def flaky(items, embeddings):
+        calls.append(1)
+        if len(calls) < 3:
+            raise StoreUnavailable("Qdrant is unreachable: connection refused")
+        real_upsert(items, embeddings)
+
+    monkeypatch.setattr(store, "upsert", flaky)
+    pipeline.upsert_with_retry(store, [item], embedding)
+    assert sleeps == [1.0, 2.0] and store.count() == 1
+
+    monkeypatch.setattr(store, "upsert", lambda *a: (_ for _ in ()).throw(StoreUnavailable("down")))
+    with pytest.raises(StoreUnavailable, match="gave up after 5 attempts"):
+        pipeline.upsert_with_retry(store, [item], embedding)

@@ -331,3 +331,26 @@ def test_protect_reads_closes_v1_but_not_health(settings, encoder, store, ingest
     assert_error(client.get("/v1/items/red_round-0"), 401, "unauthorized")
     assert client.get("/v1/items/red_round-0", headers=auth).status_code == 200
     assert client.get("/healthz").status_code == 200 and client.get("/metrics").status_code == 200
+
+
+def test_the_error_log_line_names_the_request_id_of_the_response(client, ingested, caplog):
+    import logging
+
+    from service.observability import RequestIdFilter
+
+    caplog.handler.addFilter(RequestIdFilter())
+    with caplog.at_level(logging.INFO, logger="service.errors"):
+        response = client.get("/v1/items/nope")
+    request_id = response.get_json()["error"]["request_id"]
+    (record,) = [r for r in caplog.records if r.getMessage() == "request failed"]
+    assert record.request_id == request_id and record.code == "item_not_found"
+
+
+def test_a_multipart_part_without_a_name_is_400(client, ingested):
+    # Found by schemathesis: a nameless part used to reach the parameter parser as a None key.
+    body = (
+        b"--b\r\nContent-Disposition: form-data; filename=\"x.txt\"\r\n\r\nhello\r\n"
+        b"--b\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n2\r\n--b--\r\n"
+    )
+    response = client.post("/v1/search", data=body, content_type="multipart/form-data; boundary=b")
+    assert response.status_code == 400
