@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv demo ingest serve test-tools test bench clean
+.PHONY: venv demo ingest serve test-tools test bench load clean
 
 venv: $(VENV)/.installed
 
@@ -55,6 +55,10 @@ bench: venv
 	$(PY) -m bench.b3_http
 	$(PY) -m bench.b4_coldstart
 	$(PY) -m bench.b5_finetune
+
+# Bounded load run on loopback (50 clients, 60 s, mixed by-id / filtered / upload).
+load: venv
+	$(PY) -m bench.load
 
 clean:
 	rm -rf $(VENV) data/qdrant

@@ -26,9 +26,16 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_bytes(path: Path) -> bytes:
+#: Files larger than this are refused before reading (no product photo needs more).
+MAX_FILE_BYTES = 100 * 1024 * 1024
+
+
+def read_bytes(path: Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     """Read a file, turning filesystem failures into a per-item `InvalidImage`."""
     try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ImageTooLarge(f"file has {size:,} bytes, more than the limit of {max_bytes:,}")
         return path.read_bytes()
     except FileNotFoundError as e:
         raise InvalidImage(f"file not found: {path}") from e

@@ -402,7 +402,8 @@ class VectorStore:
             with self._lock:
                 yield
         except (ResponseHandlingException, httpx.TransportError, ConnectionError) as e:
-            raise StoreUnavailable(f"Qdrant is unreachable: {e}") from e
+            log.warning("qdrant unreachable", extra={"collection": self.collection, "reason": str(e)})
+            raise StoreUnavailable("the vector store (Qdrant) is unreachable; retry later") from e
         except UnexpectedResponse as e:
             if e.status_code == 404:
                 raise self._missing_collection() from e

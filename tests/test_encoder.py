@@ -47,3 +47,10 @@ def test_missing_weights_file_says_what_to_set(tmp_path: Path):
 def test_checkpoint_that_is_not_a_checkpoint_is_refused(tmp_path: Path):
     with pytest.raises(ModelLoadError, match="MODEL_CHECKPOINT"):
         ImageEncoder.from_settings(Settings(model_checkpoint=tmp_path))
+
+
+def test_corrupt_checkpoint_is_one_clear_error(tmp_path: Path):
+    (tmp_path / "open_clip_config.json").write_text('{"model_cfg": {"embed_dim": 8}}')
+    (tmp_path / "open_clip_model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ModelLoadError, match="could not load the encoder checkpoint:"):
+        ImageEncoder.from_settings(Settings(model_checkpoint=tmp_path))

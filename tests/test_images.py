@@ -95,3 +95,42 @@ def test_decompression_bomb_is_refused():
 def test_format_is_decided_by_content():
     png = image_bytes(Image.new("RGB", (4, 4)), "PNG")
     assert image_format(png) == "PNG"
+
+
+def test_animated_webp_gives_its_first_frame():
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ((0, 200, 0), (200, 0, 0))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    red, green, _ = decode_image(buffer.getvalue(), LIMIT).getpixel((2, 2))
+    assert green > 150 and red < 50
+
+
+def test_a_20000_square_image_is_too_large():
+    data = image_bytes(Image.new("L", (20000, 20000)), "PNG")
+    with pytest.raises(ImageTooLarge, match="pixels"):
+        decode_image(data, max_pixels=40_000_000)
+
+
+def test_polyglot_is_judged_by_its_content():
+    # A GIF header followed by HTML/JS: decodes as the GIF it starts with, or is refused; never trusted as HTML.
+    gif = io.BytesIO()
+    Image.new("RGB", (4, 4), (0, 0, 255)).save(gif, "GIF")
+    polyglot = gif.getvalue() + b"<script>alert(1)</script>"
+    assert decode_image(polyglot, LIMIT).size == (4, 4)
+    html_first = b"<html>" + gif.getvalue()
+    with pytest.raises(UnsupportedImageFormat):
+        decode_image(html_first, LIMIT)
+
+
+def test_html_named_png_is_refused():
+    with pytest.raises(UnsupportedImageFormat):
+        decode_image(b"<!doctype html><title>x</title>", LIMIT)
+
+
+def test_files_over_the_byte_limit_are_refused_before_reading(tmp_path):
+    from lookalike.images import read_bytes
+
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\0" * 2048)
+    with pytest.raises(ImageTooLarge, match="2,048 bytes"):
+        read_bytes(big, max_bytes=1024)

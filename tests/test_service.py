@@ -349,8 +349,34 @@ def test_the_error_log_line_names_the_request_id_of_the_response(client, ingeste
 def test_a_multipart_part_without_a_name_is_400(client, ingested):
     # Found by schemathesis: a nameless part used to reach the parameter parser as a None key.
     body = (
-        b"--b\r\nContent-Disposition: form-data; filename=\"x.txt\"\r\n\r\nhello\r\n"
-        b"--b\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n2\r\n--b--\r\n"
+        b'--b\r\nContent-Disposition: form-data; filename="x.txt"\r\n\r\nhello\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="k"\r\n\r\n2\r\n--b--\r\n'
     )
     response = client.post("/v1/search", data=body, content_type="multipart/form-data; boundary=b")
     assert response.status_code == 400
+
+
+def test_image_symlinked_outside_the_catalogue_is_404(client, ingested, catalogue_dir, tmp_path):
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(image_bytes(draw_item("red_round", 0)))
+    target = catalogue_dir / "blue_bar" / "item2.jpg"
+    target.unlink()
+    target.symlink_to(secret)  # swapped after ingest
+    assert_error(client.get("/v1/items/blue_bar-2/image"), 404, "item_not_found")
+
+
+def test_unreachable_qdrant_server_is_503_with_retry_after(settings, encoder):
+    from lookalike.store import VectorStore
+
+    unreachable = settings.model_copy(update={"qdrant_url": "http://127.0.0.1:9", "qdrant_timeout_s": 2})
+    store = VectorStore.from_settings(unreachable)
+    client = create_app(unreachable, encoder=encoder, store=store).test_client()
+    for response in (
+        client.get("/readyz"),
+        client.get("/v1/items/x/similar"),
+        client.post("/v1/search", data=upload(draw_item("red_round", 0)), content_type="multipart/form-data"),
+    ):
+        assert_error(response, 503, "store_unavailable")
+        assert response.headers["Retry-After"]
+        assert "127.0.0.1" not in response.get_json()["error"]["message"]  # no internal addresses
+    assert client.get("/healthz").status_code == 200
