@@ -127,6 +127,8 @@ def ingest(
             bar.update(len(batch.items) + len(batch.failed))
     if prune:
         summary.pruned = _prune(catalogue, store)
+    if summary.ingested or summary.pruned:
+        store.optimize()
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -8,7 +8,7 @@ one ``Settings`` and passes it down; deeper code takes plain arguments.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     # Qdrant: a server when QDRANT_URL is set, else the embedded store at QDRANT_PATH.
     qdrant_url: str | None = None
     qdrant_path: Path = Path("./data/qdrant")
+    #: Engine of the embedded store: qdrant-client's local mode, or Qdrant Edge (HNSW, payload indexes).
+    embedded_engine: Literal["qdrant-client", "edge"] = "qdrant-client"
     qdrant_api_key: SecretStr | None = None
     qdrant_timeout_s: float = 10.0
     # Server-only collection layout (Qdrant's cluster mode is the scale-out path).

@@ -169,7 +169,7 @@ class VectorStore:
                 settings.qdrant_quantize_int8,
             )
             return cls(client, settings.collection, embedded=False, layout=layout)
-        return cls(open_embedded(settings.qdrant_path), settings.collection, embedded=True)
+        return cls(open_embedded(settings.qdrant_path, settings.embedded_engine), settings.collection, embedded=True)
 
     # -- collection ------------------------------------------------------------------------
 
@@ -219,7 +219,8 @@ class VectorStore:
                 metadata={MODEL: model, "dim": dim},
                 **({} if self.embedded else self.layout.create_arguments()),
             )
-            if not self.embedded:  # embedded mode scans everything and ignores payload indexes
+            # qdrant-client's local mode scans everything and ignores payload indexes; Edge uses them.
+            if not self.embedded or getattr(self.client, "indexes_payload", False):
                 for key in (CATEGORY, ITEM_ID, *(f"{METADATA}.{name}" for name in filterable_fields)):
                     self.client.create_payload_index(self.collection, key, models.PayloadSchemaType.KEYWORD)
         log.info("collection created", extra={"collection": self.collection, "model": model, "dim": dim})
@@ -391,6 +392,13 @@ class VectorStore:
             )
         return [StoredItem.from_payload(point.payload or {}) for point in response.points]
 
+    def optimize(self) -> None:
+        """Build search indexes after a bulk load, where the engine wants it done explicitly (Edge)."""
+        optimize = getattr(self.client, "optimize", None)
+        if optimize is not None:
+            with self._call():
+                optimize(self.collection)
+
     def close(self) -> None:
         with self._call():
             self.client.close()
@@ -422,10 +430,14 @@ class VectorStore:
         )
 
 
-def open_embedded(path: Path) -> QdrantClient:
-    """Open qdrant-client's local mode, failing fast when another process holds the directory."""
+def open_embedded(path: Path, engine: str = "qdrant-client") -> QdrantClient:
+    """Open the embedded store, failing fast when another process holds the directory."""
     path.mkdir(parents=True, exist_ok=True)
     try:
+        if engine == "edge":
+            from lookalike.edge import EdgeClient
+
+            return EdgeClient(path)  # type: ignore[return-value]  (the subset of QdrantClient we use)
         return QdrantClient(path=str(path), force_disable_check_same_thread=True)
     except RuntimeError as e:
         if "already accessed" not in str(e):

