@@ -158,6 +158,14 @@ class EdgeClient:
         )
         return SimpleNamespace(points=self._shard(name).query(request))
 
+    def query_batch_points(self, name: str, requests: list[models.QueryRequest]) -> list[SimpleNamespace]:
+        return [
+            self.query_points(
+                name, r.query, r.using, r.filter, r.limit, r.offset or 0, r.score_threshold, bool(r.with_payload)
+            )
+            for r in requests
+        ]
+
     def optimize(self, name: str) -> None:
         """Build the HNSW index of what was ingested (Edge leaves small or new segments unindexed)."""
         self._shard(name).optimize()

@@ -144,6 +144,17 @@ class CollectionLayout:
         return arguments
 
 
+@dataclass(frozen=True)
+class SimilarQuery:
+    """One entry of a batch: the look-alikes of a stored item."""
+
+    item_id: str
+    search_filter: SearchFilter
+    limit: int
+    offset: int = 0
+    score_threshold: float | None = None
+
+
 class VectorStore:
     """Items and their embeddings in one Qdrant collection."""
 
@@ -373,6 +384,34 @@ class VectorStore:
                 with_payload=True,
             )
         return [Hit(StoredItem.from_payload(p.payload or {}), float(p.score)) for p in response.points]
+
+    def similar_many(self, queries: Sequence[SimilarQuery]) -> list[list[Hit] | ItemNotFound]:
+        """Look-alikes of several stored items in one Qdrant batch query; answers keep the order.
+
+        An unknown id gets an `ItemNotFound` in its place instead of failing the others.
+        """
+        known = self.get_many([q.item_id for q in queries])
+        requests = [
+            models.QueryRequest(
+                query=point_id(q.item_id),
+                using=EMBEDDING,
+                filter=q.search_filter.to_qdrant(also_exclude=[q.item_id]),
+                limit=q.limit,
+                offset=q.offset,
+                score_threshold=q.score_threshold,
+                with_payload=True,
+            )
+            for q in queries
+            if q.item_id in known
+        ]
+        with self._call():
+            responses = iter(self.client.query_batch_points(self.collection, requests) if requests else [])
+        return [
+            [Hit(StoredItem.from_payload(p.payload or {}), float(p.score)) for p in next(responses).points]
+            if q.item_id in known
+            else ItemNotFound(f"no item with id {q.item_id!r}")
+            for q in queries
+        ]
 
     def categories(self) -> list[tuple[str, int]]:
         """Every category with its item count, most items first (Qdrant's facet count)."""

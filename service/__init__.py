@@ -12,7 +12,7 @@ from lookalike.errors import StoreError
 from lookalike.logs import configure_logging
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
-from service import browse, health, items, openapi, page, search
+from service import batch, browse, health, items, openapi, page, search
 from service.auth import protect_reads
 from service.errors import register_error_handlers
 from service.observability import REQUEST_ID_HEADER, RequestIdFilter, init_observability
@@ -46,7 +46,7 @@ def create_app(
         CORS(app, origins=settings.cors_origins, expose_headers=[REQUEST_ID_HEADER])
     register_error_handlers(app)
     protect_reads(app)
-    for blueprint in (search.bp, items.bp, browse.bp, health.bp, page.bp, openapi.bp):
+    for blueprint in (search.bp, items.bp, batch.bp, browse.bp, health.bp, page.bp, openapi.bp):
         app.register_blueprint(blueprint)
     problem: StoreError | None = ready_error(resources)
     if problem is not None:

@@ -40,6 +40,7 @@ class Operation:
     form: type[BaseModel] | None = None  # multipart fields besides the image
     upload: str | None = None  # "required" or "optional": a multipart `image` field
     file_response: str | None = None  # media type of a 200 that is a file, e.g. "image/*"
+    json_body: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
     auth: bool = False
     description: str = ""
@@ -91,6 +92,12 @@ def _operation(operation: Operation, rule, schemas: dict[str, dict]) -> dict[str
         result["description"] = operation.description
     if operation.upload or operation.form:
         result["requestBody"] = _multipart(operation, schemas)
+    if operation.json_body is not None:
+        schema = operation.json_body.model_json_schema(ref_template=REF)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[operation.json_body.__name__] = schema
+        body_ref = {"$ref": REF.format(model=operation.json_body.__name__)}
+        result["requestBody"] = {"required": True, "content": {"application/json": {"schema": body_ref}}}
     if operation.file_response:
         binary = {"schema": {"type": "string", "format": "binary"}}
         result["responses"]["200"] = {"description": "the file", "content": {operation.file_response: binary}}

@@ -16,6 +16,7 @@ from lookalike.store import SearchFilter
 
 FILTER_PREFIX = "filter."
 AUTO = "auto"
+Params = TypeVar("Params", bound=BaseModel)
 FILTER_NOTE = (
     "Metadata filters: `filter.<field>=<value>` (repeat for any of; `12` also matches the number 12, "
     "`true` the boolean). Filters run inside the nearest-neighbour search."
@@ -51,6 +52,30 @@ class SearchParams(BaseModel):
         return SearchFilter(categories=chosen, exclude=self.exclude, metadata=self.filters)
 
 
+MAX_BATCH = 100
+
+
+class BatchQuery(SearchParams):
+    """One entry of ``POST /v1/similar:batch``: an item id and the search parameters of by-id search."""
+
+    id: Value = Field(description="a stored item's id")
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    queries: list[BatchQuery] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+def parse_json_body(model: type[Params], body: object) -> Params:
+    """Validate a JSON body into ``model``; 400 with every problem listed."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        problems = "; ".join(_describe(error) for error in e.errors())
+        raise InvalidRequest(f"invalid body: {problems}") from e
+
+
 class RandomParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -65,9 +90,6 @@ class PutForm(BaseModel):
 
     category: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     metadata: Json[dict[str, Any]] | None = Field(None, description="a JSON object of metadata fields")
-
-
-Params = TypeVar("Params", bound=BaseModel)
 
 
 def parse_params(model: type[Params], values: MultiDict[str, str]) -> Params:

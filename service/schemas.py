@@ -8,6 +8,12 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    request_id: str | None = Field(None, description="also in the X-Request-ID header and the logs")
+
+
 class Result(BaseModel):
     id: str
     score: float = Field(description="cosine similarity, -1..1")
@@ -27,6 +33,17 @@ class SearchResults(BaseModel):
     results: list[Result]
     took_ms: float
     predicted_category: PredictedCategory | None = Field(None, description="only with category=auto")
+
+
+class BatchEntry(BaseModel):
+    id: str
+    results: list[Result] | None = Field(None, description="absent when the entry failed")
+    error: ErrorDetail | None = Field(None, description="why this entry failed (the others still answer)")
+
+
+class BatchResults(BaseModel):
+    results: list[BatchEntry] = Field(description="one entry per query, in the order asked")
+    took_ms: float
 
 
 class Item(BaseModel):
@@ -73,12 +90,6 @@ class Ready(BaseModel):
     serving: str
     items: int
     model: str
-
-
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-    request_id: str | None = Field(None, description="also in the X-Request-ID header and the logs")
 
 
 class ErrorResponse(BaseModel):

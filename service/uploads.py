@@ -17,7 +17,11 @@ IMAGE_FIELD = "image"
 class Upload:
     data: bytes
     image: Image.Image
-    format: str  # as detected from the content, e.g. "JPEG"
+
+    @property
+    def format(self) -> str:
+        """As detected from the content, e.g. "JPEG"; only PUT needs it, so searches never pay."""
+        return image_format(self.data)
 
     @property
     def sha256(self) -> str:
@@ -31,4 +35,4 @@ def read_upload(max_pixels: int) -> Upload:
         raise InvalidRequest(f"send the image as the multipart form field {IMAGE_FIELD!r}")
     data = file.read()
     image = decode_image(data, max_pixels)
-    return Upload(data, image, image_format(data))
+    return Upload(data, image)

@@ -385,3 +385,45 @@ def test_unreachable_qdrant_server_is_503_with_retry_after(settings, encoder):
         assert response.headers["Retry-After"]
         assert "127.0.0.1" not in response.get_json()["error"]["message"]  # no internal addresses
     assert client.get("/healthz").status_code == 200
+
+
+def test_batch_answers_in_order_with_a_per_entry_error(client, ingested):
+    body = {
+        "queries": [
+            {"id": "blue_bar-0", "k": 2, "category": ["green_square"]},
+            {"id": "nope"},
+            {"id": "red_round-1", "k": 3, "filters": {"colour": ["red"]}, "exclude": ["red_round-2"]},
+            {"id": "blue_bar-1", "category": ["auto"], "k": 10},
+        ]
+    }
+    response = client.post("/v1/similar:batch", json=body)
+    assert response.status_code == 200
+    entries = response.get_json()["results"]
+    assert [e["id"] for e in entries] == ["blue_bar-0", "nope", "red_round-1", "blue_bar-1"]
+    assert [r["category"] for r in entries[0]["results"]] == ["green_square", "green_square"]
+    assert entries[1]["error"]["code"] == "item_not_found" and "results" not in entries[1]
+    assert [r["id"] for r in entries[2]["results"]] == ["red_round-3"]
+    assert {r["category"] for r in entries[3]["results"]} == {"blue_bar"} and len(entries[3]["results"]) == 3
+    by_id = client.get("/v1/items/blue_bar-0/similar?k=2&category=green_square").get_json()["results"]
+    assert [r["id"] for r in entries[0]["results"]] == [r["id"] for r in by_id]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        None,
+        {},
+        {"queries": []},
+        {"queries": [{"k": 2}]},
+        {"queries": [{"id": "a", "bogus": 1}]},
+        {"queries": [{"id": "a"}] * 101},
+    ],
+    ids=["not-json", "empty", "no-queries", "no-id", "unknown-field", "too-many"],
+)
+def test_bad_batches_are_400(client, ingested, body):
+    response = (
+        client.post("/v1/similar:batch", json=body)
+        if body is not None
+        else client.post("/v1/similar:batch", data="x", content_type="text/plain")
+    )
+    assert_error(response, 400, "invalid_request")
