@@ -143,9 +143,13 @@ class EdgeClient:
     ) -> SimpleNamespace:
         if isinstance(query, models.SampleQuery):
             edge_query = edge.Sample.Random
+        elif isinstance(query, models.RecommendQuery):
+            examples = query.recommend
+            positives = [self._vector(name, e, using) for e in examples.positive or []]
+            negatives = [self._vector(name, e, using) for e in examples.negative or []]
+            edge_query = edge.Query.RecommendBestScore(edge.RecommendQuery(positives, negatives), using=using)
         elif isinstance(query, str):  # a point id: search with its stored vector
-            (record,) = self._shard(name).retrieve([query], False, True)
-            edge_query = edge.Query.Nearest(record.vector[using], using=using)
+            edge_query = edge.Query.Nearest(self._vector(name, query, using), using=using)
         else:
             edge_query = edge.Query.Nearest(list(query), using=using)
         request = edge.QueryRequest(
@@ -180,6 +184,13 @@ class EdgeClient:
             self._lock_file.close()
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _vector(self, name: str, example: Any, using: str | None) -> list[float]:
+        """An example given as a point id becomes its stored vector (Edge queries take vectors)."""
+        if not isinstance(example, str):
+            return list(example)
+        (record,) = self._shard(name).retrieve([example], False, True)
+        return record.vector[using]
 
     def _aliases(self) -> dict[str, str]:
         path = self.path / ALIASES_FILE

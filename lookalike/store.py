@@ -385,6 +385,45 @@ class VectorStore:
             )
         return [Hit(StoredItem.from_payload(p.payload or {}), float(p.score)) for p in response.points]
 
+    def recommend(
+        self,
+        positive: Sequence[str | np.ndarray],
+        negative: Sequence[str | np.ndarray],
+        search_filter: SearchFilter,
+        limit: int,
+        offset: int = 0,
+        score_threshold: float | None = None,
+    ) -> list[Hit]:
+        """More like the positive examples, less like the negative ones (Qdrant's recommend query,
+        best-score strategy). Examples are stored item ids or embeddings; id examples are left out."""
+        ids = [e for e in (*positive, *negative) if isinstance(e, str)]
+        missing = sorted(set(ids) - set(self.get_many(ids)))
+        if missing:
+            raise ItemNotFound(f"no item with id {missing[0]!r}")
+
+        def example(value: str | np.ndarray) -> Any:
+            return point_id(value) if isinstance(value, str) else value.astype(np.float32).tolist()
+
+        query = models.RecommendQuery(
+            recommend=models.RecommendInput(
+                positive=[example(e) for e in positive],
+                negative=[example(e) for e in negative],
+                strategy=models.RecommendStrategy.BEST_SCORE,
+            )
+        )
+        with self._call():
+            response = self.client.query_points(
+                self.collection,
+                query=query,
+                using=EMBEDDING,
+                query_filter=search_filter.to_qdrant(also_exclude=ids),
+                limit=limit,
+                offset=offset,
+                score_threshold=score_threshold,
+                with_payload=True,
+            )
+        return [Hit(StoredItem.from_payload(p.payload or {}), float(p.score)) for p in response.points]
+
     def similar_many(self, queries: Sequence[SimilarQuery]) -> list[list[Hit] | ItemNotFound]:
         """Look-alikes of several stored items in one Qdrant batch query; answers keep the order.
 

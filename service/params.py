@@ -52,6 +52,13 @@ class SearchParams(BaseModel):
         return SearchFilter(categories=chosen, exclude=self.exclude, metadata=self.filters)
 
 
+class RecommendParams(SearchParams):
+    """``POST /v1/recommend``: example item ids besides the search parameters (images come as files)."""
+
+    positive: list[Value] = Field(default_factory=list, max_length=50, description="more like these item ids")
+    negative: list[Value] = Field(default_factory=list, max_length=50, description="less like these item ids")
+
+
 MAX_BATCH = 100
 
 

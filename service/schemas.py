@@ -94,3 +94,10 @@ class Ready(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class RecommendImages(BaseModel):
+    """The optional example photos of ``POST /v1/recommend`` (multipart files, repeatable)."""
+
+    positive_image: list[bytes] | None = Field(None, description="photos to look like")
+    negative_image: list[bytes] | None = Field(None, description="photos not to look like")

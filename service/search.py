@@ -9,11 +9,11 @@ from flask import Blueprint, request
 
 from lookalike.errors import InvalidRequest
 from service.openapi import Operation, documented
-from service.params import FILTER_NOTE, SearchParams, parse_search_params
+from service.params import FILTER_NOTE, RecommendParams, SearchParams, parse_params, parse_search_params
 from service.resources import Resources, get_resources
-from service.schemas import PredictedCategory, SearchResults
+from service.schemas import PredictedCategory, RecommendImages, SearchResults
 from service.serialise import results_json
-from service.uploads import read_upload
+from service.uploads import read_upload, read_uploads
 
 bp = Blueprint("search", __name__, url_prefix="/v1")
 
@@ -66,3 +66,43 @@ def predict_category(resources: Resources, embedding: np.ndarray) -> PredictedCa
         applied=probability >= threshold,
         min_probability=threshold,
     )
+
+
+POSITIVE_IMAGES, NEGATIVE_IMAGES = "positive_image", "negative_image"
+
+
+@bp.post("/recommend")
+@documented(
+    Operation(
+        "More like these, less like those: several examples (item ids and/or photos)",
+        {200: SearchResults},
+        query=RecommendParams,
+        form=RecommendImages,
+        errors=(400, 404, 413, 415, 422, 503),
+        description="Examples are `positive`/`negative` item ids (query or form fields, repeatable) and "
+        "`positive_image`/`negative_image` files (repeatable); at least one positive. Qdrant's recommend "
+        "query with the best-score strategy: items closer to a negative example than to every positive one "
+        "sink to the bottom. Example items are never in the results. " + FILTER_NOTE,
+    )
+)
+def recommend():
+    started = time.perf_counter()
+    resources = get_resources()
+    params = parse_params(RecommendParams, request.values)
+    positive_images = read_uploads(POSITIVE_IMAGES, resources.settings.max_image_pixels)
+    negative_images = read_uploads(NEGATIVE_IMAGES, resources.settings.max_image_pixels)
+    if not params.positive and not positive_images:
+        raise InvalidRequest("give at least one positive example: `positive` (an item id) or `positive_image`")
+    if params.auto_category:
+        raise InvalidRequest("category=auto is for single-photo searches; pass the categories to recommend")
+    resources.check_collection()
+    images = [upload.image for upload in (*positive_images, *negative_images)]
+    with resources.metrics.encode.time():
+        embeddings = list(resources.encoder.embed_images(images)) if images else []
+    positive = [*params.positive, *embeddings[: len(positive_images)]]
+    negative = [*params.negative, *embeddings[len(positive_images) :]]
+    with resources.metrics.search.time():
+        hits = resources.store.recommend(
+            positive, negative, params.search_filter(), params.k, params.offset, params.score_threshold
+        )
+    return results_json(hits, started)

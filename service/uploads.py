@@ -36,3 +36,18 @@ def read_upload(max_pixels: int) -> Upload:
     data = file.read()
     image = decode_image(data, max_pixels)
     return Upload(data, image)
+
+
+MAX_EXAMPLE_IMAGES = 20
+
+
+def read_uploads(field: str, max_pixels: int) -> list[Upload]:
+    """Every file sent under ``field`` (repeatable), decoded like a single upload."""
+    files = request.files.getlist(field)
+    if len(files) > MAX_EXAMPLE_IMAGES:
+        raise InvalidRequest(f"at most {MAX_EXAMPLE_IMAGES} files in {field!r}")
+    uploads = []
+    for file in files:
+        data = file.read()
+        uploads.append(Upload(data, decode_image(data, max_pixels)))
+    return uploads

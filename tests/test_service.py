@@ -427,3 +427,34 @@ def test_bad_batches_are_400(client, ingested, body):
         else client.post("/v1/similar:batch", data="x", content_type="text/plain")
     )
     assert_error(response, 400, "invalid_request")
+
+
+def recommend(client, query: str, data: dict | None = None):
+    return client.post(f"/v1/recommend?{query}", data=data or {}, content_type="multipart/form-data")
+
+
+def test_recommend_with_a_negative_example_pushes_its_look_alikes_down(client, ingested):
+    plain = [i for i in result_ids(client.get("/v1/items/red_round-0/similar?k=20")) if i != "blue_bar-0"]
+    with_negative = result_ids(recommend(client, "positive=red_round-0&negative=blue_bar-0&k=20"))
+    assert set(with_negative) == set(plain)  # examples themselves are left out
+
+    def mean_rank(ids: list[str]) -> float:
+        ranks = [i for i, item_id in enumerate(ids) if item_id.startswith("blue_bar")]
+        return sum(ranks) / len(ranks)
+
+    assert mean_rank(with_negative) > mean_rank(plain)
+    assert with_negative[-3:] == [i for i in with_negative if i.startswith("blue_bar")]  # at the very bottom
+
+
+def test_recommend_takes_photos_as_examples(client, ingested, catalogue_dir):
+    photo = (catalogue_dir / "blue_bar/item1.jpg").read_bytes()
+    response = recommend(client, "k=3", {"positive_image": (io.BytesIO(photo), "p.jpg")})
+    assert response.status_code == 200
+    assert result_ids(response)[0] == "blue_bar-1"  # the same photo is its own best match
+
+
+def test_recommend_errors(client, ingested):
+    assert_error(recommend(client, "negative=red_round-0"), 400, "invalid_request")
+    assert_error(recommend(client, "positive=nope"), 404, "item_not_found")
+    bad = {"positive_image": (io.BytesIO(b"not an image"), "x.jpg")}
+    assert_error(recommend(client, "positive=red_round-0", bad), 415, "unsupported_image")
