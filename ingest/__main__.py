@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, help="images per forward pass (default: BATCH_SIZE)")
     parser.add_argument("--workers", type=int, help="decode processes (default: DECODE_WORKERS)")
     parser.add_argument("--error-report", type=Path, help="JSONL of failed items (default: INGEST_ERROR_REPORT)")
+    parser.add_argument(
+        "--skip-duplicates", action="store_true", help="do not index items whose bytes equal an earlier item's"
+    )
     parser.add_argument("--shard", help="i/n: handle only slice i of n (parallel workers, Qdrant server)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "max_pixels": settings.max_image_pixels,
         "prune": args.prune,
         "progress": not args.no_progress,
+        "index_duplicates": not args.skip_duplicates,
     }
     try:
         if args.reindex:

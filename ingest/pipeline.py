@@ -104,6 +104,7 @@ def ingest(
     max_pixels: int = 40_000_000,
     prune: bool = False,
     progress: bool = True,
+    index_duplicates: bool = True,
 ) -> IngestSummary:
     """Bring the collection in line with the catalogue; returns what was done."""
     started = time.perf_counter()
@@ -111,7 +112,11 @@ def ingest(
     for error in catalogue.errors:
         report.row_error(error)
         summary.failed += 1
-    to_embed = _sync_unchanged(catalogue.items, encoder.identity, store, summary)
+    sha256s = {item.id: _sha256_or_none(item) for item in catalogue.items}
+    duplicates = _report_duplicates(catalogue.items, sha256s, report, summary)
+    to_embed = _sync_unchanged(catalogue.items, sha256s, encoder.identity, store, summary)
+    if not index_duplicates:
+        to_embed = [item for item in to_embed if item.id not in duplicates]
     bar = tqdm(total=len(to_embed), unit="img", desc="ingest", disable=not progress)
     with bar:
         for batch in iter_batches(to_embed, encoder.preprocess, max_pixels, batch_size, workers):
@@ -151,8 +156,31 @@ def upsert_with_retry(
             time.sleep(delay)
 
 
+def _report_duplicates(
+    items: Sequence[CatalogueItem], sha256s: dict[str, str | None], report: ErrorReport, summary: IngestSummary
+) -> set[str]:
+    """Items whose image bytes equal an earlier item's: reported (code ``duplicate``) and counted."""
+    first_with: dict[str, str] = {}
+    duplicates: set[str] = set()
+    for item in items:
+        sha256 = sha256s[item.id]
+        if sha256 is None:
+            continue
+        if sha256 in first_with:
+            duplicates.add(item.id)
+            report.duplicate(item, first_with[sha256])
+        else:
+            first_with[sha256] = item.id
+    summary.duplicates = len(duplicates)
+    return duplicates
+
+
 def _sync_unchanged(
-    items: Sequence[CatalogueItem], model: str, store: VectorStore, summary: IngestSummary
+    items: Sequence[CatalogueItem],
+    sha256s: dict[str, str | None],
+    model: str,
+    store: VectorStore,
+    summary: IngestSummary,
 ) -> list[CatalogueItem]:
     """Skip items already stored with the same bytes and model; return those to embed."""
     to_embed: list[CatalogueItem] = []
@@ -161,7 +189,7 @@ def _sync_unchanged(
         stored = store.get_many([item.id for item in chunk])
         for item in chunk:
             existing = stored.get(item.id)
-            sha256 = _sha256_or_none(item)
+            sha256 = sha256s[item.id]
             if existing is None or sha256 is None or existing.sha256 != sha256 or existing.model != model:
                 to_embed.append(item)  # new, changed, or unreadable (the decode pass reports why)
                 continue

@@ -21,6 +21,7 @@ class IngestSummary:
     updated: int = 0  # payload rewritten, embedding kept
     failed: int = 0
     pruned: int = 0
+    duplicates: int = 0  # same bytes as an earlier item (indexed unless --skip-duplicates)
     seconds: float = 0.0
 
     @property
@@ -30,12 +31,13 @@ class IngestSummary:
     def line(self) -> str:
         return (
             f"ingested={self.ingested} skipped={self.skipped} updated={self.updated} failed={self.failed} "
-            f"pruned={self.pruned} seconds={self.seconds:.1f} images_per_s={self.images_per_second:.1f}"
+            f"pruned={self.pruned} duplicates={self.duplicates} seconds={self.seconds:.1f} "
+            f"images_per_s={self.images_per_second:.1f}"
         )
 
 
 class ErrorReport:
-    """Appends one JSON object per failed item: ``{"item_id", "path", "code", "reason"}``."""
+    """One JSON object per failed (or duplicate) item: ``{"item_id", "path", "code", "reason"}``."""
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
@@ -48,14 +50,17 @@ class ErrorReport:
     def item_error(self, item: CatalogueItem, error: InvalidImage) -> None:
         self._write(item.id, item.image, error.code, error.message)
 
+    def duplicate(self, item: CatalogueItem, original_id: str) -> None:
+        self._write(item.id, item.image, "duplicate", f"same image bytes as item {original_id!r}", "duplicate item")
+
     def row_error(self, error: RowError) -> None:
         self._write(error.item_id, error.path, "invalid_row", error.reason)
 
     def close(self) -> None:
         self.stream.close()
 
-    def _write(self, item_id: str | None, path: str | None, code: str, reason: str) -> None:
+    def _write(self, item_id: str | None, path: str | None, code: str, reason: str, event: str = "item failed") -> None:
         record = {"item_id": item_id, "path": path, "code": code, "reason": reason}
-        log.warning("item failed", extra=record)
+        log.warning(event, extra=record)
         self.stream.write(json.dumps(record) + "\n")
         self.stream.flush()

@@ -95,6 +95,7 @@ class SearchFilter:
     categories: Sequence[str] = ()
     exclude: Sequence[str] = ()  # item ids
     metadata: dict[str, Sequence[str]] = field(default_factory=dict)  # field -> any of these values
+    exclude_sha256: Sequence[str] = ()  # hide items whose image bytes are exactly these
 
     def to_qdrant(self, also_exclude: Sequence[str] = ()) -> models.Filter | None:
         must: list[models.Condition] = []
@@ -104,6 +105,8 @@ class SearchFilter:
             must.append(_metadata_condition(name, values))
         excluded = [point_id(item_id) for item_id in (*self.exclude, *also_exclude)]
         must_not: list[models.Condition] = [models.HasIdCondition(has_id=excluded)] if excluded else []
+        if self.exclude_sha256:
+            must_not.append(models.FieldCondition(key=SHA256, match=models.MatchAny(any=list(self.exclude_sha256))))
         if not must and not must_not:
             return None
         return models.Filter(must=must or None, must_not=must_not or None)

@@ -47,11 +47,11 @@ def similar_items(item_id: str):
     params = parse_search_params(request.args)
     resources.check_collection()
     # By id, category=auto means the item's own category: no guessing needed.
-    categories = [resources.store.get(item_id).category] if params.auto_category else None
+    item = resources.store.get(item_id) if params.auto_category or params.hide_duplicates else None
+    categories = [item.category] if item and params.auto_category else None
+    search_filter = params.search_filter(categories, query_sha256=item.sha256 if item else None)
     with resources.metrics.search.time():
-        hits = resources.store.similar(
-            item_id, params.search_filter(categories), params.k, params.offset, params.score_threshold
-        )
+        hits = resources.store.similar(item_id, search_filter, params.k, params.offset, params.score_threshold)
     return results_json(hits, started)
 
 

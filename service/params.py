@@ -34,6 +34,7 @@ class SearchParams(BaseModel):
     score_threshold: float | None = Field(None, ge=-1.0, le=1.0, description="minimum cosine similarity")
     offset: int = Field(0, ge=0, le=10_000, description="results to skip (paging)")
     filters: dict[FieldName, list[Value]] = Field(default_factory=dict, description="filter.<field>=<value>")
+    hide_duplicates: bool = Field(False, description="leave out items whose image bytes equal the query's")
 
     @property
     def auto_category(self) -> bool:
@@ -46,10 +47,11 @@ class SearchParams(BaseModel):
             raise ValueError("category=auto cannot be combined with other categories")
         return self
 
-    def search_filter(self, categories: list[str] | None = None) -> SearchFilter:
+    def search_filter(self, categories: list[str] | None = None, query_sha256: str | None = None) -> SearchFilter:
         """The filter for Qdrant; ``categories`` replaces `auto` once it is resolved."""
         chosen = self.category if categories is None else categories
-        return SearchFilter(categories=chosen, exclude=self.exclude, metadata=self.filters)
+        hidden = [query_sha256] if self.hide_duplicates and query_sha256 else []
+        return SearchFilter(categories=chosen, exclude=self.exclude, metadata=self.filters, exclude_sha256=hidden)
 
 
 class RecommendParams(SearchParams):

@@ -44,9 +44,8 @@ def search_by_upload():
         prediction = predict_category(resources, embedding)
         categories = [prediction.category] if prediction.applied else []
     with resources.metrics.search.time():
-        hits = resources.store.similar(
-            embedding, params.search_filter(categories), params.k, params.offset, params.score_threshold
-        )
+        search_filter = params.search_filter(categories, query_sha256=upload.sha256)
+        hits = resources.store.similar(embedding, search_filter, params.k, params.offset, params.score_threshold)
     return results_json(hits, started, prediction)
 
 

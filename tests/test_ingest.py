@@ -248,3 +248,21 @@ def test_upserts_retry_with_backoff_then_stop_with_the_cause(monkeypatch, encode
     monkeypatch.setattr(store, "upsert", lambda *a: (_ for _ in ()).throw(StoreUnavailable("down")))
     with pytest.raises(StoreUnavailable, match="gave up after 5 attempts"):
         pipeline.upsert_with_retry(store, [item], embedding)
+
+
+@pytest.mark.parametrize("index_duplicates", [True, False])
+def test_same_bytes_under_two_ids_is_reported_as_a_duplicate(catalogue_dir, encoder, store, tmp_path, index_duplicates):
+    copy = catalogue_dir / "blue_bar" / "zz-copy.jpg"
+    copy.write_bytes((catalogue_dir / "blue_bar" / "item1.jpg").read_bytes())
+    summary = run_ingest(catalogue_dir, encoder, store, tmp_path / "r.jsonl", index_duplicates=index_duplicates)
+    assert summary.duplicates == 1
+    lines = [line for line in report_lines(tmp_path / "r.jsonl") if line["code"] == "duplicate"]
+    assert lines == [
+        {
+            "item_id": "blue_bar-zz-copy",
+            "path": "blue_bar/zz-copy.jpg",
+            "code": "duplicate",
+            "reason": "same image bytes as item 'blue_bar-item1'",
+        }
+    ]
+    assert ("blue_bar-zz-copy" in set(store.item_ids())) is index_duplicates

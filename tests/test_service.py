@@ -458,3 +458,19 @@ def test_recommend_errors(client, ingested):
     assert_error(recommend(client, "positive=nope"), 404, "item_not_found")
     bad = {"positive_image": (io.BytesIO(b"not an image"), "x.jpg")}
     assert_error(recommend(client, "positive=red_round-0", bad), 415, "unsupported_image")
+
+
+def test_hide_duplicates_leaves_out_the_same_photo(settings, encoder, store, catalogue_dir, client, tmp_path, ingested):
+    from lookalike.store import StoredItem
+
+    photo = catalogue_dir / "green_square/item2.jpg"
+    original = store.get("green_square-2")
+    copy = StoredItem("copy-of-green-2", "green_square", original.image, original.sha256, original.model)
+    store.upsert([copy], encoder.embed_images([Image.open(photo).convert("RGB")]))
+
+    shown = result_ids(client.get("/v1/items/green_square-2/similar?k=3"))
+    hidden = result_ids(client.get("/v1/items/green_square-2/similar?k=3&hide_duplicates=true"))
+    assert shown[0] == "copy-of-green-2" and "copy-of-green-2" not in hidden
+    form = {**upload(photo.read_bytes()), "hide_duplicates": "true", "k": "3"}
+    uploaded = result_ids(client.post("/v1/search", data=form, content_type="multipart/form-data"))
+    assert not {"green_square-2", "copy-of-green-2"} & set(uploaded)
