@@ -5,6 +5,7 @@ with threads; with a Qdrant server, WEB_CONCURRENCY workers each hold their own 
 """
 
 import os
+import tempfile
 
 from lookalike.errors import LookalikeError
 from lookalike.settings import Settings
@@ -16,6 +17,10 @@ bind = os.environ.get("BIND", "127.0.0.1:8000")
 worker_class = "gthread"
 threads = int(os.environ.get("THREADS", "4"))
 workers = 1 if _settings.embedded else int(os.environ.get("WEB_CONCURRENCY", "2"))
+if workers > 1:
+    # Metrics of all workers in shared files, so that any worker's /metrics sums them (set before
+    # the workers import prometheus_client; see service/observability.py).
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="lookalike-metrics-"))
 timeout = int(os.environ.get("TIMEOUT", "120"))  # model load at worker start on a small CPU
 graceful_timeout = 30
 accesslog = "-"
@@ -30,3 +35,11 @@ def on_starting(server) -> None:
         open_embedded(_settings.qdrant_path).close()
     except LookalikeError as e:
         raise SystemExit(f"lookalike: cannot start: {e.message}") from None
+
+
+def child_exit(server, worker) -> None:
+    """A dead worker's live gauges must not linger in the shared metric files."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+
+        GunicornInternalPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -474,3 +475,50 @@ def test_hide_duplicates_leaves_out_the_same_photo(settings, encoder, store, cat
     form = {**upload(photo.read_bytes()), "hide_duplicates": "true", "k": "3"}
     uploaded = result_ids(client.post("/v1/search", data=form, content_type="multipart/form-data"))
     assert not {"green_square-2", "copy-of-green-2"} & set(uploaded)
+
+
+MULTIPROCESS_SCRIPT = """
+import io, sys
+from pathlib import Path
+from tests.conftest import draw_item, image_bytes
+from lookalike.settings import Settings
+from lookalike.encoder import ImageEncoder
+from lookalike.store import StoredItem, VectorStore
+from service import create_app
+
+tmp = Path(sys.argv[1])
+settings = Settings(qdrant_path=tmp / "q", model_name="lookalike-tiny", model_pretrained="", catalogue_dir=tmp)
+encoder = ImageEncoder.from_settings(settings)
+store = VectorStore.from_settings(settings)
+store.ensure_collection(encoder.dim, encoder.identity)
+store.upsert([StoredItem("a", "c", "c/a.jpg", "0", encoder.identity)], encoder.embed_images([draw_item("x", 0)]))
+client = create_app(settings, encoder=encoder, store=store).test_client()
+client.get("/v1/items/a/similar")
+client.post("/v1/search", data={"image": (io.BytesIO(image_bytes(draw_item("x", 1))), "q.jpg")},
+            content_type="multipart/form-data")
+print(client.get("/metrics").get_data(as_text=True))
+"""
+
+
+def test_metrics_in_multiprocess_mode_come_from_the_shared_files(tmp_path):
+    """What several gunicorn workers use (PROMETHEUS_MULTIPROC_DIR), in a fresh interpreter."""
+    import os
+    import subprocess
+    import sys
+
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared), "PYTHONPATH": str(Path(__file__).parent.parent)}
+    result = subprocess.run(
+        [sys.executable, "-c", MULTIPROCESS_SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout
+    assert (
+        'flask_http_request_duration_seconds_count{endpoint="items.similar_items",method="GET",status="200"} 1.0'
+        in text
+    )
+    assert "lookalike_encode_seconds_count 1.0" in text
+    assert "lookalike_search_seconds_count 2.0" in text
+    assert "\nlookalike_collection_items 1.0\n" in text
+    assert any(shared.iterdir())  # values live in the shared files
