@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--naive-limit", type=int, default=96)
     args = parser.parse_args()
     settings = Settings()
-    catalogue = read_catalogue(settings.catalogue_dir or settings.catalogue_root())
+    catalogue = read_catalogue(settings.catalogue_source())
     items = catalogue.items[:: max(1, len(catalogue.items) // args.limit)][: args.limit]
     catalogue.items[:] = items
     encoder = ImageEncoder.from_settings(settings)

@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=768)
     args = parser.parse_args()
     settings = Settings(model_name="lookalike-small", model_pretrained="", model_checkpoint=None)
-    items = split_catalogue(read_catalogue(settings.catalogue_dir or settings.catalogue_root()).items).gallery
+    items = split_catalogue(read_catalogue(settings.catalogue_source()).items).gallery
     items = items[:: max(1, len(items) // args.images)][: args.images]
     clip, train_transform, _ = create_clip(resolve_model_source(settings), aug_cfg=AUGMENTATION)
     train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])

@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=600, help="catalogue items to serve")
     args = parser.parse_args()
     settings = Settings()
-    catalogue = read_catalogue(settings.catalogue_dir or settings.catalogue_root())
+    catalogue = read_catalogue(settings.catalogue_source())
     catalogue.items[:] = catalogue.items[:: max(1, len(catalogue.items) // args.limit)][: args.limit]
     encoder = ImageEncoder.from_settings(settings)
     ids = [item.id for item in catalogue.items]

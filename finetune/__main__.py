@@ -13,8 +13,9 @@ import logging
 import sys
 from pathlib import Path
 
+from finetune.checkpoint import is_complete
 from finetune.data import catalogue_fingerprint
-from finetune.run import TrainingConfig, already_trained, fine_tune
+from finetune.run import TrainingConfig, fine_tune
 from lookalike.catalogue import read_catalogue
 from lookalike.encoder import ModelSource, resolve_model_source
 from lookalike.errors import LookalikeError
@@ -75,11 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     configure_logging(settings.log_level)
     try:
-        catalogue = read_catalogue(args.catalogue or settings.catalogue_dir or settings.catalogue_root())
+        catalogue = read_catalogue(args.catalogue or settings.catalogue_source())
         source, config = choose_recipe(args, settings)
         name = source.label.split("/")[0].replace("checkpoint:", "")
         output = args.output or Path("models") / f"{name}-{catalogue_fingerprint(catalogue.items)[:10]}"
-        if already_trained(output) and not args.force:
+        if is_complete(output) and not args.force:
             message = f"checkpoint {output} is already trained for this catalogue (--force to train again)"
             print(output if args.print_checkpoint else message)
             if args.print_checkpoint:

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     configure_logging("WARNING")
     try:
-        catalogue = read_catalogue(args.catalogue or settings.catalogue_dir or settings.catalogue_root())
+        catalogue = read_catalogue(args.catalogue or settings.catalogue_source())
         candidates = build_candidates(args, settings)
     except LookalikeError as e:
         print(f"evaluate: error: {e.message}", file=sys.stderr)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from tqdm import tqdm
 
-from finetune.checkpoint import is_complete, load_resume_state, save_checkpoint, save_resume_state
+from finetune.checkpoint import load_resume_state, save_checkpoint, save_resume_state
 from finetune.data import ImageCache, LabelledImages, catalogue_fingerprint, split_catalogue
 from finetune.model import RetrievalModel
 from finetune.train import bf16_supported, evaluate, train_one_epoch, warmup_cosine
@@ -219,7 +219,3 @@ def _embedding_dim(visual: torch.nn.Module, preprocess, cache: ImageCache) -> in
     visual.eval()
     with torch.inference_mode():
         return visual(preprocess(cache.images[0]).unsqueeze(0)).shape[-1]
-
-
-def already_trained(output: Path) -> bool:
-    return is_complete(output)

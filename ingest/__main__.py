@@ -67,7 +67,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "ingest_error_report": args.error_report,
     }
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    catalogue = read_catalogue(settings.catalogue_dir or Path(settings.catalogue_root()))
+    catalogue = read_catalogue(settings.catalogue_source())
     if args.shard:
         catalogue = take_shard(catalogue, Shard.parse(args.shard))
     store = VectorStore.from_settings(settings)  # first: a locked store fails before the model loads

@@ -104,8 +104,8 @@ class Settings(BaseSettings):
         """True when no server is configured and Qdrant runs in-process."""
         return not self.qdrant_url
 
-    def catalogue_root(self) -> Path:
-        """The folder that catalogue image paths are relative to (a manifest's own folder)."""
+    def catalogue_source(self) -> Path:
+        """CATALOGUE_DIR (a folder or a manifest), or an error that says what to set."""
         from lookalike.errors import CatalogueError
 
         if self.catalogue_dir is None:
@@ -113,5 +113,9 @@ class Settings(BaseSettings):
                 "no catalogue configured: set CATALOGUE_DIR (or pass the catalogue path on the command "
                 "line) to a folder of category sub-folders or to a CSV/JSONL manifest"
             )
-        path = self.catalogue_dir
-        return path.parent if path.is_file() else path
+        return self.catalogue_dir
+
+    def catalogue_root(self) -> Path:
+        """The folder that catalogue image paths are relative to (a manifest's own folder)."""
+        source = self.catalogue_source()
+        return source.parent if source.is_file() else source

@@ -47,3 +47,12 @@ def test_defaults(monkeypatch):
     settings = Settings()
     assert settings.embedded and settings.qdrant_path == Path("data/qdrant")
     assert settings.collection == "products" and settings.model_pretrained == ""
+
+
+def test_missing_catalogue_setting_says_what_to_set():
+    import pytest
+
+    from lookalike.errors import CatalogueError
+
+    with pytest.raises(CatalogueError, match="CATALOGUE_DIR"):
+        Settings(catalogue_dir=None).catalogue_source()
