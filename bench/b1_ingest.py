@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import report
+from bench.common import report, spread_sample
 from ingest.pipeline import ingest
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
@@ -30,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     catalogue = read_catalogue(settings.catalogue_source())
-    items = catalogue.items[:: max(1, len(catalogue.items) // args.limit)][: args.limit]
+    items = spread_sample(catalogue.items, args.limit)
     catalogue.items[:] = items
     encoder = ImageEncoder.from_settings(settings)
     batch = settings.batch_size

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from tqdm import tqdm
 
-from bench.common import report
+from bench.common import report, spread_sample
 from finetune.data import ImageCache, LabelledImages, split_catalogue
 from finetune.model import RetrievalModel
 from finetune.run import AUGMENTATION, TrainingConfig
@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings(model_name="lookalike-small", model_pretrained="", model_checkpoint=None)
     items = split_catalogue(read_catalogue(settings.catalogue_source()).items).gallery
-    items = items[:: max(1, len(items) // args.images)][: args.images]
+    items = spread_sample(items, args.images)
     clip, train_transform, _ = create_clip(resolve_model_source(settings), aug_cfg=AUGMENTATION)
     train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
     cache = ImageCache.load(items, 129, settings.max_image_pixels)

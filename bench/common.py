@@ -14,6 +14,11 @@ import numpy as np
 RESULTS_DIR = Path("bench/results")
 
 
+def spread_sample(items: list, count: int) -> list:
+    """``count`` items spread evenly over the list (every category of a sorted catalogue)."""
+    return items[:: max(1, len(items) // count)][:count]
+
+
 def percentiles(samples_s: list[float]) -> dict[str, float]:
     values = np.asarray(samples_s) * 1000
     return {f"p{p}": round(float(np.percentile(values, p)), 3) for p in (50, 95, 99)}

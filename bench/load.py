@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import percentiles, report
+from bench.common import percentiles, report, spread_sample
 from bench.server import running_service
 from ingest.pipeline import ingest
 from ingest.report import ErrorReport
@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     catalogue = read_catalogue(settings.catalogue_source())
-    catalogue.items[:] = catalogue.items[:: max(1, len(catalogue.items) // args.limit)][: args.limit]
+    catalogue.items[:] = spread_sample(catalogue.items, args.limit)
     encoder = ImageEncoder.from_settings(settings)
     ids = [item.id for item in catalogue.items]
     categories = {item.id: item.category for item in catalogue.items}

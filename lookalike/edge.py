@@ -44,6 +44,10 @@ class EdgeClient:
             # The same words as qdrant-client's local mode, so one handler explains both.
             raise RuntimeError(f"Storage folder {self.path} is already accessed by another instance") from e
         self._shards: dict[str, edge.EdgeShard] = {}
+        # Read once: the lock makes this process the only writer, so memory stays authoritative and
+        # a search never touches the file.
+        aliases_file = self.path / ALIASES_FILE
+        self._alias_map: dict[str, str] = json.loads(aliases_file.read_text()) if aliases_file.is_file() else {}
 
     # -- collections and aliases ------------------------------------------------------------
 
@@ -83,7 +87,7 @@ class EdgeClient:
         self._shard(name).update(edge.UpdateOperation.create_field_index(key, edge.PayloadSchemaType.Keyword))
 
     def update_collection_aliases(self, change_aliases_operations: list[models.AliasOperations]) -> bool:
-        aliases = self._aliases()
+        aliases = dict(self._alias_map)  # applied to a copy: a rejected operation changes nothing
         for operation in change_aliases_operations:
             if isinstance(operation, models.DeleteAliasOperation):
                 aliases.pop(operation.delete_alias.alias_name, None)
@@ -95,6 +99,7 @@ class EdgeClient:
             else:
                 raise ValueError(f"unsupported alias operation {operation!r}")
         _write_json(self.path / ALIASES_FILE, aliases)
+        self._alias_map = aliases
         return True
 
     def delete_collection(self, name: str) -> bool:
@@ -193,8 +198,7 @@ class EdgeClient:
         return record.vector[using]
 
     def _aliases(self) -> dict[str, str]:
-        path = self.path / ALIASES_FILE
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return self._alias_map
 
     def _resolve(self, name: str) -> str:
         return self._aliases().get(name, name)

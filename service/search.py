@@ -44,7 +44,8 @@ def search_by_upload():
         prediction = predict_category(resources, embedding)
         categories = [prediction.category] if prediction.applied else []
     with resources.metrics.search.time():
-        search_filter = params.search_filter(categories, query_sha256=upload.sha256)
+        query_sha256 = upload.sha256 if params.hide_duplicates else None  # hash only when asked
+        search_filter = params.search_filter(categories, query_sha256=query_sha256)
         hits = resources.store.similar(embedding, search_filter, params.k, params.offset, params.score_threshold)
     return results_json(hits, started, prediction)
 
