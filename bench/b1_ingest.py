@@ -19,6 +19,7 @@ from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
 from lookalike.encoder import ImageEncoder
 from lookalike.images import decode_image, read_bytes, sha256_hex
+from lookalike.looks import looks_of
 from lookalike.settings import Settings
 from lookalike.store import StoredItem, VectorStore
 
@@ -61,9 +62,9 @@ def main() -> None:
         started = time.perf_counter()
         for item in naive_items:
             data = read_bytes(item.path)
-            embedding = encoder.embed_images([decode_image(data, settings.max_image_pixels)])
+            looks = looks_of(encoder, [decode_image(data, settings.max_image_pixels)])
             stored = StoredItem(item.id + "-naive", item.category, item.image, sha256_hex(data), encoder.identity)
-            store.upsert([stored], embedding)
+            store.upsert([stored], looks)
         naive = len(naive_items) / (time.perf_counter() - started)
         store.close()
 

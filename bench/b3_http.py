@@ -22,8 +22,9 @@ from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
 from lookalike.encoder import ImageEncoder
 from lookalike.images import decode_image
+from lookalike.looks import looks_of
 from lookalike.settings import Settings
-from lookalike.store import SearchFilter, VectorStore
+from lookalike.store import Ranking, SearchFilter, VectorStore
 
 REQUESTS_PER_CLIENT = 30
 
@@ -69,9 +70,10 @@ def main() -> None:
         store = VectorStore.from_settings(settings.model_copy(update={"qdrant_path": Path(env["QDRANT_PATH"])}))
         store.ensure_collection(encoder.dim, encoder.identity)
         ingest(catalogue, encoder, store, ErrorReport.open(Path(tmp) / "e.jsonl"), workers=0, progress=False)
-        store_s = time_calls(lambda i: store.similar(ids[i % len(ids)], SearchFilter(), 10), 50)
+        ranking = Ranking(10, colour_weight=settings.colour_weight)  # as the service ranks by default
+        store_s = time_calls(lambda i: store.similar(ids[i % len(ids)], SearchFilter(), ranking), 50)
         store.close()
-        encode_s = time_calls(lambda i: encoder.embed_images([decode_image(photos[i % 20], 10**8)]), 30)
+        encode_s = time_calls(lambda i: looks_of(encoder, [decode_image(photos[i % 20], 10**8)]), 30)
         store_p50, encode_p50 = percentiles(store_s)["p50"], percentiles(encode_s)["p50"]
         with running_service(env) as (url, _, _):
             for clients in (1, 4, 16):

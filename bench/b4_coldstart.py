@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import report
+from bench.common import report, unit_rows
 from bench.server import rss_mib, running_service
+from lookalike.colour import DIM as COLOUR_DIM
 from lookalike.encoder import ImageEncoder
+from lookalike.looks import Look
 from lookalike.settings import Settings
 from lookalike.store import StoredItem, VectorStore, open_embedded
 
@@ -35,17 +37,21 @@ def main() -> None:
         store.ensure_collection(encoder.dim, encoder.identity)
         for start in range(0, args.items, BATCH):
             count = min(BATCH, args.items - start)
-            vectors = rng.standard_normal((count, encoder.dim), dtype=np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            looks = [
+                Look(shape, paint)
+                for shape, paint in zip(
+                    unit_rows(rng, count, encoder.dim), unit_rows(rng, count, COLOUR_DIM, colour=True), strict=True
+                )
+            ]
             items = [StoredItem(f"i{start + j}", f"c{j % 30}", "x.jpg", "0", encoder.identity) for j in range(count)]
-            store.upsert(items, vectors)
+            store.upsert(items, looks)
         store.ensure_collection(encoder.dim, encoder.identity)
         store.bound_to(store.resolve()).optimize()
         store.close()
         env = {"QDRANT_PATH": str(path), "EMBEDDED_ENGINE": settings.embedded_engine}
         with running_service(env) as (_, ready_s, process):
             rss = rss_mib(process.pid)
-    vectors_mib = args.items * encoder.dim * 4 / 2**20
+    vectors_mib = args.items * (encoder.dim + COLOUR_DIM) * 4 / 2**20  # both named vectors, float32
     report(
         "b4_coldstart",
         [

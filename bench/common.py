@@ -19,6 +19,12 @@ def spread_sample(items: list, count: int) -> list:
     return items[:: max(1, len(items) // count)][:count]
 
 
+def unit_rows(rng: np.random.Generator, n: int, dim: int, *, colour: bool = False) -> np.ndarray:
+    """``n`` random unit vectors; ``colour``: non-negative and skewed, like Hellinger histograms."""
+    rows = rng.random((n, dim), dtype=np.float32) ** 4 if colour else rng.standard_normal((n, dim), dtype=np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
 def percentiles(samples_s: list[float]) -> dict[str, float]:
     values = np.asarray(samples_s) * 1000
     return {f"p{p}": round(float(np.percentile(values, p)), 3) for p in (50, 95, 99)}

@@ -1,8 +1,10 @@
 """``python -m finetune.evaluate``: the retrieval report, several encoders side by side on one split.
 
-Compared by default: the fine-tuned checkpoint (``--checkpoint`` or MODEL_CHECKPOINT), the untuned
-encoder it started from, and an HSV colour-histogram baseline. Protocol in `finetune.data` (fixed
-query/gallery split) and `finetune.metrics` (P@1, P@4, P@10, mAP@R). Writes JSON and Markdown.
+Compared by default: the fine-tuned checkpoint (``--checkpoint`` or MODEL_CHECKPOINT), the same
+encoder fused with colour at several weights (as the service fuses its two vectors), the untuned
+encoder it started from, and the HSV colour histogram alone. Protocol in `finetune.data` (fixed
+query/gallery split) and `finetune.metrics` (P@1, P@4, P@10, mAP@R, colour@4). Writes JSON and
+Markdown.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from finetune.data import ImageCache, split_catalogue
-from finetune.metrics import KS, retrieval_scores
+from finetune.metrics import COLOUR_K, KS, retrieval_scores
 from lookalike.catalogue import read_catalogue
 from lookalike.colour import colour_histogram
 from lookalike.encoder import CHECKPOINT_INFO, CategoryClassifier, ImageEncoder, ModelSource, load_visual
@@ -26,8 +28,9 @@ from lookalike.errors import LookalikeError
 from lookalike.logs import configure_logging
 from lookalike.settings import Settings
 
-METRICS = [f"P@{k}" for k in KS] + ["mAP@R"]
+METRICS = [*(f"P@{k}" for k in KS), "mAP@R", f"colour@{COLOUR_K}"]
 EMBED_BATCH = 64
+COLOUR_WEIGHTS = (0.1, 0.2, 0.3, 0.5)
 
 
 @dataclass(frozen=True)
@@ -52,23 +55,37 @@ def colour_candidate() -> Candidate:
     return Candidate("colour histogram (HSV 8x8x8)", lambda images: np.stack([colour_histogram(i) for i in images]))
 
 
-def evaluate_candidates(queries: ImageCache, gallery: ImageCache, candidates: Sequence[Candidate]) -> dict:
-    """Scores of every candidate on the same split."""
+def fuse(embeddings: np.ndarray, colours: np.ndarray, weight: float) -> np.ndarray:
+    """Vectors whose dot product is the service's fused score (1-w)·embedding + w·colour."""
+    return np.hstack([np.sqrt(1 - weight) * embeddings, np.sqrt(weight) * colours])
+
+
+def evaluate_candidates(
+    queries: ImageCache, gallery: ImageCache, candidates: Sequence[Candidate], colour_weights: Sequence[float] = ()
+) -> dict:
+    """Scores of every candidate on the same split; the first one also fused with colour at each weight."""
     query_labels = [item.category for item in queries.items]
     gallery_labels = [item.category for item in gallery.items]
+    colours = colour_candidate().embed(queries.images), colour_candidate().embed(gallery.images)
     report = {}
-    for candidate in candidates:
-        query_embeddings = candidate.embed(queries.images)
-        scores = retrieval_scores(query_embeddings, query_labels, candidate.embed(gallery.images), gallery_labels)
+
+    def add(name: str, query_vectors: np.ndarray, gallery_vectors: np.ndarray, accuracy: float | None) -> None:
+        scores = retrieval_scores(query_vectors, query_labels, gallery_vectors, gallery_labels, colours=colours)
+        report[name] = {"overall": scores.overall, "per_category": scores.per_category, "head_accuracy": accuracy}
+
+    for index, candidate in enumerate(candidates):
+        query_embeddings, gallery_embeddings = candidate.embed(queries.images), candidate.embed(gallery.images)
         accuracy = None
         if candidate.classifier is not None:
             predicted = [candidate.classifier.predict(e)[0] for e in query_embeddings]
             accuracy = float(np.mean([p == label for p, label in zip(predicted, query_labels, strict=True)]))
-        report[candidate.name] = {
-            "overall": scores.overall,
-            "per_category": scores.per_category,
-            "head_accuracy": accuracy,
-        }
+        add(candidate.name, query_embeddings, gallery_embeddings, accuracy)
+        for weight in colour_weights if index == 0 else ():
+            fused_queries, fused_gallery = (
+                fuse(query_embeddings, colours[0], weight),
+                fuse(gallery_embeddings, colours[1], weight),
+            )
+            add(f"{candidate.name} + colour_weight={weight:g}", fused_queries, fused_gallery, None)
     return report
 
 
@@ -126,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("catalogue", nargs="?", type=Path, help="catalogue (default CATALOGUE_DIR)")
     parser.add_argument("--checkpoint", type=Path, help="fine-tuned checkpoint (default MODEL_CHECKPOINT)")
     parser.add_argument("--no-colour", action="store_true", help="leave out the colour-histogram baseline")
+    parser.add_argument(
+        "--colour-weights",
+        default=",".join(f"{w:g}" for w in COLOUR_WEIGHTS),
+        help="colour weights of the fused rows, comma-separated (empty: none)",
+    )
     parser.add_argument("--output-dir", type=Path, default=Path("reports"), help="where JSON and Markdown go")
     args = parser.parse_args(argv)
     settings = Settings()
@@ -139,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     split = split_catalogue(catalogue.items)
     queries = ImageCache.load(split.queries, None, settings.max_image_pixels)
     gallery = ImageCache.load(split.gallery, None, settings.max_image_pixels)
-    report = evaluate_candidates(queries, gallery, candidates)
+    weights = [float(w) for w in args.colour_weights.split(",") if w.strip()]
+    report = evaluate_candidates(queries, gallery, candidates, weights)
     table = markdown(report)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     split_info = {"queries": len(queries.items), "gallery": len(gallery.items)}

@@ -4,6 +4,8 @@ Each query ranks the whole gallery by cosine similarity (embeddings are L2-norma
 product). A gallery item is relevant when it shares the query's category. mAP@R (Musgrave et al.,
 "A Metric Learning Reality Check") averages precision at each relevant hit within the first R
 results, R = number of relevant gallery items; it rewards putting *all* look-alikes first.
+Given colour descriptors, ``colour@4`` is the mean colour similarity (Bhattacharyya coefficient)
+of the query to its first 4 results: how much the ranking keeps colour, whatever the category.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 KS = (1, 4, 10)
+COLOUR_K = 4
 
 
 @dataclass(frozen=True)
@@ -41,16 +44,27 @@ def retrieval_scores(
     gallery: np.ndarray,
     gallery_labels: Sequence[str],
     ks: Sequence[int] = KS,
+    colours: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> RetrievalScores:
-    """Rank the gallery for every query by cosine similarity and score the ranking."""
+    """Rank the gallery for every query by cosine similarity and score the ranking.
+
+    ``colours``: the (query, gallery) colour descriptors, to add ``colour@4``.
+    """
     query_labels_arr, gallery_labels_arr = np.asarray(query_labels), np.asarray(gallery_labels)
     order = np.argsort(-(queries @ gallery.T), axis=1, kind="stable")
     relevant = gallery_labels_arr[order] == query_labels_arr[:, None]
     n_relevant = (gallery_labels_arr[None, :] == query_labels_arr[:, None]).sum(axis=1)
     per_query = query_scores(relevant, n_relevant, ks)
+    if colours is not None:
+        per_query[f"colour@{COLOUR_K}"] = colour_agreement(order[:, :COLOUR_K], *colours)
     overall = {name: float(values.mean()) for name, values in per_query.items()}
     per_category = {
         category: {name: float(values[query_labels_arr == category].mean()) for name, values in per_query.items()}
         for category in sorted(set(query_labels))
     }
     return RetrievalScores(overall, per_category)
+
+
+def colour_agreement(top: np.ndarray, query_colours: np.ndarray, gallery_colours: np.ndarray) -> np.ndarray:
+    """Per query: mean colour similarity to the gallery items at ``top`` (Q, k) indices."""
+    return np.einsum("qd,qkd->qk", query_colours, gallery_colours[top]).mean(axis=1)

@@ -12,15 +12,18 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, CatalogueItem
+from lookalike.colour import colour_histogram
 from lookalike.encoder import ImageEncoder, Preprocess
 from lookalike.errors import InvalidImage, StoreUnavailable
 from lookalike.images import decode_image, read_bytes, sha256_hex
+from lookalike.looks import Look
 from lookalike.store import StoredItem, VectorStore
 
 log = logging.getLogger(__name__)
@@ -31,11 +34,12 @@ RETRY_FIRST_DELAY_S = 1.0
 
 @dataclass(frozen=True)
 class Decoded:
-    """One item after the worker's pass: pixels ready for the model, or the reason it failed."""
+    """One item after the worker's pass: pixels ready for the model and its colour, or why it failed."""
 
     item: CatalogueItem
     sha256: str | None
     pixels: torch.Tensor | None
+    colour: np.ndarray | None
     error: InvalidImage | None
 
 
@@ -44,11 +48,12 @@ class Batch:
     items: list[CatalogueItem]
     sha256s: list[str]
     pixels: torch.Tensor | None
+    colours: list[np.ndarray]
     failed: list[Decoded]
 
 
 class DecodeDataset(Dataset):
-    """Reads, hashes, decodes and preprocesses one item; errors are returned, not raised."""
+    """Reads, hashes, decodes, preprocesses and colour-describes one item; errors are returned, not raised."""
 
     def __init__(self, items: Sequence[CatalogueItem], preprocess: Preprocess, max_pixels: int) -> None:
         self.items = items
@@ -62,10 +67,10 @@ class DecodeDataset(Dataset):
         item = self.items[index]
         try:
             data = read_bytes(item.path)
-            pixels = self.preprocess(decode_image(data, self.max_pixels))
-            return Decoded(item, sha256_hex(data), pixels, None)
+            image = decode_image(data, self.max_pixels)
+            return Decoded(item, sha256_hex(data), self.preprocess(image), colour_histogram(image), None)
         except InvalidImage as e:
-            return Decoded(item, None, None, e)
+            return Decoded(item, None, None, None, e)
 
 
 def collate(decoded: list[Decoded]) -> Batch:
@@ -75,6 +80,7 @@ def collate(decoded: list[Decoded]) -> Batch:
         items=[d.item for d in ok],
         sha256s=[d.sha256 for d in ok],  # type: ignore[misc]
         pixels=torch.stack([d.pixels for d in ok]) if ok else None,  # type: ignore[misc]
+        colours=[d.colour for d in ok],  # type: ignore[misc]
         failed=[d for d in decoded if d.error is not None],
     )
 
@@ -125,8 +131,9 @@ def ingest(
             summary.failed += len(batch.failed)
             if batch.pixels is not None:
                 embeddings = encoder.embed_batch(batch.pixels)
+                looks = [Look(e, c) for e, c in zip(embeddings, batch.colours, strict=True)]
                 stored = [_stored_item(i, s, encoder.identity) for i, s in zip(batch.items, batch.sha256s, strict=True)]
-                upsert_with_retry(store, stored, embeddings)
+                upsert_with_retry(store, stored, looks)
                 summary.ingested += len(stored)
                 log.info("batch upserted", extra={"items": len(stored), "first": stored[0].id})
             bar.update(len(batch.items) + len(batch.failed))
@@ -139,12 +146,12 @@ def ingest(
 
 
 def upsert_with_retry(
-    store: VectorStore, items: Sequence[StoredItem], embeddings, attempts: int = RETRY_ATTEMPTS
+    store: VectorStore, items: Sequence[StoredItem], looks: Sequence[Look], attempts: int = RETRY_ATTEMPTS
 ) -> None:
     """A server that is briefly unreachable costs a pause, not the run; then it stops with the cause."""
     for attempt in range(1, attempts + 1):
         try:
-            store.upsert(items, embeddings)
+            store.upsert(items, looks)
             return
         except StoreUnavailable as e:
             if attempt == attempts:
@@ -212,7 +219,13 @@ def _sha256_or_none(item: CatalogueItem) -> str | None:
 
 def _stored_item(item: CatalogueItem, sha256: str, model: str) -> StoredItem:
     return StoredItem(
-        id=item.id, category=item.category, image=item.image, sha256=sha256, model=model, metadata=item.metadata
+        id=item.id,
+        category=item.category,
+        image=item.image,
+        sha256=sha256,
+        model=model,
+        metadata=item.metadata,
+        product_id=item.product_id,
     )
 
 

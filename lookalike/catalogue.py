@@ -1,7 +1,8 @@
 """Read a catalogue: a folder of category sub-folders, or a CSV / JSONL manifest.
 
 A manifest has the columns ``id``, ``image`` (a path relative to the manifest's folder) and
-``category``; every other column becomes filterable metadata. A row that cannot be used (no
+``category``, optionally ``product_id`` (photos of one product share it); every other column
+becomes filterable metadata. A row that cannot be used (no
 image, a path outside the catalogue root, a duplicate id, ...) becomes a `RowError`, reported
 by ingest, and never stops the others. Nothing outside the catalogue root is ever read.
 """
@@ -22,18 +23,19 @@ from lookalike.errors import CatalogueError
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 #: Ids appear in URL paths (`/v1/items/<id>`), so they are one path segment of safe characters.
 ITEM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}$")
-RESERVED_COLUMNS = ("id", "image", "category")
+RESERVED_COLUMNS = ("id", "image", "category", "product_id")
 
 
 @dataclass(frozen=True)
 class CatalogueItem:
-    """One catalogue entry: its id, image file, category and free metadata."""
+    """One catalogue entry: its id, image file, category, product and free metadata."""
 
     id: str
     path: Path  # absolute path of the image file
     image: str  # the path relative to the catalogue root, as stored and served
     category: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    product_id: str | None = None  # None: a product of its own
 
 
 @dataclass(frozen=True)
@@ -190,9 +192,14 @@ def _row_to_item(root: Path, row: dict[str, Any]) -> CatalogueItem:
     item_id = str(row.get("id") or derive_item_id(image)).strip()
     if not ITEM_ID_PATTERN.match(item_id):
         raise ValueError(f"{where}id {item_id!r} must be 1-200 characters of A-Z a-z 0-9 . _ : @ + = -")
+    product_id = row.get("product_id")
+    if product_id is not None and not (isinstance(product_id, str | int) and 0 < len(str(product_id)) <= 200):
+        raise ValueError(f"{where}product_id must be a text or number of 1-200 characters")
     path = resolve_inside(root, image)
     metadata = {k: v for k, v in row.items() if k not in RESERVED_COLUMNS and not k.startswith("_")}
-    return CatalogueItem(item_id, path, path.relative_to(root).as_posix(), category.strip(), metadata)
+    image_name = path.relative_to(root).as_posix()
+    product = None if product_id is None else str(product_id).strip() or None
+    return CatalogueItem(item_id, path, image_name, category.strip(), metadata, product)
 
 
 def resolve_inside(root: Path, relative: str) -> Path:

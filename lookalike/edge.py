@@ -140,27 +140,18 @@ class EdgeClient:
         name: str,
         query: Any,
         using: str | None = None,
+        prefetch: list[models.Prefetch] | None = None,
         query_filter: models.Filter | None = None,
         limit: int = 10,
         offset: int = 0,
         score_threshold: float | None = None,
         with_payload: bool = True,
     ) -> SimpleNamespace:
-        if isinstance(query, models.SampleQuery):
-            edge_query = edge.Sample.Random
-        elif isinstance(query, models.RecommendQuery):
-            examples = query.recommend
-            positives = [self._vector(name, e, using) for e in examples.positive or []]
-            negatives = [self._vector(name, e, using) for e in examples.negative or []]
-            edge_query = edge.Query.RecommendBestScore(edge.RecommendQuery(positives, negatives), using=using)
-        elif isinstance(query, str):  # a point id: search with its stored vector
-            edge_query = edge.Query.Nearest(self._vector(name, query, using), using=using)
-        else:
-            edge_query = edge.Query.Nearest(list(query), using=using)
         request = edge.QueryRequest(
             limit=limit,
             offset=offset or None,
-            query=edge_query,
+            query=self._query(name, query, using),
+            prefetches=[self._prefetch(name, p) for p in prefetch or []] or None,
             filter=_filter(query_filter),
             score_threshold=score_threshold,
             with_payload=with_payload,
@@ -170,10 +161,42 @@ class EdgeClient:
     def query_batch_points(self, name: str, requests: list[models.QueryRequest]) -> list[SimpleNamespace]:
         return [
             self.query_points(
-                name, r.query, r.using, r.filter, r.limit, r.offset or 0, r.score_threshold, bool(r.with_payload)
+                name,
+                r.query,
+                r.using,
+                r.prefetch,  # type: ignore[arg-type]
+                r.filter,
+                r.limit or 10,
+                r.offset or 0,
+                r.score_threshold,
+                bool(r.with_payload),
             )
             for r in requests
         ]
+
+    def query_points_groups(
+        self, name: str, group_by: str, limit: int = 10, group_size: int = 1, **arguments: Any
+    ) -> SimpleNamespace:
+        """Edge has no grouped query in Python: page through the ranking until enough groups fill.
+
+        The same over-fetching that Qdrant does inside its grouping, with the same answer shape.
+        """
+        groups: dict[Any, list] = {}
+        fetched, page = 0, max(4 * limit * group_size, 32)
+        while True:
+            points = self.query_points(name, limit=page, offset=fetched, **arguments).points
+            for point in points:
+                key = (point.payload or {}).get(group_by)
+                if key is None:
+                    continue  # as in Qdrant: points without the key are in no group
+                members = groups.setdefault(key, []) if key in groups or len(groups) < limit else None
+                if members is not None and len(members) < group_size:
+                    members.append(point)
+            fetched += len(points)
+            full = len(groups) >= limit and all(len(m) >= group_size for m in groups.values())
+            if full or len(points) < page:
+                break
+        return SimpleNamespace(groups=[SimpleNamespace(id=key, hits=hits) for key, hits in groups.items()])
 
     def optimize(self, name: str) -> None:
         """Build the HNSW index of what was ingested (Edge leaves small or new segments unindexed)."""
@@ -189,6 +212,31 @@ class EdgeClient:
             self._lock_file.close()
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _query(self, name: str, query: Any, using: str | None) -> Any:
+        """qdrant-client's query (a vector, a point id, recommend, sample, formula) -> Edge's."""
+        if query is None:
+            return None
+        if isinstance(query, models.SampleQuery):
+            return edge.Sample.Random
+        if isinstance(query, models.FormulaQuery):
+            return edge.Formula(_expression(query.formula))
+        if isinstance(query, models.RecommendQuery):
+            examples = query.recommend
+            positives = [self._vector(name, e, using) for e in examples.positive or []]
+            negatives = [self._vector(name, e, using) for e in examples.negative or []]
+            return edge.Query.RecommendBestScore(edge.RecommendQuery(positives, negatives), using=using)
+        return edge.Query.Nearest(self._vector(name, query, using), using=using)
+
+    def _prefetch(self, name: str, prefetch: models.Prefetch) -> edge.Prefetch:
+        inner = prefetch.prefetch if isinstance(prefetch.prefetch, list) else [prefetch.prefetch]
+        return edge.Prefetch(
+            limit=prefetch.limit or 10,
+            query=self._query(name, prefetch.query, prefetch.using),
+            prefetches=[self._prefetch(name, p) for p in inner if p is not None] or None,
+            filter=_filter(prefetch.filter),
+            score_threshold=prefetch.score_threshold,
+        )
 
     def _vector(self, name: str, example: Any, using: str | None) -> list[float]:
         """An example given as a point id becomes its stored vector (Edge queries take vectors)."""
@@ -249,6 +297,19 @@ def _condition(condition: Any) -> Any:
         if isinstance(match, models.MatchValue):
             return edge.FieldCondition(condition.key, match=edge.MatchValue(match.value))
     raise ValueError(f"condition not supported on Qdrant Edge: {condition!r}")
+
+
+def _expression(expression: Any) -> edge.Expression:
+    """The formula subset `VectorStore` builds: sums and products of constants and prefetch scores."""
+    if isinstance(expression, int | float):
+        return edge.Expression.Constant(float(expression))
+    if isinstance(expression, str):
+        return edge.Expression.Variable(expression)
+    if isinstance(expression, models.SumExpression):
+        return edge.Expression.Sum([_expression(e) for e in expression.sum])
+    if isinstance(expression, models.MultExpression):
+        return edge.Expression.Mult([_expression(e) for e in expression.mult])
+    raise ValueError(f"formula not supported on Qdrant Edge: {expression!r}")
 
 
 def _write_json(path: Path, data: Any) -> None:

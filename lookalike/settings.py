@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     decode_workers: int = Field(2, ge=0, le=64)
     torch_threads: int | None = Field(None, ge=1)
 
+    #: Default weight of colour in similarity when a request gives no `colour_weight` (0 = shape only).
+    colour_weight: float = Field(0.2, ge=0.0, le=1.0)
     #: `category=auto` filters by the predicted category only when it is at least this probable.
     auto_category_min_probability: float = Field(0.5, ge=0.0, le=1.0)
 

@@ -22,13 +22,17 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from lookalike.colour import DIM as COLOUR_DIM
 from lookalike.errors import ItemNotFound, ModelMismatch, StoreError, StoreLocked, StoreUnavailable
+from lookalike.looks import Look
 from lookalike.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: The named vector that holds the encoder's embedding.
+#: The named vector that holds the encoder's embedding (shape, texture).
 EMBEDDING = "embedding"
+#: The named vector that holds the colour descriptor (`lookalike.colour`).
+COLOUR = "colour"
 # Payload keys.
 ITEM_ID = "item_id"
 CATEGORY = "category"
@@ -37,6 +41,12 @@ IMAGE_SOURCE = "image_source"  # "catalogue" (relative to CATALOGUE_DIR) or "upl
 SHA256 = "sha256"
 MODEL = "model"
 METADATA = "metadata"
+PRODUCT_ID = "product_id"  # the item's product (several photos, one product); its own id if none
+#: Suffix of physical collection names: bumped when the point layout changes (v2: + colour vector,
+#: product_id), so a reindex builds a fresh collection beside one of the older layout.
+LAYOUT = "v2"
+#: A fused query rescores the union of each vector's nearest candidates, at least this many each.
+FUSION_CANDIDATES = 100
 #: Namespace of the UUIDv5 point ids: the same item id always maps to the same point.
 POINT_NAMESPACE = uuid.UUID("6f1c4f0e-4b4e-5b8a-9a57-6c6f6f6b616c")
 SCROLL_PAGE = 1000
@@ -57,10 +67,17 @@ class StoredItem:
     model: str
     image_source: str = "catalogue"
     metadata: dict[str, Any] = field(default_factory=dict)
+    product_id: str | None = None  # None: the item is a product of its own
+
+    @property
+    def product(self) -> str:
+        """What `group_by=product_id` groups on."""
+        return self.product_id or self.id
 
     def payload(self) -> dict[str, Any]:
         return {
             ITEM_ID: self.id,
+            PRODUCT_ID: self.product,
             CATEGORY: self.category,
             IMAGE: self.image,
             IMAGE_SOURCE: self.image_source,
@@ -79,6 +96,7 @@ class StoredItem:
             model=payload[MODEL],
             image_source=payload.get(IMAGE_SOURCE, "catalogue"),
             metadata=payload.get(METADATA) or {},
+            product_id=None if payload.get(PRODUCT_ID) in (None, payload[ITEM_ID]) else payload[PRODUCT_ID],
         )
 
 
@@ -148,14 +166,24 @@ class CollectionLayout:
 
 
 @dataclass(frozen=True)
+class Ranking:
+    """How results are scored, grouped and paged."""
+
+    limit: int = 10
+    offset: int = 0
+    score_threshold: float | None = None
+    #: 0 = the embedding alone, 1 = colour alone; between, score = (1-w)·embedding + w·colour cosine.
+    colour_weight: float = 0.0
+    one_per_product: bool = False  # each product once, by its best-scoring photo
+
+
+@dataclass(frozen=True)
 class SimilarQuery:
     """One entry of a batch: the look-alikes of a stored item."""
 
     item_id: str
     search_filter: SearchFilter
-    limit: int
-    offset: int = 0
-    score_threshold: float | None = None
+    ranking: Ranking
 
 
 class VectorStore:
@@ -208,9 +236,9 @@ class VectorStore:
         self.switch_alias(target.collection)
 
     def for_model(self, model: str) -> VectorStore:
-        """The store of this model's own collection, ``<name>__<model>``."""
+        """The store of this model's own collection, ``<name>__<model>__<layout>``."""
         slug = re.sub(r"[^A-Za-z0-9_-]+", "_", model).strip("_")[:120]
-        return self.bound_to(f"{self.collection}__{slug}")
+        return self.bound_to(f"{self.collection}__{slug}__{LAYOUT}")
 
     def bound_to(self, collection: str) -> VectorStore:
         """The same client (and lock) on another collection name."""
@@ -228,14 +256,15 @@ class VectorStore:
             self.client.create_collection(
                 self.collection,
                 vectors_config={
-                    EMBEDDING: models.VectorParams(size=dim, distance=models.Distance.COSINE, on_disk=on_disk or None)
+                    name: models.VectorParams(size=size, distance=models.Distance.COSINE, on_disk=on_disk or None)
+                    for name, size in ((EMBEDDING, dim), (COLOUR, COLOUR_DIM))
                 },
-                metadata={MODEL: model, "dim": dim},
+                metadata={MODEL: model, "dim": dim, "layout": LAYOUT},
                 **({} if self.embedded else self.layout.create_arguments()),
             )
             # qdrant-client's local mode scans everything and ignores payload indexes; Edge uses them.
             if not self.embedded or getattr(self.client, "indexes_payload", False):
-                for key in (CATEGORY, ITEM_ID, *(f"{METADATA}.{name}" for name in filterable_fields)):
+                for key in (CATEGORY, ITEM_ID, PRODUCT_ID, *(f"{METADATA}.{name}" for name in filterable_fields)):
                     self.client.create_payload_index(self.collection, key, models.PayloadSchemaType.KEYWORD)
         log.info("collection created", extra={"collection": self.collection, "model": model, "dim": dim})
 
@@ -292,6 +321,11 @@ class VectorStore:
                 f"this process loaded {model} (dim {dim}). Set MODEL_NAME/MODEL_PRETRAINED/MODEL_CHECKPOINT "
                 "back to that model, or build the new model's collection with `python -m ingest --reindex`"
             )
+        if not isinstance(vectors, dict) or COLOUR not in vectors:
+            raise ModelMismatch(
+                f"collection {self.collection!r} was built before items had colour vectors; rebuild it with "
+                "`python -m ingest --reindex --drop-old` (searches keep working until the switch)"
+            )
 
     def count(self) -> int:
         with self._call():
@@ -299,10 +333,14 @@ class VectorStore:
 
     # -- items -----------------------------------------------------------------------------
 
-    def upsert(self, items: Sequence[StoredItem], embeddings: np.ndarray) -> None:
+    def upsert(self, items: Sequence[StoredItem], looks: Sequence[Look]) -> None:
         points = [
-            models.PointStruct(id=point_id(item.id), vector={EMBEDDING: embedding.tolist()}, payload=item.payload())
-            for item, embedding in zip(items, embeddings, strict=True)
+            models.PointStruct(
+                id=point_id(item.id),
+                vector={EMBEDDING: look.embedding.tolist(), COLOUR: look.colour.tolist()},
+                payload=item.payload(),
+            )
+            for item, look in zip(items, looks, strict=True)
         ]
         with self._call():
             self.client.upsert(self.collection, points=points, wait=True)
@@ -356,104 +394,98 @@ class VectorStore:
 
     # -- search ----------------------------------------------------------------------------
 
-    def similar(
-        self,
-        query: np.ndarray | str,
-        search_filter: SearchFilter,
-        limit: int,
-        offset: int = 0,
-        score_threshold: float | None = None,
-    ) -> list[Hit]:
-        """Nearest items to an embedding, or to a stored item's embedding (given its id).
+    def similar(self, query: Look | str, search_filter: SearchFilter, ranking: Ranking) -> list[Hit]:
+        """Nearest items to a photo's look, or to a stored item's (given its id).
 
         A stored item is never among its own results.
         """
         if isinstance(query, str):
             self.get(query)  # a clear 404 rather than Qdrant's error text
-            qdrant_query: Any = point_id(query)
-            query_filter = search_filter.to_qdrant(also_exclude=[query])
-        else:
-            qdrant_query = query.astype(np.float32).tolist()
-            query_filter = search_filter.to_qdrant()
-        with self._call():
-            response = self.client.query_points(
-                self.collection,
-                query=qdrant_query,
-                using=EMBEDDING,
-                query_filter=query_filter,
-                limit=limit,
-                offset=offset,
-                score_threshold=score_threshold,
-                with_payload=True,
-            )
-        return [Hit(StoredItem.from_payload(p.payload or {}), float(p.score)) for p in response.points]
+            scoring = _scoring(point_id(query), point_id(query), ranking)
+            return self._ranked(scoring, search_filter.to_qdrant(also_exclude=[query]), ranking)
+        scoring = _scoring(_vector(query.embedding), _vector(query.colour), ranking)
+        return self._ranked(scoring, search_filter.to_qdrant(), ranking)
 
     def recommend(
         self,
-        positive: Sequence[str | np.ndarray],
-        negative: Sequence[str | np.ndarray],
+        positive: Sequence[Look | str],
+        negative: Sequence[Look | str],
         search_filter: SearchFilter,
-        limit: int,
-        offset: int = 0,
-        score_threshold: float | None = None,
+        ranking: Ranking,
     ) -> list[Hit]:
         """More like the positive examples, less like the negative ones (Qdrant's recommend query,
-        best-score strategy). Examples are stored item ids or embeddings; id examples are left out."""
+        best-score strategy, on each vector). Examples are looks or stored item ids; ids are left out."""
         ids = [e for e in (*positive, *negative) if isinstance(e, str)]
         missing = sorted(set(ids) - set(self.get_many(ids)))
         if missing:
             raise ItemNotFound(f"no item with id {missing[0]!r}")
 
-        def example(value: str | np.ndarray) -> Any:
-            return point_id(value) if isinstance(value, str) else value.astype(np.float32).tolist()
+        def recommend_by(vector: str) -> models.RecommendQuery:
+            def example(value: Look | str) -> Any:
+                if isinstance(value, str):
+                    return point_id(value)
+                return _vector(value.colour if vector == COLOUR else value.embedding)
 
-        query = models.RecommendQuery(
-            recommend=models.RecommendInput(
-                positive=[example(e) for e in positive],
-                negative=[example(e) for e in negative],
-                strategy=models.RecommendStrategy.BEST_SCORE,
+            return models.RecommendQuery(
+                recommend=models.RecommendInput(
+                    positive=[example(e) for e in positive],
+                    negative=[example(e) for e in negative],
+                    strategy=models.RecommendStrategy.BEST_SCORE,
+                )
             )
-        )
-        with self._call():
-            response = self.client.query_points(
-                self.collection,
-                query=query,
-                using=EMBEDDING,
-                query_filter=search_filter.to_qdrant(also_exclude=ids),
-                limit=limit,
-                offset=offset,
-                score_threshold=score_threshold,
-                with_payload=True,
-            )
-        return [Hit(StoredItem.from_payload(p.payload or {}), float(p.score)) for p in response.points]
+
+        scoring = _scoring(recommend_by(EMBEDDING), recommend_by(COLOUR), ranking)
+        return self._ranked(scoring, search_filter.to_qdrant(also_exclude=ids), ranking)
 
     def similar_many(self, queries: Sequence[SimilarQuery]) -> list[list[Hit] | ItemNotFound]:
         """Look-alikes of several stored items in one Qdrant batch query; answers keep the order.
 
-        An unknown id gets an `ItemNotFound` in its place instead of failing the others.
+        An unknown id gets an `ItemNotFound` in its place instead of failing the others. Entries
+        that group by product are asked one by one (Qdrant has no batch of grouped queries).
         """
         known = self.get_many([q.item_id for q in queries])
+        flat = [q for q in queries if q.item_id in known and not q.ranking.one_per_product]
         requests = [
             models.QueryRequest(
-                query=point_id(q.item_id),
-                using=EMBEDDING,
+                **_scoring(point_id(q.item_id), point_id(q.item_id), q.ranking),
                 filter=q.search_filter.to_qdrant(also_exclude=[q.item_id]),
-                limit=q.limit,
-                offset=q.offset,
-                score_threshold=q.score_threshold,
+                limit=q.ranking.limit,
+                offset=q.ranking.offset,
+                score_threshold=q.ranking.score_threshold,
                 with_payload=True,
             )
-            for q in queries
-            if q.item_id in known
+            for q in flat
         ]
         with self._call():
             responses = iter(self.client.query_batch_points(self.collection, requests) if requests else [])
-        return [
-            [Hit(StoredItem.from_payload(p.payload or {}), float(p.score)) for p in next(responses).points]
-            if q.item_id in known
-            else ItemNotFound(f"no item with id {q.item_id!r}")
-            for q in queries
-        ]
+
+        def answer(q: SimilarQuery) -> list[Hit] | ItemNotFound:
+            if q.item_id not in known:
+                return ItemNotFound(f"no item with id {q.item_id!r}")
+            if q.ranking.one_per_product:
+                return self.similar(q.item_id, q.search_filter, q.ranking)
+            return [_hit(p) for p in next(responses).points]
+
+        return [answer(q) for q in queries]
+
+    def _ranked(self, scoring: dict[str, Any], query_filter: models.Filter | None, ranking: Ranking) -> list[Hit]:
+        """Run one scored query, flat or one hit per product."""
+        arguments = {**scoring, "query_filter": query_filter, "score_threshold": ranking.score_threshold}
+        with self._call():
+            if not ranking.one_per_product:
+                response = self.client.query_points(
+                    self.collection, limit=ranking.limit, offset=ranking.offset, with_payload=True, **arguments
+                )
+                return [_hit(p) for p in response.points]
+            groups = self.client.query_points_groups(
+                self.collection,
+                group_by=PRODUCT_ID,
+                group_size=1,
+                limit=ranking.offset + ranking.limit,  # grouped queries have no offset: page here
+                with_payload=True,
+                **arguments,
+            ).groups
+        return [_hit(group.hits[0]) for group in groups[ranking.offset :]]
 
     def categories(self) -> list[tuple[str, int]]:
         """Every category with its item count, most items first (Qdrant's facet count)."""
@@ -509,6 +541,45 @@ class VectorStore:
             f"collection {self.collection!r} does not exist yet: run `python -m ingest` "
             "(or add items with PUT /v1/items/<id>)"
         )
+
+
+def _vector(values: np.ndarray) -> list[float]:
+    return values.astype(np.float32).tolist()
+
+
+def _hit(point: models.ScoredPoint) -> Hit:
+    return Hit(StoredItem.from_payload(point.payload or {}), float(point.score))
+
+
+def _scoring(embedding_query: Any, colour_query: Any, ranking: Ranking) -> dict[str, Any]:
+    """The ``query``/``using``/``prefetch`` arguments that score by the ranking's colour weight.
+
+    Between 0 and 1 this is one Qdrant query: the nearest candidates by each vector are pooled,
+    every pooled candidate is scored by both vectors (a re-scoring prefetch each), and a formula
+    adds the two scores with their weights. Exact for every pooled candidate, so the top results
+    equal an exhaustive fused ranking unless an item is outside both candidate lists.
+    """
+    weight = ranking.colour_weight
+    if weight <= 0:
+        return {"query": embedding_query, "using": EMBEDDING}
+    if weight >= 1:
+        return {"query": colour_query, "using": COLOUR}
+    depth = max(FUSION_CANDIDATES, 2 * (ranking.offset + ranking.limit))
+    pool = [
+        models.Prefetch(query=embedding_query, using=EMBEDDING, limit=depth),
+        models.Prefetch(query=colour_query, using=COLOUR, limit=depth),
+    ]
+    rescored = [
+        models.Prefetch(query=embedding_query, using=EMBEDDING, limit=2 * depth, prefetch=pool),
+        models.Prefetch(query=colour_query, using=COLOUR, limit=2 * depth, prefetch=pool),
+    ]
+    formula = models.SumExpression(
+        sum=[
+            models.MultExpression(mult=[1.0 - weight, "$score[0]"]),
+            models.MultExpression(mult=[weight, "$score[1]"]),
+        ]
+    )
+    return {"query": models.FormulaQuery(formula=formula), "prefetch": rescored}
 
 
 def open_embedded(path: Path, engine: str = "qdrant-client") -> QdrantClient:

@@ -50,7 +50,7 @@ def _similar_query(resources: Resources, query: BatchQuery) -> SimilarQuery:
     if query.auto_category:  # as by id: the item's own category
         known = resources.store.get_many([query.id])
         categories = [known[query.id].category] if query.id in known else []
-    return SimilarQuery(query.id, query.search_filter(categories), query.k, query.offset, query.score_threshold)
+    return SimilarQuery(query.id, query.search_filter(categories), query.ranking(resources.settings.colour_weight))
 
 
 def _entry(item_id: str, answer, started: float) -> BatchEntry:

@@ -11,6 +11,7 @@ from flask import Blueprint, request, send_file
 
 from lookalike.catalogue import ITEM_ID_PATTERN, resolve_inside
 from lookalike.errors import CatalogueError, InvalidRequest, ItemNotFound
+from lookalike.looks import looks_of
 from lookalike.settings import Settings
 from lookalike.store import StoredItem
 from service.auth import require_api_key
@@ -51,7 +52,7 @@ def similar_items(item_id: str):
     categories = [item.category] if item and params.auto_category else None
     search_filter = params.search_filter(categories, query_sha256=item.sha256 if item else None)
     with resources.metrics.search.time():
-        hits = resources.store.similar(item_id, search_filter, params.k, params.offset, params.score_threshold)
+        hits = resources.store.similar(item_id, search_filter, params.ranking(resources.settings.colour_weight))
     return results_json(hits, started)
 
 
@@ -86,8 +87,10 @@ def put_item(item_id: str):
     existed = bool(store.get_many([item_id]))
     image_name = _save_upload(resources.settings.upload_dir, upload)
     metadata = form.metadata or {}
-    item = StoredItem(item_id, form.category, image_name, upload.sha256, encoder.identity, "upload", metadata)
-    store.upsert([item], encoder.embed_images([upload.image]))
+    item = StoredItem(
+        item_id, form.category, image_name, upload.sha256, encoder.identity, "upload", metadata, form.product_id
+    )
+    store.upsert([item], looks_of(encoder, [upload.image]))
     return item_detail_json(item), 200 if existed else 201
 
 

@@ -16,4 +16,5 @@ def index():
         "index.html",
         model=resources.encoder.identity,
         has_head=resources.encoder.classifier is not None,
+        colour_weight=resources.settings.colour_weight,
     )

@@ -6,13 +6,13 @@ so that a typo (`categroy=`) is a 400, not a silently unfiltered result.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, Json, StringConstraints, ValidationError, model_validator
 from werkzeug.datastructures import MultiDict
 
 from lookalike.errors import InvalidRequest
-from lookalike.store import SearchFilter
+from lookalike.store import Ranking, SearchFilter
 
 FILTER_PREFIX = "filter."
 AUTO = "auto"
@@ -35,6 +35,14 @@ class SearchParams(BaseModel):
     offset: int = Field(0, ge=0, le=10_000, description="results to skip (paging)")
     filters: dict[FieldName, list[Value]] = Field(default_factory=dict, description="filter.<field>=<value>")
     hide_duplicates: bool = Field(False, description="leave out items whose image bytes equal the query's")
+    colour_weight: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="weight of colour against shape: score = (1-w)·shape + w·colour cosine; 0 = shape only, "
+        "1 = colour only; default COLOUR_WEIGHT",
+    )
+    group_by: Literal["product_id"] | None = Field(None, description="`product_id`: each product once, its best photo")
 
     @property
     def auto_category(self) -> bool:
@@ -46,6 +54,11 @@ class SearchParams(BaseModel):
         if self.auto_category and len(self.category) > 1:
             raise ValueError("category=auto cannot be combined with other categories")
         return self
+
+    def ranking(self, default_colour_weight: float) -> Ranking:
+        """How Qdrant scores, groups and pages the results."""
+        weight = default_colour_weight if self.colour_weight is None else self.colour_weight
+        return Ranking(self.k, self.offset, self.score_threshold, weight, self.group_by == "product_id")
 
     def search_filter(self, categories: list[str] | None = None, query_sha256: str | None = None) -> SearchFilter:
         """The filter for Qdrant; ``categories`` replaces `auto` once it is resolved."""
@@ -99,6 +112,9 @@ class PutForm(BaseModel):
 
     category: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     metadata: Json[dict[str, Any]] | None = Field(None, description="a JSON object of metadata fields")
+    product_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)] | None = Field(
+        None, description="the product this photo shows (for group_by=product_id); default: the item itself"
+    )
 
 
 def parse_params(model: type[Params], values: MultiDict[str, str]) -> Params:

@@ -19,8 +19,9 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from lookalike.encoder import ImageEncoder
 from lookalike.errors import LookalikeError
 from lookalike.images import decode_image, read_bytes
+from lookalike.looks import looks_of
 from lookalike.settings import Settings
-from lookalike.store import Hit, SearchFilter, VectorStore
+from lookalike.store import Hit, Ranking, SearchFilter, VectorStore
 from service.items import image_path
 
 TILE = 224
@@ -54,14 +55,14 @@ def local_tiles(query: str, category: list[str], k: int, settings: Settings) -> 
     try:
         encoder = ImageEncoder.from_settings(settings)
         store.check_model(encoder.dim, encoder.identity)
-        search_filter = SearchFilter(categories=category)
+        search_filter, ranking = SearchFilter(categories=category), Ranking(k, colour_weight=settings.colour_weight)
         if Path(query).is_file():
             original = decode_image(read_bytes(Path(query)), settings.max_image_pixels)
-            hits = store.similar(encoder.embed_images([original])[0], search_filter, k)
+            hits = store.similar(looks_of(encoder, [original])[0], search_filter, ranking)
             first = Tile(original, ("ORIGINAL", Path(query).name))
         else:
             item = store.get(query)
-            hits = store.similar(query, search_filter, k)
+            hits = store.similar(query, search_filter, ranking)
             first = Tile(_stored_image(settings, item), ("ORIGINAL", item.category, item.id))
         return [first, *_hit_tiles(settings, hits)]
     finally:

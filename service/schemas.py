@@ -16,8 +16,9 @@ class ErrorDetail(BaseModel):
 
 class Result(BaseModel):
     id: str
-    score: float = Field(description="cosine similarity, -1..1")
+    score: float = Field(description="cosine similarity, -1..1 (with colour_weight: the weighted sum of both)")
     category: str
+    product_id: str = Field(description="its product; the item's own id when it has none")
     image_url: str
     metadata: dict[str, Any]
 
@@ -49,6 +50,7 @@ class BatchResults(BaseModel):
 class Item(BaseModel):
     id: str
     category: str
+    product_id: str
     image_url: str
     metadata: dict[str, Any]
     sha256: str
@@ -58,6 +60,7 @@ class Item(BaseModel):
 class ItemSummary(BaseModel):
     id: str
     category: str
+    product_id: str
     image_url: str
     metadata: dict[str, Any]
 

@@ -8,6 +8,7 @@ import numpy as np
 from flask import Blueprint, request
 
 from lookalike.errors import InvalidRequest
+from lookalike.looks import looks_of
 from service.openapi import Operation, documented
 from service.params import FILTER_NOTE, RecommendParams, SearchParams, parse_params, parse_search_params
 from service.resources import Resources, get_resources
@@ -38,15 +39,15 @@ def search_by_upload():
     upload = read_upload(resources.settings.max_image_pixels)
     resources.check_collection()
     with resources.metrics.encode.time():
-        embedding = resources.encoder.embed_images([upload.image])[0]
+        (look,) = looks_of(resources.encoder, [upload.image])
     categories, prediction = None, None
     if params.auto_category:
-        prediction = predict_category(resources, embedding)
+        prediction = predict_category(resources, look.embedding)
         categories = [prediction.category] if prediction.applied else []
     with resources.metrics.search.time():
         query_sha256 = upload.sha256 if params.hide_duplicates else None  # hash only when asked
         search_filter = params.search_filter(categories, query_sha256=query_sha256)
-        hits = resources.store.similar(embedding, search_filter, params.k, params.offset, params.score_threshold)
+        hits = resources.store.similar(look, search_filter, params.ranking(resources.settings.colour_weight))
     return results_json(hits, started, prediction)
 
 
@@ -98,11 +99,10 @@ def recommend():
     resources.check_collection()
     images = [upload.image for upload in (*positive_images, *negative_images)]
     with resources.metrics.encode.time():
-        embeddings = list(resources.encoder.embed_images(images)) if images else []
-    positive = [*params.positive, *embeddings[: len(positive_images)]]
-    negative = [*params.negative, *embeddings[len(positive_images) :]]
+        looks = looks_of(resources.encoder, images) if images else []
+    positive = [*params.positive, *looks[: len(positive_images)]]
+    negative = [*params.negative, *looks[len(positive_images) :]]
+    ranking = params.ranking(resources.settings.colour_weight)
     with resources.metrics.search.time():
-        hits = resources.store.recommend(
-            positive, negative, params.search_filter(), params.k, params.offset, params.score_threshold
-        )
+        hits = resources.store.recommend(positive, negative, params.search_filter(), ranking)
     return results_json(hits, started)

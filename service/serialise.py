@@ -18,7 +18,7 @@ def image_url(item: StoredItem) -> str:
 
 def item_json(item: StoredItem) -> dict[str, Any]:
     return ItemSummary(
-        id=item.id, category=item.category, image_url=image_url(item), metadata=item.metadata
+        id=item.id, category=item.category, product_id=item.product, image_url=image_url(item), metadata=item.metadata
     ).model_dump()
 
 
@@ -26,6 +26,7 @@ def item_detail_json(item: StoredItem) -> dict[str, Any]:
     return Item(
         id=item.id,
         category=item.category,
+        product_id=item.product,
         image_url=image_url(item),
         metadata=item.metadata,
         sha256=item.sha256,
@@ -40,6 +41,7 @@ def results_json(hits: Sequence[Hit], started: float, prediction: PredictedCateg
             id=hit.item.id,
             score=round(hit.score, 6),
             category=hit.item.category,
+            product_id=hit.item.product,
             image_url=image_url(hit.item),
             metadata=hit.item.metadata,
         )

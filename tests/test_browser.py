@@ -70,3 +70,17 @@ def test_category_filter_and_errors_are_shown(page, live_url, tmp_path):
     page.set_input_files("#file", str(not_an_image))
     page.locator("#error").wait_for(state="visible")
     assert "not an image" in page.inner_text("#error")
+
+
+def test_colour_slider_reruns_the_search_with_its_weight(page, live_url):
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(live_url)
+    assert page.input_value("#colour") == "0.2"  # the configured default (COLOUR_WEIGHT)
+    page.click("#random")
+    page.locator("#results li").first.wait_for()
+    page.fill("#colour", "1")  # a range input: sets the value and fires input + change
+    page.wait_for_function("document.querySelector('#colour-value').textContent === '1'")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('results')")
+    similar = [url for url in requests if "/similar?" in url]
+    assert "colour_weight=0.2" in similar[0] and "colour_weight=1" in similar[-1] and len(similar) == 2

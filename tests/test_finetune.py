@@ -87,7 +87,8 @@ def test_checkpoint_round_trips_to_identical_vectors(trained, shapes_dir):
     assert loaded.identity.startswith("checkpoint:tiny-v1@")
     queries, gallery = held_out(shapes_dir)
     report = evaluate_candidates(queries, gallery, [encoder_candidate("loaded", loaded)])["loaded"]
-    assert report["overall"] == pytest.approx(metrics["overall"], abs=1e-6)
+    shared = {name: report["overall"][name] for name in metrics["overall"]}  # the report adds colour@4
+    assert shared == pytest.approx(metrics["overall"], abs=1e-6)
     assert report["head_accuracy"] == pytest.approx(metrics["head_accuracy"])
     info = json.loads((output / "training.json").read_text())
     assert info["training"]["epochs"] == FAST.epochs and len(info["catalogue_fingerprint"]) == 64
@@ -149,7 +150,24 @@ def test_cli_and_evaluate_report(shapes_dir, tmp_path, monkeypatch, capsys):
     assert "fine-tuned (ckpt)" in table and "untuned (lookalike-tiny/random-init)" in table
     assert "colour histogram" in table
     report = json.loads((reports / "evaluation.json").read_text())
-    assert set(report["models"]["fine-tuned (ckpt)"]["overall"]) == {"P@1", "P@4", "P@10", "mAP@R"}
+    models = report["models"]
+    assert set(models["fine-tuned (ckpt)"]["overall"]) == {"P@1", "P@4", "P@10", "mAP@R", "colour@4"}
+    fused = [f"fine-tuned (ckpt) + colour_weight={w}" for w in ("0.1", "0.2", "0.3", "0.5")]
+    assert set(fused) <= set(models)
+    # ranking by colour alone puts the most similar colours first: no other ranking beats its colour@4
+    colour_only = models["colour histogram (HSV 8x8x8)"]["overall"]["colour@4"]
+    assert all(m["overall"]["colour@4"] <= colour_only + 1e-9 for m in models.values())
+
+
+def test_fused_vectors_score_as_the_weighted_sum():
+    from finetune.evaluate import fuse
+
+    rng = np.random.default_rng(0)
+    shapes, colours = rng.normal(size=(5, 8)), rng.random(size=(5, 6))
+    for weight in (0.0, 0.25, 1.0):
+        fused = fuse(shapes, colours, weight)
+        expected = (1 - weight) * shapes @ shapes.T + weight * colours @ colours.T
+        np.testing.assert_allclose(fused @ fused.T, expected, atol=1e-12)
 
 
 def test_linear_probe_epochs_leave_the_tower_untouched(shapes_dir, tmp_path):

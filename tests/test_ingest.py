@@ -72,6 +72,32 @@ def test_changed_image_is_re_embedded_and_changed_metadata_only_rewritten(catalo
     assert store.get("sku-2").metadata == {"colour": "navy"}
 
 
+def test_manifest_product_ids_are_stored_and_reruns_skip(catalogue_dir, encoder, store, tmp_path):
+    rows = [
+        {"id": f"photo-{i}", "image": f"blue_bar/item{i}.jpg", "category": "bar", "product_id": f"sku-{i // 2}"}
+        for i in range(4)
+    ]
+    rows[3].pop("product_id")  # a photo without a product is a product of its own
+    manifest = write_manifest(catalogue_dir, rows)
+    assert run_ingest(manifest, encoder, store, tmp_path / "r.jsonl").ingested == 4
+    assert [store.get(f"photo-{i}").product for i in range(4)] == ["sku-0", "sku-0", "sku-1", "photo-3"]
+    assert store.get("photo-0").metadata == {}  # product_id is a column of its own, not metadata
+    rerun = run_ingest(manifest, encoder, store, tmp_path / "r.jsonl")
+    assert (rerun.ingested, rerun.updated, rerun.skipped) == (0, 0, 4)
+
+
+def test_stored_colour_vectors_are_the_colour_histograms(catalogue_dir, encoder, store, tmp_path):
+    import numpy as np
+
+    from lookalike.colour import colour_histogram
+    from lookalike.store import point_id
+
+    run_ingest(catalogue_dir, encoder, store, tmp_path / "r.jsonl")
+    (record,) = store.client.retrieve(store.collection, [point_id("green_square-item2")], with_vectors=True)
+    expected = colour_histogram(Image.open(catalogue_dir / "green_square/item2.jpg"))
+    np.testing.assert_allclose(record.vector["colour"], expected, atol=1e-5)
+
+
 def test_prune_removes_exactly_the_items_that_left(catalogue_dir, encoder, store, tmp_path):
     rows = [{"id": f"sku-{i}", "image": f"green_square/item{i}.jpg", "category": "sq"} for i in range(4)]
     manifest = write_manifest(catalogue_dir, rows)
@@ -225,13 +251,14 @@ def test_shard_syntax_is_checked():
 def test_upserts_retry_with_backoff_then_stop_with_the_cause(monkeypatch, encoder, store):
     import ingest.pipeline as pipeline
     from lookalike.errors import StoreUnavailable
+    from lookalike.looks import looks_of
     from lookalike.store import StoredItem
 
     sleeps: list[float] = []
     monkeypatch.setattr(pipeline.time, "sleep", sleeps.append)
     store.ensure_collection(encoder.dim, encoder.identity)
     item = StoredItem("a", "c", "c/a.jpg", "0", encoder.identity)
-    embedding = encoder.embed_images([draw_item("red_round", 0)])
+    embedding = looks_of(encoder, [draw_item("red_round", 0)])
     calls = []
     real_upsert = store.upsert
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from lookalike.settings import Settings
 from service import create_app
@@ -44,7 +44,8 @@ def test_similar_by_id_returns_k_of_the_category_without_the_item(client, ingest
     assert {r["category"] for r in body["results"]} == {"red_round"}
     assert body["took_ms"] >= 0
     first = body["results"][0]
-    assert set(first) == {"id", "score", "category", "image_url", "metadata"}
+    assert set(first) == {"id", "score", "category", "product_id", "image_url", "metadata"}
+    assert first["product_id"] == first["id"]  # no product_id given: a product of its own
     assert first["image_url"] == f"/v1/items/{first['id']}/image"
 
 
@@ -462,12 +463,13 @@ def test_recommend_errors(client, ingested):
 
 
 def test_hide_duplicates_leaves_out_the_same_photo(settings, encoder, store, catalogue_dir, client, tmp_path, ingested):
+    from lookalike.looks import looks_of
     from lookalike.store import StoredItem
 
     photo = catalogue_dir / "green_square/item2.jpg"
     original = store.get("green_square-2")
     copy = StoredItem("copy-of-green-2", "green_square", original.image, original.sha256, original.model)
-    store.upsert([copy], encoder.embed_images([Image.open(photo).convert("RGB")]))
+    store.upsert([copy], looks_of(encoder, [Image.open(photo).convert("RGB")]))
 
     shown = result_ids(client.get("/v1/items/green_square-2/similar?k=3"))
     hidden = result_ids(client.get("/v1/items/green_square-2/similar?k=3&hide_duplicates=true"))
@@ -483,6 +485,7 @@ from pathlib import Path
 from tests.conftest import draw_item, image_bytes
 from lookalike.settings import Settings
 from lookalike.encoder import ImageEncoder
+from lookalike.looks import looks_of
 from lookalike.store import StoredItem, VectorStore
 from service import create_app
 
@@ -491,7 +494,7 @@ settings = Settings(qdrant_path=tmp / "q", model_name="lookalike-tiny", model_pr
 encoder = ImageEncoder.from_settings(settings)
 store = VectorStore.from_settings(settings)
 store.ensure_collection(encoder.dim, encoder.identity)
-store.upsert([StoredItem("a", "c", "c/a.jpg", "0", encoder.identity)], encoder.embed_images([draw_item("x", 0)]))
+store.upsert([StoredItem("a", "c", "c/a.jpg", "0", encoder.identity)], looks_of(encoder, [draw_item("x", 0)]))
 client = create_app(settings, encoder=encoder, store=store).test_client()
 client.get("/v1/items/a/similar")
 client.post("/v1/search", data={"image": (io.BytesIO(image_bytes(draw_item("x", 1))), "q.jpg")},
@@ -522,3 +525,69 @@ def test_metrics_in_multiprocess_mode_come_from_the_shared_files(tmp_path):
     assert "lookalike_search_seconds_count 2.0" in text
     assert "\nlookalike_collection_items 1.0\n" in text
     assert any(shared.iterdir())  # values live in the shared files
+
+
+def paint_round(colour: tuple[int, int, int], index: int) -> Image.Image:
+    """The same round shape in any colour (the catalogue's red_round, repainted)."""
+    image = Image.new("RGB", (64, 48), (255, 255, 255))
+    x, y = 8 + index * 3, 6 + index * 2
+    ImageDraw.Draw(image).ellipse((x, y, x + 30, y + 30), fill=colour)
+    return image
+
+
+@pytest.fixture
+def painted(client, auth, store):
+    """One shape in three colours: two red, two blue, two green photos."""
+    paints = {"red": (220, 30, 30), "blue": (40, 60, 220), "green": (30, 200, 60)}
+    for name, colour in paints.items():
+        for index in range(2):
+            form = {**upload(paint_round(colour, index + 1)), "category": "round"}
+            response = client.put(
+                f"/v1/items/{name}-{index}", data=form, headers=auth, content_type="multipart/form-data"
+            )
+            assert response.status_code == 201
+    return paint_round(paints["red"], 0)
+
+
+def test_colour_weight_puts_same_coloured_items_first(client, painted):
+    def ranks_of_red(weight: float, by_id: bool = False) -> list[int]:
+        if by_id:
+            response = client.get(f"/v1/items/red-0/similar?k=5&colour_weight={weight}")
+        else:
+            form = {**upload(painted), "k": "6", "colour_weight": str(weight)}
+            response = client.post("/v1/search", data=form, content_type="multipart/form-data")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return [rank for rank, item_id in enumerate(result_ids(response)) if item_id.startswith("red")]
+
+    assert ranks_of_red(1.0) == [0, 1]  # colour alone: the red photos first
+    assert ranks_of_red(1.0, by_id=True) == [0]
+    assert sum(ranks_of_red(0.8)) <= sum(ranks_of_red(0.0))  # more colour weight, red moves up (or stays)
+    assert ranks_of_red(0.8, by_id=True) <= ranks_of_red(0.0, by_id=True)
+
+
+def test_colour_weight_out_of_range_is_400(client, ingested):
+    assert_error(client.get("/v1/items/red_round-0/similar?colour_weight=1.5"), 400, "invalid_request")
+    assert_error(client.get("/v1/items/red_round-0/similar?group_by=brand"), 400, "invalid_request")
+
+
+def test_group_by_product_id_returns_each_product_once(client, ingested, auth):
+    for index in range(3):  # three photos of one product
+        form = {**upload(draw_item("blue_bar", index)), "category": "blue_bar", "product_id": "sku-9"}
+        response = client.put(f"/v1/items/sku9-{index}", data=form, headers=auth, content_type="multipart/form-data")
+        assert response.get_json()["product_id"] == "sku-9"
+    flat = client.get("/v1/items/blue_bar-0/similar?k=20&category=blue_bar").get_json()["results"]
+    grouped = client.get("/v1/items/blue_bar-0/similar?k=20&category=blue_bar&group_by=product_id")
+    products = [r["product_id"] for r in grouped.get_json()["results"]]
+    assert sum(r["product_id"] == "sku-9" for r in flat) == 3
+    assert products.count("sku-9") == 1 and len(products) == len(set(products)) == 4
+    best_sku9 = next(r["id"] for r in flat if r["product_id"] == "sku-9")  # its best photo represents it
+    assert best_sku9 in result_ids(grouped)
+
+    form = {**upload(draw_item("blue_bar", 0)), "group_by": "product_id", "k": "20", "category": "blue_bar"}
+    uploaded = client.post("/v1/search", data=form, content_type="multipart/form-data").get_json()["results"]
+    assert [r["product_id"] for r in uploaded].count("sku-9") == 1
+    batch = client.post(
+        "/v1/similar:batch",
+        json={"queries": [{"id": "blue_bar-0", "k": 20, "category": ["blue_bar"], "group_by": "product_id"}]},
+    )
+    assert batch.get_json()["results"][0]["results"] == grouped.get_json()["results"]

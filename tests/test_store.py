@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from lookalike.errors import ItemNotFound, ModelMismatch, StoreLocked
+from lookalike.looks import Look
 from lookalike.settings import Settings
-from lookalike.store import SearchFilter, StoredItem, VectorStore, point_id
+from lookalike.store import Ranking, SearchFilter, StoredItem, VectorStore, point_id
 from tests.conftest import ENGINES
 
 MODEL = "test-model@0"
@@ -23,6 +24,13 @@ def unit(*values: float) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
+GREY = unit(*[1.0] * 512)  # one colour for all: these tests are about the embedding
+
+
+def look(*values: float) -> Look:
+    return Look(unit(*values), GREY)
+
+
 def item(item_id: str, category: str, **metadata) -> StoredItem:
     return StoredItem(item_id, category, f"{category}/{item_id}.jpg", "0" * 64, MODEL, metadata=metadata)
 
@@ -36,8 +44,7 @@ def filled(store: VectorStore) -> VectorStore:
         item("c", "bag", colour="red", sale=True),
         item("d", "bag", colour="green"),
     ]
-    embeddings = np.stack([unit(1, 0, 0), unit(0.9, 0.1, 0), unit(0.95, 0, 0.05), unit(0, 0, 1)])
-    store.upsert(items, embeddings)
+    store.upsert(items, [look(1, 0, 0), look(0.9, 0.1, 0), look(0.95, 0, 0.05), look(0, 0, 1)])
     return store
 
 
@@ -50,37 +57,37 @@ def test_point_ids_are_stable_uuid5():
 
 
 def test_similar_by_id_never_returns_the_item_itself(filled: VectorStore):
-    assert ids(filled.similar("a", SearchFilter(), limit=10)) == ["c", "b", "d"]
+    assert ids(filled.similar("a", SearchFilter(), Ranking(10))) == ["c", "b", "d"]
 
 
 def test_category_filter_runs_inside_the_query(filled: VectorStore):
     # "d" is the least similar bag; a post-filter over the top 1 would return nothing.
-    hits = filled.similar(unit(1, 0, 0), SearchFilter(categories=["bag"]), limit=2)
+    hits = filled.similar(look(1, 0, 0), SearchFilter(categories=["bag"]), Ranking(2))
     assert ids(hits) == ["c", "d"]
 
 
 def test_metadata_filters_match_text_numbers_and_booleans(filled: VectorStore):
-    query = unit(1, 0, 0)
-    assert ids(filled.similar(query, SearchFilter(metadata={"colour": ["red"]}), 10)) == ["a", "c"]
-    assert ids(filled.similar(query, SearchFilter(metadata={"size": ["40"]}), 10)) == ["b"]
+    query = look(1, 0, 0)
+    assert ids(filled.similar(query, SearchFilter(metadata={"colour": ["red"]}), Ranking(10))) == ["a", "c"]
+    assert ids(filled.similar(query, SearchFilter(metadata={"size": ["40"]}), Ranking(10))) == ["b"]
     # qdrant-edge-py 0.9.0 turns Python True into the integer 1, so booleans never match there
     # (documented limitation of the opt-in Edge engine); this line notices when that is fixed.
     expected = [] if filled.client.__class__.__name__ == "EdgeClient" else ["c"]
-    assert ids(filled.similar(query, SearchFilter(metadata={"sale": ["true"]}), 10)) == expected
-    assert ids(filled.similar(query, SearchFilter(exclude=["a", "c"]), 10)) == ["b", "d"]
+    assert ids(filled.similar(query, SearchFilter(metadata={"sale": ["true"]}), Ranking(10))) == expected
+    assert ids(filled.similar(query, SearchFilter(exclude=["a", "c"]), Ranking(10))) == ["b", "d"]
 
 
 def test_offset_and_threshold(filled: VectorStore):
-    query = unit(1, 0, 0)
-    assert ids(filled.similar(query, SearchFilter(), limit=2, offset=1)) == ["c", "b"]
-    assert ids(filled.similar(query, SearchFilter(), limit=10, score_threshold=0.5)) == ["a", "c", "b"]
+    query = look(1, 0, 0)
+    assert ids(filled.similar(query, SearchFilter(), Ranking(2, offset=1))) == ["c", "b"]
+    assert ids(filled.similar(query, SearchFilter(), Ranking(10, score_threshold=0.5))) == ["a", "c", "b"]
 
 
 def test_unknown_item_is_not_found(filled: VectorStore):
     with pytest.raises(ItemNotFound):
         filled.get("nope")
     with pytest.raises(ItemNotFound):
-        filled.similar("nope", SearchFilter(), 4)
+        filled.similar("nope", SearchFilter(), Ranking(4))
 
 
 def test_payload_round_trips(filled: VectorStore):
@@ -118,7 +125,88 @@ def test_server_collections_get_the_configured_layout():
     assert (kwargs["shard_number"], kwargs["replication_factor"], kwargs["write_consistency_factor"]) == (6, 2, 2)
     assert kwargs["quantization_config"].scalar.type == models.ScalarType.INT8
     assert kwargs["vectors_config"]["embedding"].on_disk is True
+    assert kwargs["vectors_config"]["colour"].size == 512
     indexed = {call.args[1] for call in client.create_payload_index.call_args_list}
-    assert indexed == {"category", "item_id", "metadata.brand"}
+    assert indexed == {"category", "item_id", "product_id", "metadata.brand"}
     alias = client.update_collection_aliases.call_args.kwargs["change_aliases_operations"][-1].create_alias
     assert (alias.alias_name, alias.collection_name) == ("products", name)
+
+
+@pytest.fixture
+def random_catalogue(store: VectorStore) -> tuple[VectorStore, np.ndarray, np.ndarray, list[str]]:
+    """300 items with random embeddings and colours, in 3 categories."""
+    rng = np.random.default_rng(7)
+    embeddings = rng.normal(size=(300, 16)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    colours = rng.random(size=(300, 512)).astype(np.float32) ** 4  # skewed, like real histograms
+    colours /= np.linalg.norm(colours, axis=1, keepdims=True)
+    categories = [("bag", "shoe", "hat")[i % 3] for i in range(300)]
+    store.ensure_collection(16, MODEL)
+    items = [item(f"i{i}", categories[i]) for i in range(300)]
+    store.upsert(items, [Look(e, c) for e, c in zip(embeddings, colours, strict=True)])
+    return store, embeddings, colours, categories
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 0.7, 1.0])
+def test_fused_ranking_equals_the_exhaustive_weighted_sum(random_catalogue, weight: float):
+    store, embeddings, colours, categories = random_catalogue
+    query = Look(embeddings[0], colours[0])
+    exact = (1 - weight) * (embeddings @ query.embedding) + weight * (colours @ query.colour)
+    hits = store.similar(query, SearchFilter(), Ranking(10, colour_weight=weight))
+    assert ids(hits) == [f"i{i}" for i in np.argsort(-exact)[:10]]
+    np.testing.assert_allclose([h.score for h in hits], np.sort(exact)[::-1][:10], atol=1e-4)
+
+    # filtered, by id (the item itself left out), paged: still the exhaustive answer
+    bags = [i for i in np.argsort(-exact) if categories[i] == "bag" and i != 0]
+    hits = store.similar("i0", SearchFilter(categories=["bag"]), Ranking(5, offset=3, colour_weight=weight))
+    assert ids(hits) == [f"i{i}" for i in bags[3:8]]
+
+
+def test_colour_weight_moves_same_coloured_items_up(store: VectorStore):
+    store.ensure_collection(3, MODEL)
+    red, blue = unit(*[1.0] * 8, *[0.0] * 504), unit(*[0.0] * 504, *[1.0] * 8)
+    shapes = [unit(1, 0, 0), unit(0.9, 0.1, 0), unit(0.6, 0.4, 0), unit(0.2, 0.8, 0)]
+    paints = [blue, blue, red, red]  # the closest shapes are blue
+    store.upsert([item(f"p{i}", "x") for i in range(4)], [Look(s, c) for s, c in zip(shapes, paints, strict=True)])
+    query = Look(unit(1, 0, 0), red)
+
+    def order(weight: float) -> list[str]:
+        return ids(store.similar(query, SearchFilter(), Ranking(4, colour_weight=weight)))
+
+    assert order(0.0) == ["p0", "p1", "p2", "p3"]
+    assert order(0.5)[0] == "p2"  # the nearest red shape overtakes both blue ones
+    assert order(1.0)[:2] in (["p2", "p3"], ["p3", "p2"])
+
+
+def test_one_hit_per_product(store: VectorStore):
+    store.ensure_collection(3, MODEL)
+    photos = [
+        (StoredItem("sku1-front", "shoe", "a.jpg", "0", MODEL, product_id="sku1"), unit(1, 0, 0)),
+        (StoredItem("sku1-side", "shoe", "b.jpg", "0", MODEL, product_id="sku1"), unit(0.99, 0.01, 0)),
+        (StoredItem("sku2-front", "shoe", "c.jpg", "0", MODEL, product_id="sku2"), unit(0.9, 0.1, 0)),
+        (StoredItem("sku2-back", "shoe", "d.jpg", "0", MODEL, product_id="sku2"), unit(0.95, 0.05, 0)),
+        (StoredItem("loose", "shoe", "e.jpg", "0", MODEL), unit(0.5, 0.5, 0)),  # a product of its own
+    ]
+    store.upsert([p for p, _ in photos], [Look(v, GREY) for _, v in photos])
+    query = look(1, 0, 0)
+    flat = store.similar(query, SearchFilter(), Ranking(5))
+    assert ids(flat) == ["sku1-front", "sku1-side", "sku2-back", "sku2-front", "loose"]
+    grouped = store.similar(query, SearchFilter(), Ranking(5, one_per_product=True))
+    assert ids(grouped) == ["sku1-front", "sku2-back", "loose"]  # each product once, by its best photo
+    assert [h.item.product for h in grouped] == ["sku1", "sku2", "loose"]
+    paged = store.similar(query, SearchFilter(), Ranking(1, offset=1, one_per_product=True, colour_weight=0.5))
+    assert ids(paged) == ["sku2-back"]
+    by_id = store.similar("sku1-front", SearchFilter(), Ranking(5, one_per_product=True))
+    assert ids(by_id) == ["sku1-side", "sku2-back", "loose"]  # the query photo itself is left out
+
+
+def test_a_collection_without_colour_vectors_asks_for_a_reindex(store: VectorStore):
+    from qdrant_client import models
+
+    store.client.create_collection(
+        "old",
+        vectors_config={"embedding": models.VectorParams(size=3, distance=models.Distance.COSINE)},
+        metadata={"model": MODEL, "dim": 3},
+    )
+    with pytest.raises(ModelMismatch, match="--reindex"):
+        store.bound_to("old").check_model(3, MODEL)

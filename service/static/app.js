@@ -4,9 +4,12 @@
 const $ = (id) => document.getElementById(id);
 const hasHead = document.body.dataset.hasHead === "true";
 
+let lastSearch = null;  // re-run when a control changes
+
 function params() {
-  const query = new URLSearchParams({ k: $("k").value || "8" });
+  const query = new URLSearchParams({ k: $("k").value || "8", colour_weight: $("colour").value });
   if ($("category").value) query.append("category", $("category").value);
+  if ($("per-product").checked) query.append("group_by", "product_id");
   return query;
 }
 
@@ -60,31 +63,37 @@ function showResults(body) {
   $("status").textContent = status;
 }
 
+let latest = 0;  // only the newest search may paint: a slow older answer must not overwrite it
+
 async function run(task) {
+  const mine = ++latest;
   showError("");
   $("status").textContent = "searching…";
   try {
-    await task();
+    const paint = await task();
+    if (mine === latest) paint();
   } catch (error) {
+    if (mine !== latest) return;
     $("status").textContent = "";
     showError(error.message);
   }
 }
 
 function searchById(id, imageUrl, category) {
+  lastSearch = () => searchById(id, imageUrl, category);
   return run(async () => {
-    const query = params();
-    showQuery(imageUrl, `${id} · ${category}`);
-    showResults(await callApi(`/v1/items/${encodeURIComponent(id)}/similar?${query}`));
+    const body = await callApi(`/v1/items/${encodeURIComponent(id)}/similar?${params()}`);
+    return () => { showQuery(imageUrl, `${id} · ${category}`); showResults(body); };
   });
 }
 
 function searchByUpload(file) {
+  lastSearch = () => searchByUpload(file);
   return run(async () => {
-    showQuery(URL.createObjectURL(file), file.name);
     const form = new FormData();
     form.append("image", file);
-    showResults(await callApi(`/v1/search?${params()}`, { method: "POST", body: form }));
+    const body = await callApi(`/v1/search?${params()}`, { method: "POST", body: form });
+    return () => { showQuery(URL.createObjectURL(file), file.name); showResults(body); };
   });
 }
 
@@ -107,7 +116,7 @@ $("random").addEventListener("click", () => run(async () => {
   if (category && category !== "auto") query.append("category", category);
   const [item] = (await callApi(`/v1/items:random?${query}`)).items;
   if (!item) throw new Error("the catalogue is empty");
-  await searchById(item.id, item.image_url, item.category);
+  return () => searchById(item.id, item.image_url, item.category);
 }));
 const drop = $("drop");
 drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
@@ -117,5 +126,9 @@ drop.addEventListener("drop", (event) => {
   drop.classList.remove("over");
   if (event.dataTransfer.files[0]) searchByUpload(event.dataTransfer.files[0]);
 });
+$("colour").addEventListener("input", () => { $("colour-value").textContent = $("colour").value; });
+for (const control of ["colour", "per-product", "category", "k"]) {
+  $(control).addEventListener("change", () => { if (lastSearch) lastSearch(); });
+}
 if (!hasHead) $("category").title = "category=auto needs a fine-tuned checkpoint";
 loadCategories();
