@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ingest.duplicates import NearDuplicateRule
 from ingest.pipeline import ingest, reindex
 from ingest.report import ErrorReport
 from lookalike.catalogue import Shard, read_catalogue, take_shard
@@ -40,7 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="decode processes (default: DECODE_WORKERS)")
     parser.add_argument("--error-report", type=Path, help="JSONL of failed items (default: INGEST_ERROR_REPORT)")
     parser.add_argument(
-        "--skip-duplicates", action="store_true", help="do not index items whose bytes equal an earlier item's"
+        "--skip-duplicates",
+        action="store_true",
+        help="do not index items whose bytes equal an earlier item's, or that look the same as a stored item "
+        "(NEAR_DUPLICATE_SIMILARITY)",
     )
     parser.add_argument("--shard", help="i/n: handle only slice i of n (parallel workers, Qdrant server)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -80,6 +84,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "prune": args.prune,
         "progress": not args.no_progress,
         "index_duplicates": not args.skip_duplicates,
+        "near_duplicates": near_duplicate_rule(settings),
     }
     try:
         if args.reindex:
@@ -103,6 +108,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if summary.failed:
         print(f"failed items are listed in {settings.ingest_error_report}")
     return 0
+
+
+def near_duplicate_rule(settings: Settings) -> NearDuplicateRule | None:
+    if settings.near_duplicate_similarity is None:
+        return None
+    return NearDuplicateRule(settings.near_duplicate_similarity, settings.near_duplicate_colour_similarity)
 
 
 if __name__ == "__main__":

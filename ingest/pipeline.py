@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ingest.duplicates import NearDuplicateRule, report_exact_duplicates, report_near_duplicates
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, CatalogueItem
 from lookalike.colour import colour_histogram
@@ -111,15 +112,19 @@ def ingest(
     prune: bool = False,
     progress: bool = True,
     index_duplicates: bool = True,
+    near_duplicates: NearDuplicateRule | None = None,
 ) -> IngestSummary:
-    """Bring the collection in line with the catalogue; returns what was done."""
+    """Bring the collection in line with the catalogue; returns what was done.
+
+    ``near_duplicates``: report items that look the same as another (None: only same bytes).
+    """
     started = time.perf_counter()
     summary = IngestSummary()
     for error in catalogue.errors:
         report.row_error(error)
         summary.failed += 1
     sha256s = {item.id: _sha256_or_none(item) for item in catalogue.items}
-    duplicates = _report_duplicates(catalogue.items, sha256s, report, summary)
+    duplicates = report_exact_duplicates(catalogue.items, sha256s, report, summary)
     to_embed = _sync_unchanged(catalogue.items, sha256s, encoder.identity, store, summary)
     if not index_duplicates:
         to_embed = [item for item in to_embed if item.id not in duplicates]
@@ -133,9 +138,17 @@ def ingest(
                 embeddings = encoder.embed_batch(batch.pixels)
                 looks = [Look(e, c) for e, c in zip(embeddings, batch.colours, strict=True)]
                 stored = [_stored_item(i, s, encoder.identity) for i, s in zip(batch.items, batch.sha256s, strict=True)]
-                upsert_with_retry(store, stored, looks)
-                summary.ingested += len(stored)
-                log.info("batch upserted", extra={"items": len(stored), "first": stored[0].id})
+                if near_duplicates is not None:
+                    alike = report_near_duplicates(
+                        batch.items, looks, store, near_duplicates, report, summary, duplicates
+                    )
+                    if not index_duplicates:
+                        kept = [n for n, item in enumerate(stored) if item.id not in alike]
+                        stored, looks = [stored[n] for n in kept], [looks[n] for n in kept]
+                if stored:
+                    upsert_with_retry(store, stored, looks)
+                    summary.ingested += len(stored)
+                    log.info("batch upserted", extra={"items": len(stored), "first": stored[0].id})
             bar.update(len(batch.items) + len(batch.failed))
     if prune:
         summary.pruned = _prune(catalogue, store)
@@ -161,25 +174,6 @@ def upsert_with_retry(
                 "store unavailable, retrying", extra={"attempt": attempt, "delay_s": delay, "reason": e.message}
             )
             time.sleep(delay)
-
-
-def _report_duplicates(
-    items: Sequence[CatalogueItem], sha256s: dict[str, str | None], report: ErrorReport, summary: IngestSummary
-) -> set[str]:
-    """Items whose image bytes equal an earlier item's: reported (code ``duplicate``) and counted."""
-    first_with: dict[str, str] = {}
-    duplicates: set[str] = set()
-    for item in items:
-        sha256 = sha256s[item.id]
-        if sha256 is None:
-            continue
-        if sha256 in first_with:
-            duplicates.add(item.id)
-            report.duplicate(item, first_with[sha256])
-        else:
-            first_with[sha256] = item.id
-    summary.duplicates = len(duplicates)
-    return duplicates
 
 
 def _sync_unchanged(

@@ -22,6 +22,7 @@ class IngestSummary:
     failed: int = 0
     pruned: int = 0
     duplicates: int = 0  # same bytes as an earlier item (indexed unless --skip-duplicates)
+    near_duplicates: int = 0  # looks the same as a stored item (indexed unless --skip-duplicates)
     seconds: float = 0.0
 
     @property
@@ -31,7 +32,8 @@ class IngestSummary:
     def line(self) -> str:
         return (
             f"ingested={self.ingested} skipped={self.skipped} updated={self.updated} failed={self.failed} "
-            f"pruned={self.pruned} duplicates={self.duplicates} seconds={self.seconds:.1f} "
+            f"pruned={self.pruned} duplicates={self.duplicates} near_duplicates={self.near_duplicates} "
+            f"seconds={self.seconds:.1f} "
             f"images_per_s={self.images_per_second:.1f}"
         )
 
@@ -52,6 +54,10 @@ class ErrorReport:
 
     def duplicate(self, item: CatalogueItem, original_id: str) -> None:
         self._write(item.id, item.image, "duplicate", f"same image bytes as item {original_id!r}", "duplicate item")
+
+    def near_duplicate(self, item: CatalogueItem, original_id: str, colour_similarity: float) -> None:
+        reason = f"looks the same as item {original_id!r} (colour similarity {colour_similarity:.3f})"
+        self._write(item.id, item.image, "near_duplicate", reason, "near-duplicate item")
 
     def row_error(self, error: RowError) -> None:
         self._write(error.item_id, error.path, "invalid_row", error.reason)

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
 
     #: Default weight of colour in similarity when a request gives no `colour_weight` (0 = shape only).
     colour_weight: float = Field(0.2, ge=0.0, le=1.0)
+    #: Ingest reports an item as a near-duplicate of a stored one when their embeddings are at least
+    #: this similar (cosine) and their colours at least NEAR_DUPLICATE_COLOUR_SIMILARITY; empty = off.
+    near_duplicate_similarity: float | None = Field(0.995, gt=0.0, le=1.0)
+    near_duplicate_colour_similarity: float = Field(0.95, ge=0.0, le=1.0)
     #: `category=auto` filters by the predicted category only when it is at least this probable.
     auto_category_min_probability: float = Field(0.5, ge=0.0, le=1.0)
 
@@ -90,7 +94,15 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("qdrant_url", "qdrant_api_key", "model_checkpoint", "api_key", "catalogue_dir", mode="before")
+    @field_validator(
+        "qdrant_url",
+        "qdrant_api_key",
+        "model_checkpoint",
+        "api_key",
+        "catalogue_dir",
+        "near_duplicate_similarity",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """`API_KEY=` (as compose passes an unset variable) means no key, never the empty key."""

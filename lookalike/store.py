@@ -468,6 +468,35 @@ class VectorStore:
 
         return [answer(q) for q in queries]
 
+    def look_alikes(
+        self, looks: Sequence[Look], item_ids: Sequence[str], min_similarity: float, min_colour_similarity: float
+    ) -> list[Hit | None]:
+        """For each look, the stored item (other than its own id) it nearly duplicates, or None.
+
+        Near-duplicate: embedding cosine >= ``min_similarity`` and colour similarity >=
+        ``min_colour_similarity``. One batch query: embedding candidates above their threshold,
+        rescored by colour with its own threshold; the hit's score is the colour similarity.
+        """
+        requests = [
+            models.QueryRequest(
+                prefetch=[
+                    models.Prefetch(
+                        query=_vector(look.embedding), using=EMBEDDING, limit=8, score_threshold=min_similarity
+                    )
+                ],
+                query=_vector(look.colour),
+                using=COLOUR,
+                score_threshold=min_colour_similarity,
+                filter=SearchFilter(exclude=[item_id]).to_qdrant(),
+                limit=1,
+                with_payload=True,
+            )
+            for look, item_id in zip(looks, item_ids, strict=True)
+        ]
+        with self._call():
+            responses = self.client.query_batch_points(self.collection, requests) if requests else []
+        return [_hit(response.points[0]) if response.points else None for response in responses]
+
     def _ranked(self, scoring: dict[str, Any], query_filter: models.Filter | None, ranking: Ranking) -> list[Hit]:
         """Run one scored query, flat or one hit per product."""
         arguments = {**scoring, "query_filter": query_filter, "score_threshold": ranking.score_threshold}

@@ -1,0 +1,81 @@
+"""Duplicates: the same bytes under two ids (by hash, before decoding), and photos that look the
+same (by vector similarity, after embedding): a re-upload, a re-encoded or resized copy.
+
+Both are reported (codes ``duplicate`` and ``near_duplicate``) naming the item they copy; whether
+they are still indexed is the caller's choice (``--skip-duplicates``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ingest.report import ErrorReport, IngestSummary
+from lookalike.catalogue import CatalogueItem
+from lookalike.looks import Look
+from lookalike.store import VectorStore
+
+
+@dataclass(frozen=True)
+class NearDuplicateRule:
+    """Both vectors must be this similar (cosine) for two photos to count as the same."""
+
+    min_similarity: float
+    min_colour_similarity: float
+
+
+def report_exact_duplicates(
+    items: Sequence[CatalogueItem], sha256s: dict[str, str | None], report: ErrorReport, summary: IngestSummary
+) -> set[str]:
+    """Items whose image bytes equal an earlier item's: reported and counted; returns their ids."""
+    first_with: dict[str, str] = {}
+    duplicates: set[str] = set()
+    for item in items:
+        sha256 = sha256s[item.id]
+        if sha256 is None:
+            continue
+        if sha256 in first_with:
+            duplicates.add(item.id)
+            report.duplicate(item, first_with[sha256])
+        else:
+            first_with[sha256] = item.id
+    summary.duplicates = len(duplicates)
+    return duplicates
+
+
+def report_near_duplicates(
+    items: Sequence[CatalogueItem],
+    looks: Sequence[Look],
+    store: VectorStore,
+    rule: NearDuplicateRule,
+    report: ErrorReport,
+    summary: IngestSummary,
+    exact_duplicates: set[str],
+) -> set[str]:
+    """Items of one batch that look the same as a stored item or an earlier item of the batch.
+
+    Stored items are found by Qdrant (one batch query); the batch's own items are not stored
+    yet, so they are compared with each other here. Items in ``exact_duplicates`` are already
+    reported. Returns the ids of the near-duplicates.
+    """
+    stored_matches = store.look_alikes(looks, [i.id for i in items], rule.min_similarity, rule.min_colour_similarity)
+    embeddings = np.stack([look.embedding for look in looks])
+    colours = np.stack([look.colour for look in looks])
+    alike = (embeddings @ embeddings.T >= rule.min_similarity) & (colours @ colours.T >= rule.min_colour_similarity)
+    colour_similarity = colours @ colours.T
+    found: set[str] = set()
+    for index, (item, match) in enumerate(zip(items, stored_matches, strict=True)):
+        earlier = np.flatnonzero(alike[index, :index])
+        if item.id in exact_duplicates:
+            continue
+        if match is not None:
+            report.near_duplicate(item, match.item.id, match.score)
+        elif earlier.size:
+            report.near_duplicate(item, items[earlier[0]].id, float(colour_similarity[index, earlier[0]]))
+        else:
+            continue
+        found.add(item.id)
+    summary.near_duplicates += len(found)
+    return found
