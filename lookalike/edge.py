@@ -6,6 +6,11 @@ adapter keeps one shard per collection under ``<path>/collections/<name>/``, the
 vector size and metadata in a JSON file beside it, and the aliases in ``<path>/aliases.json``
 (replaced atomically, so an alias switch is still one step). Requests and answers use
 qdrant-client's ``models`` so `VectorStore` does not know which engine it talks to.
+
+qdrant-edge-py 0.9.0 turns a boolean in a filter into the integer 1/0, which never matches a
+stored JSON boolean. So the adapter also stores every boolean of a payload as a keyword
+(``"metadata.sale=true"``) under a private key, matches boolean conditions there, and strips
+that key from every answer.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +32,8 @@ COLLECTIONS = "collections"
 SHARD = "shard"
 COLLECTION_FILE = "collection.json"
 ALIASES_FILE = "aliases.json"
+#: Adapter-private payload key: a keyword per boolean in the payload (see the module docstring).
+BOOLEANS = "_edge_booleans"
 
 
 class EdgeClient:
@@ -69,6 +77,7 @@ class EdgeClient:
             for vector, params in vectors_config.items()
         }
         self._shards[name] = edge.EdgeShard.create(str(directory / SHARD), edge.EdgeConfig(vectors=vectors))
+        self._shards[name].update(edge.UpdateOperation.create_field_index(BOOLEANS, edge.PayloadSchemaType.Keyword))
         sizes = {vector: params.size for vector, params in vectors_config.items()}
         _write_json(directory / COLLECTION_FILE, {"vectors": sizes, "metadata": metadata or {}})
         return True
@@ -112,22 +121,24 @@ class EdgeClient:
     # -- points -------------------------------------------------------------------------------
 
     def upsert(self, name: str, points: list[models.PointStruct], wait: bool = True) -> None:
-        edge_points = [edge.Point(str(p.id), p.vector, p.payload) for p in points]
+        edge_points = [edge.Point(str(p.id), p.vector, _mirror_booleans(p.payload or {})) for p in points]
         self._shard(name).update(edge.UpdateOperation.upsert_points(edge_points))
 
     def overwrite_payload(self, name: str, payload: dict, points: list[str], wait: bool = True) -> None:
-        self._shard(name).update(edge.UpdateOperation.overwrite_payload([str(p) for p in points], payload))
+        ids = [str(p) for p in points]
+        self._shard(name).update(edge.UpdateOperation.overwrite_payload(ids, _mirror_booleans(payload)))
 
     def delete(self, name: str, points_selector: models.PointIdsList, wait: bool = True) -> None:
         ids = [str(p) for p in points_selector.points]
         self._shard(name).update(edge.UpdateOperation.delete_points(ids))
 
     def retrieve(self, name: str, ids: list[str], with_payload: bool = True, with_vectors: bool = False) -> list:
-        return self._shard(name).retrieve([str(i) for i in ids], with_payload, with_vectors)
+        return _public(self._shard(name).retrieve([str(i) for i in ids], with_payload, with_vectors))
 
     def scroll(self, name: str, scroll_filter=None, limit: int = 10, offset=None, **_: Any) -> tuple[list, Any]:
         request = edge.ScrollRequest(offset=offset, limit=limit, filter=_filter(scroll_filter), with_payload=True)
-        return self._shard(name).scroll(request)
+        records, next_offset = self._shard(name).scroll(request)
+        return _public(records), next_offset
 
     def count(self, name: str, exact: bool = True) -> SimpleNamespace:
         return SimpleNamespace(count=self._shard(name).count(edge.CountRequest(exact=exact)))
@@ -156,7 +167,7 @@ class EdgeClient:
             score_threshold=score_threshold,
             with_payload=with_payload,
         )
-        return SimpleNamespace(points=self._shard(name).query(request))
+        return SimpleNamespace(points=_public(self._shard(name).query(request)))
 
     def query_batch_points(self, name: str, requests: list[models.QueryRequest]) -> list[SimpleNamespace]:
         return [
@@ -294,6 +305,8 @@ def _condition(condition: Any) -> Any:
         match = condition.match
         if isinstance(match, models.MatchAny):
             return edge.FieldCondition(condition.key, match=edge.MatchAny(list(match.any)))
+        if isinstance(match, models.MatchValue) and isinstance(match.value, bool):
+            return edge.FieldCondition(BOOLEANS, match=edge.MatchValue(_boolean_keyword(condition.key, match.value)))
         if isinstance(match, models.MatchValue):
             return edge.FieldCondition(condition.key, match=edge.MatchValue(match.value))
     raise ValueError(f"condition not supported on Qdrant Edge: {condition!r}")
@@ -310,6 +323,41 @@ def _expression(expression: Any) -> edge.Expression:
     if isinstance(expression, models.MultExpression):
         return edge.Expression.Mult([_expression(e) for e in expression.mult])
     raise ValueError(f"formula not supported on Qdrant Edge: {expression!r}")
+
+
+def _mirror_booleans(payload: dict) -> dict:
+    """The payload plus a keyword per boolean in it, under `BOOLEANS`."""
+    keywords = [_boolean_keyword(path, value) for path, value in _booleans(payload)]
+    return {**payload, BOOLEANS: keywords} if keywords else payload
+
+
+def _booleans(value: Any, path: str = "") -> Iterator[tuple[str, bool]]:
+    if isinstance(value, bool):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            if key != BOOLEANS:
+                yield from _booleans(inner, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):  # as in Qdrant: a list matches when any element does
+        for inner in value:
+            yield from _booleans(inner, path)
+
+
+def _boolean_keyword(path: str, value: bool) -> str:
+    return f"{path}={'true' if value else 'false'}"
+
+
+def _public(points: list) -> list:
+    """Edge's records and scored points without the adapter's private key (they are read-only)."""
+    return [
+        SimpleNamespace(
+            id=point.id,
+            score=getattr(point, "score", None),
+            vector=point.vector,
+            payload={k: v for k, v in point.payload.items() if k != BOOLEANS} if point.payload else point.payload,
+        )
+        for point in points
+    ]
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -33,8 +33,9 @@ class Settings(BaseSettings):
     # Qdrant: a server when QDRANT_URL is set, else the embedded store at QDRANT_PATH.
     qdrant_url: str | None = None
     qdrant_path: Path = Path("./data/qdrant")
-    #: Engine of the embedded store: qdrant-client's local mode, or Qdrant Edge (HNSW, payload indexes).
-    embedded_engine: Literal["qdrant-client", "edge"] = "qdrant-client"
+    #: Engine of the embedded store: Qdrant Edge (Qdrant's engine in-process: HNSW, payload indexes),
+    #: or qdrant-client's local mode (pure Python, a full scan per query; chosen by bench/b2 + b4).
+    embedded_engine: Literal["edge", "qdrant-client"] = "edge"
     qdrant_api_key: SecretStr | None = None
     qdrant_timeout_s: float = 10.0
     # Server-only collection layout (Qdrant's cluster mode is the scale-out path).

@@ -611,9 +611,20 @@ def _scoring(embedding_query: Any, colour_query: Any, ranking: Ranking) -> dict[
     return {"query": models.FormulaQuery(formula=formula), "prefetch": rescored}
 
 
-def open_embedded(path: Path, engine: str = "qdrant-client") -> QdrantClient:
-    """Open the embedded store, failing fast when another process holds the directory."""
+#: A file or folder that only one engine writes at the top of QDRANT_PATH.
+ENGINE_MARKERS = {"qdrant-client": "meta.json", "edge": "collections"}
+
+
+def open_embedded(path: Path, engine: str = "edge") -> QdrantClient:
+    """Open the embedded store, failing fast when another process holds the directory or when
+    it was written by the other engine (its data would look like an empty store)."""
     path.mkdir(parents=True, exist_ok=True)
+    for other, marker in ENGINE_MARKERS.items():
+        if other != engine and (path / marker).exists():
+            raise StoreError(
+                f"the embedded store at {path} was written by EMBEDDED_ENGINE={other}, not {engine}: set "
+                f"EMBEDDED_ENGINE={other}, or point QDRANT_PATH at a new folder and run `python -m ingest`"
+            )
     try:
         if engine == "edge":
             from lookalike.edge import EdgeClient

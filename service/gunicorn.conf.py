@@ -32,7 +32,7 @@ def on_starting(server) -> None:
     if not _settings.embedded:
         return
     try:
-        open_embedded(_settings.qdrant_path).close()
+        open_embedded(_settings.qdrant_path, _settings.embedded_engine).close()
     except LookalikeError as e:
         raise SystemExit(f"lookalike: cannot start: {e.message}") from None
 

@@ -73,11 +73,11 @@ def write_manifest(root: Path, rows: list[dict], name: str = "manifest.csv") -> 
 
 @pytest.fixture
 def engine() -> str:
-    """The embedded engine; modules that test the store run with both (see ENGINES)."""
-    return "qdrant-client"
+    """The embedded engine (the default one); modules that test the store run with both (ENGINES)."""
+    return "edge"
 
 
-ENGINES = ["qdrant-client", "edge"]
+ENGINES = ["edge", "qdrant-client"]
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ def test_contact_sheet_by_id_and_by_file(settings, encoder, catalogue_dir, tmp_p
         "CATALOGUE_DIR": catalogue_dir,
         "MODEL_NAME": settings.model_name,
         "MODEL_PRETRAINED": "",
+        "EMBEDDED_ENGINE": settings.embedded_engine,
     }.items():
         monkeypatch.setenv(name, str(value))
 

@@ -70,10 +70,9 @@ def test_metadata_filters_match_text_numbers_and_booleans(filled: VectorStore):
     query = look(1, 0, 0)
     assert ids(filled.similar(query, SearchFilter(metadata={"colour": ["red"]}), Ranking(10))) == ["a", "c"]
     assert ids(filled.similar(query, SearchFilter(metadata={"size": ["40"]}), Ranking(10))) == ["b"]
-    # qdrant-edge-py 0.9.0 turns Python True into the integer 1, so booleans never match there
-    # (documented limitation of the opt-in Edge engine); this line notices when that is fixed.
-    expected = [] if filled.client.__class__.__name__ == "EdgeClient" else ["c"]
-    assert ids(filled.similar(query, SearchFilter(metadata={"sale": ["true"]}), Ranking(10))) == expected
+    # (on Edge through the adapter's boolean keywords: qdrant-edge-py 0.9.0 sends True as 1)
+    assert ids(filled.similar(query, SearchFilter(metadata={"sale": ["true"]}), Ranking(10))) == ["c"]
+    assert ids(filled.similar(query, SearchFilter(metadata={"sale": ["false"]}), Ranking(10))) == []
     assert ids(filled.similar(query, SearchFilter(exclude=["a", "c"]), Ranking(10))) == ["b", "d"]
 
 
@@ -92,6 +91,7 @@ def test_unknown_item_is_not_found(filled: VectorStore):
 
 def test_payload_round_trips(filled: VectorStore):
     assert filled.get("a") == item("a", "shoe", colour="red", size=42)
+    assert filled.get("c") == item("c", "bag", colour="red", sale=True)  # no engine-private keys leak
     assert sorted(filled.item_ids()) == ["a", "b", "c", "d"]
 
 
@@ -210,3 +210,32 @@ def test_a_collection_without_colour_vectors_asks_for_a_reindex(store: VectorSto
     )
     with pytest.raises(ModelMismatch, match="--reindex"):
         store.bound_to("old").check_model(3, MODEL)
+
+
+def test_boolean_metadata_filters_match_true_false_and_lists(store: VectorStore):
+    store.ensure_collection(3, MODEL, ["sale"])
+    flags = {"yes": True, "no": False, "both": [True, False], "text": "true", "absent": None}
+    items = [item(name, "x", **({} if value is None else {"sale": value})) for name, value in flags.items()]
+    store.upsert(items, [look(1, 0, 0)] * len(items))
+    query = look(1, 0, 0)
+    assert sorted(ids(store.similar(query, SearchFilter(metadata={"sale": ["true"]}), Ranking(10)))) == [
+        "both",
+        "text",
+        "yes",
+    ]
+    assert sorted(ids(store.similar(query, SearchFilter(metadata={"sale": ["false"]}), Ranking(10)))) == ["both", "no"]
+    store.replace_payload(item("no", "x", sale=True))  # payload rewrites keep booleans searchable
+    assert "no" in ids(store.similar(query, SearchFilter(metadata={"sale": ["true"]}), Ranking(10)))
+    assert store.get("no").metadata == {"sale": True}
+
+
+def test_a_folder_of_the_other_engine_is_refused_in_words(tmp_path):
+    from lookalike.errors import StoreError
+    from lookalike.store import open_embedded
+
+    open_embedded(tmp_path / "q", "qdrant-client").close()
+    with pytest.raises(StoreError, match="EMBEDDED_ENGINE=qdrant-client"):
+        open_embedded(tmp_path / "q", "edge")
+    open_embedded(tmp_path / "e", "edge").close()
+    with pytest.raises(StoreError, match="EMBEDDED_ENGINE=edge"):
+        open_embedded(tmp_path / "e", "qdrant-client")
