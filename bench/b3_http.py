@@ -87,12 +87,14 @@ def main() -> None:
                     }
                 )
             for clients in (1, 4, 16):
+                measured = load(url, clients, partial(by_upload, photos))
                 figures.append(
                     {
                         "figure": "http_upload",
                         "clients": clients,
-                        **load(url, clients, partial(by_upload, photos)),
+                        **measured,
                         "decode_encode_p50_ms": encode_p50,
+                        "ratio_p50": round(measured["p50"] / encode_p50, 2),
                         "goal": f"p50<={1.25 * encode_p50:.1f}ms at 1 client",
                     }
                 )

@@ -15,6 +15,7 @@ from lookalike.store import VectorStore
 from service import batch, browse, health, items, openapi, page, search
 from service.auth import protect_reads
 from service.errors import register_error_handlers
+from service.inference import InferenceThread
 from service.observability import REQUEST_ID_HEADER, RequestIdFilter, init_observability
 from service.resources import EXTENSION_KEY, Resources, ready_error
 
@@ -29,7 +30,8 @@ def create_app(
 ) -> Flask:
     """Build the app; with no arguments everything comes from the environment (as under gunicorn).
 
-    The model and the store are opened here, once per process, never per request.
+    The model and the store are opened here, once per process, never per request; the model is
+    built and run on the app's inference thread (`service.inference`).
     """
     if settings is None:
         settings = Settings()
@@ -37,10 +39,10 @@ def create_app(
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False
-    encoder = encoder or ImageEncoder.from_settings(settings)
-    store = store or VectorStore.from_settings(settings)
+    store = store or VectorStore.from_settings(settings)  # first: a locked store fails before the model loads
+    inference = InferenceThread(encoder or (lambda: ImageEncoder.from_settings(settings)), settings.batch_size)
     metrics = init_observability(app, lambda: _item_count(resources))
-    resources = Resources(settings, encoder, store, metrics)
+    resources = Resources(settings, inference.encoder, store, metrics, inference)
     app.extensions[EXTENSION_KEY] = resources
     if settings.cors_origins:
         CORS(app, origins=settings.cors_origins, expose_headers=[REQUEST_ID_HEADER])

@@ -11,7 +11,6 @@ from flask import Blueprint, request, send_file
 
 from lookalike.catalogue import ITEM_ID_PATTERN, resolve_inside
 from lookalike.errors import CatalogueError, InvalidRequest, ItemNotFound
-from lookalike.looks import looks_of
 from lookalike.settings import Settings
 from lookalike.store import StoredItem
 from service.auth import require_api_key
@@ -90,7 +89,7 @@ def put_item(item_id: str):
     item = StoredItem(
         item_id, form.category, image_name, upload.sha256, encoder.identity, "upload", metadata, form.product_id
     )
-    store.upsert([item], looks_of(encoder, [upload.image]))
+    store.upsert([item], resources.looks([upload.image]))
     return item_detail_json(item), 200 if existed else 201
 
 

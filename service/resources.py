@@ -8,11 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from flask import current_app
+from PIL import Image
 
 from lookalike.encoder import ImageEncoder
 from lookalike.errors import StoreError
+from lookalike.looks import Look
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
+from service.inference import InferenceThread
 from service.observability import ServiceMetrics
 
 EXTENSION_KEY = "lookalike"
@@ -24,8 +27,14 @@ class Resources:
     encoder: ImageEncoder
     store: VectorStore
     metrics: ServiceMetrics
+    inference: InferenceThread
     #: Set once the collection was seen to exist and to hold this encoder's embeddings.
     collection_checked: bool = field(default=False)
+
+    def looks(self, images: list[Image.Image]) -> list[Look]:
+        """Embed and colour-describe photos (timed), on the inference thread."""
+        with self.metrics.encode.time():
+            return self.inference.looks(images)
 
     def check_collection(self, *, force: bool = False) -> None:
         """Raise a `StoreError` unless the collection exists and matches the loaded model.

@@ -8,7 +8,6 @@ import numpy as np
 from flask import Blueprint, request
 
 from lookalike.errors import InvalidRequest
-from lookalike.looks import looks_of
 from service.openapi import Operation, documented
 from service.params import FILTER_NOTE, RecommendParams, SearchParams, parse_params, parse_search_params
 from service.resources import Resources, get_resources
@@ -38,8 +37,7 @@ def search_by_upload():
     params = parse_search_params(request.values)
     upload = read_upload(resources.settings.max_image_pixels)
     resources.check_collection()
-    with resources.metrics.encode.time():
-        (look,) = looks_of(resources.encoder, [upload.image])
+    (look,) = resources.looks([upload.image])
     categories, prediction = None, None
     if params.auto_category:
         prediction = predict_category(resources, look.embedding)
@@ -98,8 +96,7 @@ def recommend():
         raise InvalidRequest("category=auto is for single-photo searches; pass the categories to recommend")
     resources.check_collection()
     images = [upload.image for upload in (*positive_images, *negative_images)]
-    with resources.metrics.encode.time():
-        looks = looks_of(resources.encoder, images) if images else []
+    looks = resources.looks(images) if images else []
     positive = [*params.positive, *looks[: len(positive_images)]]
     negative = [*params.negative, *looks[len(positive_images) :]]
     ranking = params.ranking(resources.settings.colour_weight)

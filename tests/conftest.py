@@ -117,7 +117,8 @@ def store(settings: Settings) -> Iterator[VectorStore]:
 def app(settings: Settings, encoder: ImageEncoder, store: VectorStore):
     app = create_app(settings, encoder=encoder, store=store)
     app.config["TESTING"] = True
-    return app
+    yield app
+    app.extensions["lookalike"].inference.close()
 
 
 @pytest.fixture
