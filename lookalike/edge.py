@@ -347,17 +347,34 @@ def _boolean_keyword(path: str, value: bool) -> str:
     return f"{path}={'true' if value else 'false'}"
 
 
-def _public(points: list) -> list:
-    """Edge's records and scored points without the adapter's private key (they are read-only)."""
-    return [
-        SimpleNamespace(
-            id=point.id,
-            score=getattr(point, "score", None),
-            vector=point.vector,
-            payload={k: v for k, v in point.payload.items() if k != BOOLEANS} if point.payload else point.payload,
+def _public(points: list) -> list[_Point]:
+    return [_Point(point) for point in points]
+
+
+class _Point:
+    """An Edge record or scored point without the adapter's private key. Its other fields are
+    read from Edge only when asked for (a search reads payload and score, never the id)."""
+
+    __slots__ = ("_point", "payload")
+
+    def __init__(self, point: Any) -> None:
+        self._point = point
+        payload = point.payload
+        self.payload = (
+            {k: v for k, v in payload.items() if k != BOOLEANS} if payload and BOOLEANS in payload else payload
         )
-        for point in points
-    ]
+
+    @property
+    def id(self) -> Any:
+        return self._point.id
+
+    @property
+    def score(self) -> float | None:
+        return getattr(self._point, "score", None)
+
+    @property
+    def vector(self) -> Any:
+        return self._point.vector
 
 
 def _write_json(path: Path, data: Any) -> None:
