@@ -1,6 +1,7 @@
 """B2: search latency in the store vs numpy brute force over the same (filtered) vectors.
 
-Synthetic unit vectors (512 dims, plus a 512-bin colour vector), 30 categories plus a rare one
+Synthetic unit vectors (512 dims, plus a 512-bin colour vector; uniform, and clustered like real
+embeddings), 30 categories plus a rare one
 holding 1 % of the points, k=10. Goal in embedded mode at 100k points: filtered p50 <= 2x numpy.
 Also the fused shape+colour query (colour_weight 0.2) against numpy's exhaustive weighted sum,
 recall@10 against the exact answer for every figure (Edge's HNSW and the fusion pool are
@@ -28,8 +29,17 @@ FUSED_WEIGHT = 0.2
 MODEL = "bench@synthetic"
 
 
-def synthetic(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+CLUSTERS = 300
+
+
+def synthetic(n: int, rng: np.random.Generator, clustered: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Uniform random unit vectors (HNSW's worst case: no structure at all), or ``clustered``:
+    around 300 random centres at cosine ~0.78, closer to how real embeddings are distributed."""
     vectors, colours = unit_rows(rng, n, DIM), unit_rows(rng, n, COLOUR_DIM, colour=True)
+    if clustered:
+        centres = unit_rows(rng, CLUSTERS, DIM)
+        noisy = centres[rng.integers(0, CLUSTERS, n)] + 0.8 * vectors
+        vectors = noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
     categories = np.array([f"c{i % 30}" for i in range(n)], dtype=object)
     categories[rng.choice(n, n // 100, replace=False)] = "rare"
     return vectors, colours, categories
@@ -56,9 +66,12 @@ def recall_at_k(store_ids: list[list[str]], exact: list[np.ndarray]) -> float:
     return round(float(np.mean(found)), 3)
 
 
-def bench_size(n: int, rng: np.random.Generator, engine: str) -> list[dict]:
-    vectors, colours, categories = synthetic(n, rng)
+def bench_size(n: int, rng: np.random.Generator, engine: str, clustered: bool = False) -> list[dict]:
+    vectors, colours, categories = synthetic(n, rng, clustered)
     shapes, paints = unit_rows(rng, QUERIES, DIM), unit_rows(rng, QUERIES, COLOUR_DIM, colour=True)
+    if clustered:  # queries near stored items, as a photo of a catalogue-like product would be
+        near = vectors[rng.integers(0, n, QUERIES)] + 0.5 * shapes  # cosine ~0.9 to that item
+        shapes = near / np.linalg.norm(near, axis=1, keepdims=True)
     queries = [Look(shape, paint) for shape, paint in zip(shapes, paints, strict=True)]
     figures = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,6 +107,7 @@ def bench_size(n: int, rng: np.random.Generator, engine: str) -> list[dict]:
                 {
                     "figure": f"search_{label}",
                     "points": n,
+                    "data": "clustered" if clustered else "uniform",
                     "store_p50_ms": store_p["p50"],
                     "store_p95_ms": store_p["p95"],
                     "numpy_p50_ms": numpy_p["p50"],
@@ -122,13 +136,16 @@ def bench_size(n: int, rng: np.random.Generator, engine: str) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--sizes", default="10000,100000", help="uniform random vectors (HNSW's worst case)")
+    parser.add_argument("--clustered-sizes", default="100000", help="clustered vectors, like real embeddings")
     parser.add_argument("--engine", default=Settings().embedded_engine, choices=["qdrant-client", "edge"])
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     figures = []
-    for n in (int(size) for size in args.sizes.split(",")):
+    for n in (int(size) for size in args.sizes.split(",") if size):
         figures += bench_size(n, rng, args.engine)
+    for n in (int(size) for size in args.clustered_sizes.split(",") if size):
+        figures += bench_size(n, rng, args.engine, clustered=True)
     report(f"b2_search_{args.engine}", figures)
 
 
