@@ -32,6 +32,10 @@ COLLECTIONS = "collections"
 SHARD = "shard"
 COLLECTION_FILE = "collection.json"
 ALIASES_FILE = "aliases.json"
+#: Qdrant's defaults, spelled out: below 10 MB of vectors matching a filter, search them exactly.
+#: Payloads stay in RAM (Memory.Pinned, ~300 B an item): every hit reads one (bench/b2: rare-category
+#: filter at 100k, 0.78 -> 0.62 ms; unfiltered 0.89 -> 0.62 ms).
+HNSW = edge.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000)
 #: Adapter-private payload key: a keyword per boolean in the payload (see the module docstring).
 BOOLEANS = "_edge_booleans"
 
@@ -76,7 +80,8 @@ class EdgeClient:
             vector: edge.EdgeVectorParams(size=params.size, distance=edge.Distance.Cosine)
             for vector, params in vectors_config.items()
         }
-        self._shards[name] = edge.EdgeShard.create(str(directory / SHARD), edge.EdgeConfig(vectors=vectors))
+        config = edge.EdgeConfig(vectors=vectors, payload_memory=edge.Memory.Pinned, hnsw_config=HNSW)
+        self._shards[name] = edge.EdgeShard.create(str(directory / SHARD), config)
         self._shards[name].update(edge.UpdateOperation.create_field_index(BOOLEANS, edge.PayloadSchemaType.Keyword))
         sizes = {vector: params.size for vector, params in vectors_config.items()}
         _write_json(directory / COLLECTION_FILE, {"vectors": sizes, "metadata": metadata or {}})
