@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from bench.common import report, spread_sample
+from ingest.__main__ import near_duplicate_rule
 from ingest.pipeline import ingest
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
@@ -48,6 +49,7 @@ def main() -> None:
             batch_size=batch,
             workers=settings.decode_workers,
             max_pixels=settings.max_image_pixels,
+            near_duplicates=near_duplicate_rule(settings),  # as `python -m ingest` runs it
             progress=False,
         )
         pipeline = summary.ingested / summary.seconds
