@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -11,16 +12,18 @@ from flask import Blueprint, request, send_file
 
 from lookalike.catalogue import ITEM_ID_PATTERN, resolve_inside
 from lookalike.errors import CatalogueError, InvalidRequest, ItemNotFound
+from lookalike.looks import Look
 from lookalike.settings import Settings
-from lookalike.store import StoredItem
+from lookalike.store import Hit, StoredItem
 from service.auth import require_api_key
 from service.openapi import Operation, documented
 from service.params import FILTER_NOTE, PutForm, SearchParams, parse_params, parse_search_params
-from service.resources import get_resources
-from service.schemas import Deleted, Item, SearchResults
+from service.resources import Resources, get_resources
+from service.schemas import Deleted, DuplicateOf, Item, SearchResults, StoredItemResult
 from service.serialise import item_detail_json, results_json
 from service.uploads import Upload, read_upload
 
+log = logging.getLogger(__name__)
 bp = Blueprint("items", __name__, url_prefix="/v1/items")
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 
@@ -67,7 +70,7 @@ def image(item_id: str):
 @documented(
     Operation(
         "Add or replace one item (no rebuild needed)",
-        {200: Item, 201: Item},
+        {200: StoredItemResult, 201: StoredItemResult},
         form=PutForm,
         upload="required",
         errors=(400, 401, 403, 413, 415, 422, 503),
@@ -89,8 +92,29 @@ def put_item(item_id: str):
     item = StoredItem(
         item_id, form.category, image_name, upload.sha256, encoder.identity, "upload", metadata, form.product_id
     )
-    store.upsert([item], resources.looks([upload.image]))
-    return item_detail_json(item), 200 if existed else 201
+    (look,) = resources.looks([upload.image])
+    duplicate = _look_alike(resources, item_id, look)
+    store.upsert([item], [look])
+    body = item_detail_json(item)
+    if duplicate is not None:
+        body["duplicate_of"] = DuplicateOf(
+            id=duplicate.item.id, colour_similarity=round(duplicate.score, 4)
+        ).model_dump()
+        log.info(
+            "uploaded photo looks like a stored item", extra={"item_id": item_id, "duplicate_of": duplicate.item.id}
+        )
+    return body, 200 if existed else 201
+
+
+def _look_alike(resources: Resources, item_id: str, look: Look) -> Hit | None:
+    """A stored item (not this one) that the photo nearly duplicates, when the check is on."""
+    settings = resources.settings
+    if settings.near_duplicate_similarity is None:
+        return None
+    (match,) = resources.store.look_alikes(
+        [look], [item_id], settings.near_duplicate_similarity, settings.near_duplicate_colour_similarity
+    )
+    return match
 
 
 @bp.delete("/<item_id>")

@@ -57,6 +57,21 @@ class Item(BaseModel):
     model: str = Field(description="identity of the encoder that embedded it")
 
 
+class DuplicateOf(BaseModel):
+    id: str = Field(description="the stored item this photo looks the same as")
+    colour_similarity: float
+
+
+class StoredItemResult(Item):
+    """``PUT /v1/items/<id>``: the item as stored, and what it may duplicate."""
+
+    duplicate_of: DuplicateOf | None = Field(
+        None,
+        description="an existing item this photo looks the same as (NEAR_DUPLICATE_* settings); absent when "
+        "none. The item is stored either way",
+    )
+
+
 class ItemSummary(BaseModel):
     id: str
     category: str

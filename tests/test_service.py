@@ -591,3 +591,25 @@ def test_group_by_product_id_returns_each_product_once(client, ingested, auth):
         json={"queries": [{"id": "blue_bar-0", "k": 20, "category": ["blue_bar"], "group_by": "product_id"}]},
     )
     assert batch.get_json()["results"][0]["results"] == grouped.get_json()["results"]
+
+
+def test_a_re_uploaded_photo_is_reported_as_a_duplicate_of_the_stored_one(settings, encoder, store, auth):
+    # The tiny random-init test encoder maps shifted shapes within 0.9995 of each other, so only
+    # pixel-identical looks count here (the shipped thresholds were measured on a trained encoder).
+    strict = settings.model_copy(
+        update={"near_duplicate_similarity": 0.99999, "near_duplicate_colour_similarity": 0.99}
+    )
+    client = create_app(strict, encoder=encoder, store=store).test_client()
+
+    def put(item_id: str, image: Image.Image, fmt: str = "JPEG") -> dict:
+        form = {**upload(image_bytes(image, fmt), f"p.{fmt.lower()}"), "category": "round"}
+        response = client.put(f"/v1/items/{item_id}", data=form, headers=auth, content_type="multipart/form-data")
+        assert response.status_code == 201, response.get_data(as_text=True)
+        return response.get_json()
+
+    original = draw_item("red_round", 0)
+    assert "duplicate_of" not in put("first", original)
+    again = put("again", Image.open(io.BytesIO(image_bytes(original))).convert("RGB"), "PNG")  # other bytes, same look
+    assert again["duplicate_of"]["id"] == "first" and again["duplicate_of"]["colour_similarity"] >= 0.99
+    assert "duplicate_of" not in put("other", draw_item("blue_bar", 3))
+    assert client.get("/v1/items/again").status_code == 200  # stored either way
