@@ -21,8 +21,9 @@ from lookalike.catalogue import read_catalogue
 from lookalike.encoder import ImageEncoder
 from lookalike.images import decode_image, read_bytes, sha256_hex
 from lookalike.looks import looks_of
+from lookalike.points import StoredItem
 from lookalike.settings import Settings
-from lookalike.store import StoredItem, VectorStore
+from lookalike.store import VectorStore
 
 
 def main() -> None:

@@ -21,8 +21,10 @@ import numpy as np
 from bench.common import percentiles, report, time_calls, unit_rows
 from lookalike.colour import DIM as COLOUR_DIM
 from lookalike.looks import Look
+from lookalike.points import StoredItem
+from lookalike.queries import Ranking, SearchFilter
 from lookalike.settings import Settings
-from lookalike.store import Ranking, SearchFilter, StoredItem, VectorStore, open_embedded
+from lookalike.store import VectorStore, open_embedded
 
 DIM, K, QUERIES, UPSERT_BATCH = 512, 10, 30, 2000
 FUSED_WEIGHT = 0.2

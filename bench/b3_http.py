@@ -23,8 +23,9 @@ from lookalike.catalogue import read_catalogue
 from lookalike.encoder import ImageEncoder
 from lookalike.images import decode_image
 from lookalike.looks import looks_of
+from lookalike.queries import Ranking, SearchFilter
 from lookalike.settings import Settings
-from lookalike.store import Ranking, SearchFilter, VectorStore
+from lookalike.store import VectorStore
 
 REQUESTS_PER_CLIENT = 30
 

@@ -17,8 +17,9 @@ from bench.server import rss_mib, running_service
 from lookalike.colour import DIM as COLOUR_DIM
 from lookalike.encoder import ImageEncoder
 from lookalike.looks import Look
+from lookalike.points import StoredItem
 from lookalike.settings import Settings
-from lookalike.store import StoredItem, VectorStore, open_embedded
+from lookalike.store import VectorStore, open_embedded
 
 BATCH = 2000
 

@@ -25,7 +25,8 @@ from lookalike.encoder import ImageEncoder, Preprocess
 from lookalike.errors import InvalidImage, StoreUnavailable
 from lookalike.images import decode_image, read_bytes, sha256_hex
 from lookalike.looks import Look
-from lookalike.store import StoredItem, VectorStore
+from lookalike.points import StoredItem
+from lookalike.store import VectorStore
 
 log = logging.getLogger(__name__)
 LOOKUP_CHUNK = 256

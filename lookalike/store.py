@@ -1,8 +1,9 @@
 """The Qdrant store: one class owns the client and speaks domain types (items, hits, filters).
 
-The same code runs against a Qdrant server (``QDRANT_URL``) and qdrant-client's embedded local
-mode (``QDRANT_PATH``). *Point* is a word used only inside this module; outside it is an *item*.
-This module knows nothing about torch: embeddings come in as numpy arrays.
+The same code runs against a Qdrant server (``QDRANT_URL``) and an embedded store at
+``QDRANT_PATH`` (Qdrant Edge, or qdrant-client's local mode). Points are laid out by
+`lookalike.points`, requests built by `lookalike.queries`. This module knows nothing about torch:
+embeddings come in as numpy arrays.
 """
 
 from __future__ import annotations
@@ -11,136 +12,39 @@ import contextlib
 import logging
 import re
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from lookalike.colour import DIM as COLOUR_DIM
 from lookalike.errors import ItemNotFound, ModelMismatch, StoreError, StoreLocked, StoreUnavailable
 from lookalike.looks import Look
+from lookalike.points import (
+    CATEGORY,
+    COLOUR,
+    EMBEDDING,
+    IMAGE_SOURCE,
+    ITEM_ID,
+    LAYOUT,
+    METADATA,
+    MODEL,
+    PRODUCT_ID,
+    Hit,
+    StoredItem,
+    hit_of,
+    point_id,
+)
+from lookalike.queries import Ranking, SearchFilter, SimilarQuery, scoring_arguments, vector_of
 from lookalike.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: The named vector that holds the encoder's embedding (shape, texture).
-EMBEDDING = "embedding"
-#: The named vector that holds the colour descriptor (`lookalike.colour`).
-COLOUR = "colour"
-# Payload keys.
-ITEM_ID = "item_id"
-CATEGORY = "category"
-IMAGE = "image"
-IMAGE_SOURCE = "image_source"  # "catalogue" (relative to CATALOGUE_DIR) or "upload" (UPLOAD_DIR)
-SHA256 = "sha256"
-MODEL = "model"
-METADATA = "metadata"
-PRODUCT_ID = "product_id"  # the item's product (several photos, one product); its own id if none
-#: Suffix of physical collection names: bumped when the point layout changes (v2: + colour vector,
-#: product_id), so a reindex builds a fresh collection beside one of the older layout.
-LAYOUT = "v2"
-#: A fused query rescores the union of each vector's nearest candidates, at least this many each.
-FUSION_CANDIDATES = 100
-#: Namespace of the UUIDv5 point ids: the same item id always maps to the same point.
-POINT_NAMESPACE = uuid.UUID("6f1c4f0e-4b4e-5b8a-9a57-6c6f6f6b616c")
 SCROLL_PAGE = 1000
-
-
-def point_id(item_id: str) -> str:
-    return str(uuid.uuid5(POINT_NAMESPACE, item_id))
-
-
-@dataclass(frozen=True)
-class StoredItem:
-    """What the store keeps about an item besides its embedding."""
-
-    id: str
-    category: str
-    image: str
-    sha256: str
-    model: str
-    image_source: str = "catalogue"
-    metadata: dict[str, Any] = field(default_factory=dict)
-    product_id: str | None = None  # None: the item is a product of its own
-
-    @property
-    def product(self) -> str:
-        """What `group_by=product_id` groups on."""
-        return self.product_id or self.id
-
-    def payload(self) -> dict[str, Any]:
-        return {
-            ITEM_ID: self.id,
-            PRODUCT_ID: self.product,
-            CATEGORY: self.category,
-            IMAGE: self.image,
-            IMAGE_SOURCE: self.image_source,
-            SHA256: self.sha256,
-            MODEL: self.model,
-            METADATA: self.metadata,
-        }
-
-    @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> StoredItem:
-        return cls(
-            id=payload[ITEM_ID],
-            category=payload[CATEGORY],
-            image=payload[IMAGE],
-            sha256=payload[SHA256],
-            model=payload[MODEL],
-            image_source=payload.get(IMAGE_SOURCE, "catalogue"),
-            metadata=payload.get(METADATA) or {},
-            product_id=None if payload.get(PRODUCT_ID) in (None, payload[ITEM_ID]) else payload[PRODUCT_ID],
-        )
-
-
-@dataclass(frozen=True)
-class Hit:
-    item: StoredItem
-    score: float
-
-
-@dataclass(frozen=True)
-class SearchFilter:
-    """Restrictions applied inside Qdrant's search (never as a post-filter)."""
-
-    categories: Sequence[str] = ()
-    exclude: Sequence[str] = ()  # item ids
-    metadata: dict[str, Sequence[str]] = field(default_factory=dict)  # field -> any of these values
-    exclude_sha256: Sequence[str] = ()  # hide items whose image bytes are exactly these
-
-    def to_qdrant(self, also_exclude: Sequence[str] = ()) -> models.Filter | None:
-        must: list[models.Condition] = []
-        if self.categories:
-            must.append(models.FieldCondition(key=CATEGORY, match=models.MatchAny(any=list(self.categories))))
-        for name, values in self.metadata.items():
-            must.append(_metadata_condition(name, values))
-        excluded = [point_id(item_id) for item_id in (*self.exclude, *also_exclude)]
-        must_not: list[models.Condition] = [models.HasIdCondition(has_id=excluded)] if excluded else []
-        if self.exclude_sha256:
-            must_not.append(models.FieldCondition(key=SHA256, match=models.MatchAny(any=list(self.exclude_sha256))))
-        if not must and not must_not:
-            return None
-        return models.Filter(must=must or None, must_not=must_not or None)
-
-
-def _metadata_condition(name: str, values: Sequence[str]) -> models.Filter:
-    """Match a metadata field given as text: "12" also matches the number 12, "true" the boolean."""
-    key = f"{METADATA}.{name}"
-    should: list[models.Condition] = [models.FieldCondition(key=key, match=models.MatchAny(any=list(values)))]
-    integers = [int(v) for v in values if v.lstrip("-").isdigit()]
-    if integers:
-        should.append(models.FieldCondition(key=key, match=models.MatchAny(any=integers)))
-    for value in values:
-        if value.lower() in ("true", "false"):
-            should.append(models.FieldCondition(key=key, match=models.MatchValue(value=value.lower() == "true")))
-    return models.Filter(should=should)
 
 
 @dataclass(frozen=True)
@@ -163,27 +67,6 @@ class CollectionLayout:
                 scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True)
             )
         return arguments
-
-
-@dataclass(frozen=True)
-class Ranking:
-    """How results are scored, grouped and paged."""
-
-    limit: int = 10
-    offset: int = 0
-    score_threshold: float | None = None
-    #: 0 = the embedding alone, 1 = colour alone; between, score = (1-w)·embedding + w·colour cosine.
-    colour_weight: float = 0.0
-    one_per_product: bool = False  # each product once, by its best-scoring photo
-
-
-@dataclass(frozen=True)
-class SimilarQuery:
-    """One entry of a batch: the look-alikes of a stored item."""
-
-    item_id: str
-    search_filter: SearchFilter
-    ranking: Ranking
 
 
 class VectorStore:
@@ -401,9 +284,9 @@ class VectorStore:
         """
         if isinstance(query, str):
             self.get(query)  # a clear 404 rather than Qdrant's error text
-            scoring = _scoring(point_id(query), point_id(query), ranking)
+            scoring = scoring_arguments(point_id(query), point_id(query), ranking)
             return self._ranked(scoring, search_filter.to_qdrant(also_exclude=[query]), ranking)
-        scoring = _scoring(_vector(query.embedding), _vector(query.colour), ranking)
+        scoring = scoring_arguments(vector_of(query.embedding), vector_of(query.colour), ranking)
         return self._ranked(scoring, search_filter.to_qdrant(), ranking)
 
     def recommend(
@@ -424,7 +307,7 @@ class VectorStore:
             def example(value: Look | str) -> Any:
                 if isinstance(value, str):
                     return point_id(value)
-                return _vector(value.colour if vector == COLOUR else value.embedding)
+                return vector_of(value.colour if vector == COLOUR else value.embedding)
 
             return models.RecommendQuery(
                 recommend=models.RecommendInput(
@@ -434,7 +317,7 @@ class VectorStore:
                 )
             )
 
-        scoring = _scoring(recommend_by(EMBEDDING), recommend_by(COLOUR), ranking)
+        scoring = scoring_arguments(recommend_by(EMBEDDING), recommend_by(COLOUR), ranking)
         return self._ranked(scoring, search_filter.to_qdrant(also_exclude=ids), ranking)
 
     def similar_many(self, queries: Sequence[SimilarQuery]) -> list[list[Hit] | ItemNotFound]:
@@ -447,7 +330,7 @@ class VectorStore:
         flat = [q for q in queries if q.item_id in known and not q.ranking.one_per_product]
         requests = [
             models.QueryRequest(
-                **_scoring(point_id(q.item_id), point_id(q.item_id), q.ranking),
+                **scoring_arguments(point_id(q.item_id), point_id(q.item_id), q.ranking),
                 filter=q.search_filter.to_qdrant(also_exclude=[q.item_id]),
                 limit=q.ranking.limit,
                 offset=q.ranking.offset,
@@ -464,7 +347,7 @@ class VectorStore:
                 return ItemNotFound(f"no item with id {q.item_id!r}")
             if q.ranking.one_per_product:
                 return self.similar(q.item_id, q.search_filter, q.ranking)
-            return [_hit(p) for p in next(responses).points]
+            return [hit_of(p) for p in next(responses).points]
 
         return [answer(q) for q in queries]
 
@@ -481,10 +364,10 @@ class VectorStore:
             models.QueryRequest(
                 prefetch=[
                     models.Prefetch(
-                        query=_vector(look.embedding), using=EMBEDDING, limit=8, score_threshold=min_similarity
+                        query=vector_of(look.embedding), using=EMBEDDING, limit=8, score_threshold=min_similarity
                     )
                 ],
-                query=_vector(look.colour),
+                query=vector_of(look.colour),
                 using=COLOUR,
                 score_threshold=min_colour_similarity,
                 filter=SearchFilter(exclude=[item_id]).to_qdrant(),
@@ -495,7 +378,7 @@ class VectorStore:
         ]
         with self._call():
             responses = self.client.query_batch_points(self.collection, requests) if requests else []
-        return [_hit(response.points[0]) if response.points else None for response in responses]
+        return [hit_of(response.points[0]) if response.points else None for response in responses]
 
     def _ranked(self, scoring: dict[str, Any], query_filter: models.Filter | None, ranking: Ranking) -> list[Hit]:
         """Run one scored query, flat or one hit per product."""
@@ -505,7 +388,7 @@ class VectorStore:
                 response = self.client.query_points(
                     self.collection, limit=ranking.limit, offset=ranking.offset, with_payload=True, **arguments
                 )
-                return [_hit(p) for p in response.points]
+                return [hit_of(p) for p in response.points]
             groups = self.client.query_points_groups(
                 self.collection,
                 group_by=PRODUCT_ID,
@@ -514,7 +397,7 @@ class VectorStore:
                 with_payload=True,
                 **arguments,
             ).groups
-        return [_hit(group.hits[0]) for group in groups[ranking.offset :]]
+        return [hit_of(group.hits[0]) for group in groups[ranking.offset :]]
 
     def categories(self) -> list[tuple[str, int]]:
         """Every category with its item count, most items first (Qdrant's facet count)."""
@@ -570,45 +453,6 @@ class VectorStore:
             f"collection {self.collection!r} does not exist yet: run `python -m ingest` "
             "(or add items with PUT /v1/items/<id>)"
         )
-
-
-def _vector(values: np.ndarray) -> list[float]:
-    return values.astype(np.float32).tolist()
-
-
-def _hit(point: models.ScoredPoint) -> Hit:
-    return Hit(StoredItem.from_payload(point.payload or {}), float(point.score))
-
-
-def _scoring(embedding_query: Any, colour_query: Any, ranking: Ranking) -> dict[str, Any]:
-    """The ``query``/``using``/``prefetch`` arguments that score by the ranking's colour weight.
-
-    Between 0 and 1 this is one Qdrant query: the nearest candidates by each vector are pooled,
-    every pooled candidate is scored by both vectors (a re-scoring prefetch each), and a formula
-    adds the two scores with their weights. Exact for every pooled candidate, so the top results
-    equal an exhaustive fused ranking unless an item is outside both candidate lists.
-    """
-    weight = ranking.colour_weight
-    if weight <= 0:
-        return {"query": embedding_query, "using": EMBEDDING}
-    if weight >= 1:
-        return {"query": colour_query, "using": COLOUR}
-    depth = max(FUSION_CANDIDATES, 2 * (ranking.offset + ranking.limit))
-    pool = [
-        models.Prefetch(query=embedding_query, using=EMBEDDING, limit=depth),
-        models.Prefetch(query=colour_query, using=COLOUR, limit=depth),
-    ]
-    rescored = [
-        models.Prefetch(query=embedding_query, using=EMBEDDING, limit=2 * depth, prefetch=pool),
-        models.Prefetch(query=colour_query, using=COLOUR, limit=2 * depth, prefetch=pool),
-    ]
-    formula = models.SumExpression(
-        sum=[
-            models.MultExpression(mult=[1.0 - weight, "$score[0]"]),
-            models.MultExpression(mult=[weight, "$score[1]"]),
-        ]
-    )
-    return {"query": models.FormulaQuery(formula=formula), "prefetch": rescored}
 
 
 #: A file or folder that only one engine writes at the top of QDRANT_PATH.

@@ -11,7 +11,7 @@ import time
 from flask import Blueprint, request
 
 from lookalike.errors import ItemNotFound
-from lookalike.store import SimilarQuery
+from lookalike.queries import SimilarQuery
 from service.openapi import Operation, documented
 from service.params import BatchQuery, BatchRequest, parse_json_body
 from service.resources import Resources, get_resources

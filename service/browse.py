@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
-from lookalike.store import SearchFilter
+from lookalike.queries import SearchFilter
 from service.openapi import Operation, documented
 from service.params import RandomParams, parse_params
 from service.resources import get_resources

@@ -13,8 +13,8 @@ from flask import Blueprint, request, send_file
 from lookalike.catalogue import ITEM_ID_PATTERN, resolve_inside
 from lookalike.errors import CatalogueError, InvalidRequest, ItemNotFound
 from lookalike.looks import Look
+from lookalike.points import Hit, StoredItem
 from lookalike.settings import Settings
-from lookalike.store import Hit, StoredItem
 from service.auth import require_api_key
 from service.openapi import Operation, documented
 from service.params import FILTER_NOTE, PutForm, SearchParams, parse_params, parse_search_params

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, Json, StringConstraints, Vali
 from werkzeug.datastructures import MultiDict
 
 from lookalike.errors import InvalidRequest
-from lookalike.store import Ranking, SearchFilter
+from lookalike.queries import Ranking, SearchFilter
 
 FILTER_PREFIX = "filter."
 AUTO = "auto"

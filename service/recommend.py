@@ -20,8 +20,10 @@ from lookalike.encoder import ImageEncoder
 from lookalike.errors import LookalikeError
 from lookalike.images import decode_image, read_bytes
 from lookalike.looks import looks_of
+from lookalike.points import Hit
+from lookalike.queries import Ranking, SearchFilter
 from lookalike.settings import Settings
-from lookalike.store import Hit, Ranking, SearchFilter, VectorStore
+from lookalike.store import VectorStore
 from service.items import image_path
 
 TILE = 224

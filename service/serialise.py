@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import url_for
 
-from lookalike.store import Hit, StoredItem
+from lookalike.points import Hit, StoredItem
 from service.schemas import Item, ItemSummary, PredictedCategory, Result, SearchResults
 
 

@@ -90,7 +90,7 @@ def test_stored_colour_vectors_are_the_colour_histograms(catalogue_dir, encoder,
     import numpy as np
 
     from lookalike.colour import colour_histogram
-    from lookalike.store import point_id
+    from lookalike.points import point_id
 
     run_ingest(catalogue_dir, encoder, store, tmp_path / "r.jsonl")
     (record,) = store.client.retrieve(store.collection, [point_id("green_square-item2")], with_vectors=True)
@@ -254,7 +254,7 @@ def test_upserts_retry_with_backoff_then_stop_with_the_cause(monkeypatch, encode
     import ingest.pipeline as pipeline
     from lookalike.errors import StoreUnavailable
     from lookalike.looks import looks_of
-    from lookalike.store import StoredItem
+    from lookalike.points import StoredItem
 
     sleeps: list[float] = []
     monkeypatch.setattr(pipeline.time, "sleep", sleeps.append)

@@ -464,7 +464,7 @@ def test_recommend_errors(client, ingested):
 
 def test_hide_duplicates_leaves_out_the_same_photo(settings, encoder, store, catalogue_dir, client, tmp_path, ingested):
     from lookalike.looks import looks_of
-    from lookalike.store import StoredItem
+    from lookalike.points import StoredItem
 
     photo = catalogue_dir / "green_square/item2.jpg"
     original = store.get("green_square-2")
@@ -486,7 +486,8 @@ from tests.conftest import draw_item, image_bytes
 from lookalike.settings import Settings
 from lookalike.encoder import ImageEncoder
 from lookalike.looks import looks_of
-from lookalike.store import StoredItem, VectorStore
+from lookalike.points import StoredItem
+from lookalike.store import VectorStore
 from service import create_app
 
 tmp = Path(sys.argv[1])

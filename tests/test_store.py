@@ -7,8 +7,10 @@ import pytest
 
 from lookalike.errors import ItemNotFound, ModelMismatch, StoreLocked
 from lookalike.looks import Look
+from lookalike.points import StoredItem, point_id
+from lookalike.queries import Ranking, SearchFilter
 from lookalike.settings import Settings
-from lookalike.store import Ranking, SearchFilter, StoredItem, VectorStore, point_id
+from lookalike.store import VectorStore
 from tests.conftest import ENGINES
 
 MODEL = "test-model@0"

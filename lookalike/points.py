@@ -1,0 +1,90 @@
+"""How an item is laid out as a Qdrant point: its id, its named vectors, its payload keys.
+
+*Point* is Qdrant's word; the rest of the code speaks of *items*. Shared by the store (which
+writes and reads points) and the queries (which filter on payload keys and name vectors).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from qdrant_client import models
+
+#: The named vector that holds the encoder's embedding (shape, texture).
+EMBEDDING = "embedding"
+#: The named vector that holds the colour descriptor (`lookalike.colour`).
+COLOUR = "colour"
+# Payload keys.
+ITEM_ID = "item_id"
+CATEGORY = "category"
+IMAGE = "image"
+IMAGE_SOURCE = "image_source"  # "catalogue" (relative to CATALOGUE_DIR) or "upload" (UPLOAD_DIR)
+SHA256 = "sha256"
+MODEL = "model"
+METADATA = "metadata"
+PRODUCT_ID = "product_id"  # the item's product (several photos, one product); its own id if none
+#: Suffix of physical collection names: bumped when the point layout changes (v2: + colour vector,
+#: product_id), so a reindex builds a fresh collection beside one of the older layout.
+LAYOUT = "v2"
+#: Namespace of the UUIDv5 point ids: the same item id always maps to the same point.
+POINT_NAMESPACE = uuid.UUID("6f1c4f0e-4b4e-5b8a-9a57-6c6f6f6b616c")
+
+
+def point_id(item_id: str) -> str:
+    return str(uuid.uuid5(POINT_NAMESPACE, item_id))
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """What the store keeps about an item besides its embedding."""
+
+    id: str
+    category: str
+    image: str
+    sha256: str
+    model: str
+    image_source: str = "catalogue"
+    metadata: dict[str, Any] = field(default_factory=dict)
+    product_id: str | None = None  # None: the item is a product of its own
+
+    @property
+    def product(self) -> str:
+        """What `group_by=product_id` groups on."""
+        return self.product_id or self.id
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            ITEM_ID: self.id,
+            PRODUCT_ID: self.product,
+            CATEGORY: self.category,
+            IMAGE: self.image,
+            IMAGE_SOURCE: self.image_source,
+            SHA256: self.sha256,
+            MODEL: self.model,
+            METADATA: self.metadata,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> StoredItem:
+        return cls(
+            id=payload[ITEM_ID],
+            category=payload[CATEGORY],
+            image=payload[IMAGE],
+            sha256=payload[SHA256],
+            model=payload[MODEL],
+            image_source=payload.get(IMAGE_SOURCE, "catalogue"),
+            metadata=payload.get(METADATA) or {},
+            product_id=None if payload.get(PRODUCT_ID) in (None, payload[ITEM_ID]) else payload[PRODUCT_ID],
+        )
+
+
+@dataclass(frozen=True)
+class Hit:
+    item: StoredItem
+    score: float
+
+
+def hit_of(point: models.ScoredPoint) -> Hit:
+    return Hit(StoredItem.from_payload(point.payload or {}), float(point.score))
