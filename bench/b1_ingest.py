@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 
 from bench.common import report, spread_sample
-from ingest.__main__ import near_duplicate_rule
 from ingest.pipeline import ingest
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
@@ -22,6 +21,7 @@ from lookalike.encoder import ImageEncoder
 from lookalike.images import decode_image, read_bytes, sha256_hex
 from lookalike.looks import looks_of
 from lookalike.points import StoredItem
+from lookalike.queries import NearDuplicateRule
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
 
@@ -50,7 +50,7 @@ def main() -> None:
             batch_size=batch,
             workers=settings.decode_workers,
             max_pixels=settings.max_image_pixels,
-            near_duplicates=near_duplicate_rule(settings),  # as `python -m ingest` runs it
+            near_duplicates=NearDuplicateRule.from_settings(settings),  # as `python -m ingest` runs it
             progress=False,
         )
         pipeline = summary.ingested / summary.seconds

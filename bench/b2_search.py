@@ -51,12 +51,13 @@ def numpy_search(
     vectors: np.ndarray, colours: np.ndarray, query: Look, mask: np.ndarray | None, weight: float
 ) -> np.ndarray:
     """Exact top-k indices: the baseline's work is the same (filtered, fused) scoring, done exhaustively."""
-    rows = np.flatnonzero(mask) if mask is not None else np.arange(len(vectors))
-    scores = vectors[rows] @ query.embedding if mask is not None else vectors @ query.embedding
+    rows = slice(None) if mask is None else np.flatnonzero(mask)  # a slice: no copy when unfiltered
+    scores = vectors[rows] @ query.embedding
     if weight:
-        scores = (1 - weight) * scores + weight * ((colours[rows] if mask is not None else colours) @ query.colour)
+        scores = (1 - weight) * scores + weight * (colours[rows] @ query.colour)
     top = np.argpartition(-scores, K)[:K]
-    return rows[top[np.argsort(-scores[top])]]
+    top = top[np.argsort(-scores[top])]
+    return top if mask is None else rows[top]
 
 
 def store_query(store: VectorStore, queries: list[Look], search_filter: SearchFilter, weight: float, i: int) -> list:

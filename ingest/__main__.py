@@ -11,13 +11,13 @@ import logging
 import sys
 from pathlib import Path
 
-from ingest.duplicates import NearDuplicateRule
 from ingest.pipeline import ingest, reindex
 from ingest.report import ErrorReport
 from lookalike.catalogue import Shard, read_catalogue, take_shard
 from lookalike.encoder import ImageEncoder
 from lookalike.errors import LookalikeError
 from lookalike.logs import configure_logging
+from lookalike.queries import NearDuplicateRule
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
 
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "prune": args.prune,
         "progress": not args.no_progress,
         "index_duplicates": not args.skip_duplicates,
-        "near_duplicates": near_duplicate_rule(settings),
+        "near_duplicates": NearDuplicateRule.from_settings(settings),
     }
     try:
         if args.reindex:
@@ -108,12 +108,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if summary.failed:
         print(f"failed items are listed in {settings.ingest_error_report}")
     return 0
-
-
-def near_duplicate_rule(settings: Settings) -> NearDuplicateRule | None:
-    if settings.near_duplicate_similarity is None:
-        return None
-    return NearDuplicateRule(settings.near_duplicate_similarity, settings.near_duplicate_colour_similarity)
 
 
 if __name__ == "__main__":

@@ -8,22 +8,14 @@ they are still indexed is the caller's choice (``--skip-duplicates``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import CatalogueItem
 from lookalike.looks import Look
+from lookalike.queries import NearDuplicateRule
 from lookalike.store import VectorStore
-
-
-@dataclass(frozen=True)
-class NearDuplicateRule:
-    """Both vectors must be this similar (cosine) for two photos to count as the same."""
-
-    min_similarity: float
-    min_colour_similarity: float
 
 
 def report_exact_duplicates(
@@ -60,11 +52,11 @@ def report_near_duplicates(
     yet, so they are compared with each other here. Items in ``exact_duplicates`` are already
     reported. Returns the ids of the near-duplicates.
     """
-    stored_matches = store.look_alikes(looks, [i.id for i in items], rule.min_similarity, rule.min_colour_similarity)
+    stored_matches = store.look_alikes(looks, [i.id for i in items], rule)
     embeddings = np.stack([look.embedding for look in looks])
     colours = np.stack([look.colour for look in looks])
-    alike = (embeddings @ embeddings.T >= rule.min_similarity) & (colours @ colours.T >= rule.min_colour_similarity)
     colour_similarity = colours @ colours.T
+    alike = (embeddings @ embeddings.T >= rule.min_similarity) & (colour_similarity >= rule.min_colour_similarity)
     found: set[str] = set()
     for index, (item, match) in enumerate(zip(items, stored_matches, strict=True)):
         earlier = np.flatnonzero(alike[index, :index])

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ingest.duplicates import NearDuplicateRule, report_exact_duplicates, report_near_duplicates
+from ingest.duplicates import report_exact_duplicates, report_near_duplicates
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, CatalogueItem
 from lookalike.colour import colour_histogram
@@ -26,6 +26,7 @@ from lookalike.errors import InvalidImage, StoreUnavailable
 from lookalike.images import decode_image, read_bytes, sha256_hex
 from lookalike.looks import Look
 from lookalike.points import StoredItem
+from lookalike.queries import NearDuplicateRule
 from lookalike.store import VectorStore
 
 log = logging.getLogger(__name__)

@@ -193,13 +193,15 @@ def _row_to_item(root: Path, row: dict[str, Any]) -> CatalogueItem:
     if not ITEM_ID_PATTERN.match(item_id):
         raise ValueError(f"{where}id {item_id!r} must be 1-200 characters of A-Z a-z 0-9 . _ : @ + = -")
     product_id = row.get("product_id")
-    if product_id is not None and not (isinstance(product_id, str | int) and 0 < len(str(product_id)) <= 200):
-        raise ValueError(f"{where}product_id must be a text or number of 1-200 characters")
+    if isinstance(product_id, bool) or not isinstance(product_id, str | int | None):
+        raise ValueError(f"{where}product_id must be a text or a number")
+    product = "" if product_id is None else str(product_id).strip()  # blank: a product of its own
+    if len(product) > 200:
+        raise ValueError(f"{where}product_id is longer than 200 characters")
     path = resolve_inside(root, image)
     metadata = {k: v for k, v in row.items() if k not in RESERVED_COLUMNS and not k.startswith("_")}
     image_name = path.relative_to(root).as_posix()
-    product = None if product_id is None else str(product_id).strip() or None
-    return CatalogueItem(item_id, path, image_name, category.strip(), metadata, product)
+    return CatalogueItem(item_id, path, image_name, category.strip(), metadata, product or None)
 
 
 def resolve_inside(root: Path, relative: str) -> Path:

@@ -163,11 +163,12 @@ class EdgeClient:
         score_threshold: float | None = None,
         with_payload: bool = True,
     ) -> SimpleNamespace:
+        vectors: dict[tuple[str, str | None], list[float]] = {}  # ids met again in nested prefetches
         request = edge.QueryRequest(
             limit=limit,
             offset=offset or None,
-            query=self._query(name, query, using),
-            prefetches=[self._prefetch(name, p) for p in prefetch or []] or None,
+            query=self._query(name, query, using, vectors),
+            prefetches=[self._prefetch(name, p, vectors) for p in prefetch or []] or None,
             filter=_filter(query_filter),
             score_threshold=score_threshold,
             with_payload=with_payload,
@@ -229,7 +230,7 @@ class EdgeClient:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _query(self, name: str, query: Any, using: str | None) -> Any:
+    def _query(self, name: str, query: Any, using: str | None, vectors: dict) -> Any:
         """qdrant-client's query (a vector, a point id, recommend, sample, formula) -> Edge's."""
         if query is None:
             return None
@@ -239,27 +240,30 @@ class EdgeClient:
             return edge.Formula(_expression(query.formula))
         if isinstance(query, models.RecommendQuery):
             examples = query.recommend
-            positives = [self._vector(name, e, using) for e in examples.positive or []]
-            negatives = [self._vector(name, e, using) for e in examples.negative or []]
+            positives = [self._vector(name, e, using, vectors) for e in examples.positive or []]
+            negatives = [self._vector(name, e, using, vectors) for e in examples.negative or []]
             return edge.Query.RecommendBestScore(edge.RecommendQuery(positives, negatives), using=using)
-        return edge.Query.Nearest(self._vector(name, query, using), using=using)
+        return edge.Query.Nearest(self._vector(name, query, using, vectors), using=using)
 
-    def _prefetch(self, name: str, prefetch: models.Prefetch) -> edge.Prefetch:
+    def _prefetch(self, name: str, prefetch: models.Prefetch, vectors: dict) -> edge.Prefetch:
         inner = prefetch.prefetch if isinstance(prefetch.prefetch, list) else [prefetch.prefetch]
         return edge.Prefetch(
             limit=prefetch.limit or 10,
-            query=self._query(name, prefetch.query, prefetch.using),
-            prefetches=[self._prefetch(name, p) for p in inner if p is not None] or None,
+            query=self._query(name, prefetch.query, prefetch.using, vectors),
+            prefetches=[self._prefetch(name, p, vectors) for p in inner if p is not None] or None,
             filter=_filter(prefetch.filter),
             score_threshold=prefetch.score_threshold,
         )
 
-    def _vector(self, name: str, example: Any, using: str | None) -> list[float]:
-        """An example given as a point id becomes its stored vector (Edge queries take vectors)."""
+    def _vector(self, name: str, example: Any, using: str | None, vectors: dict) -> list[float]:
+        """An example given as a point id becomes its stored vector (Edge queries take vectors),
+        read once per request however often the id appears in it."""
         if not isinstance(example, str):
             return list(example)
-        (record,) = self._shard(name).retrieve([example], False, True)
-        return record.vector[using]
+        if (example, using) not in vectors:
+            (record,) = self._shard(name).retrieve([example], False, True)
+            vectors.update(((example, vector), values) for vector, values in record.vector.items())
+        return vectors[(example, using)]
 
     def _aliases(self) -> dict[str, str]:
         return self._alias_map

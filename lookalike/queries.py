@@ -13,6 +13,7 @@ import numpy as np
 from qdrant_client import models
 
 from lookalike.points import CATEGORY, COLOUR, EMBEDDING, METADATA, SHA256, point_id
+from lookalike.settings import Settings
 
 #: A fused query rescores the union of each vector's nearest candidates, at least this many each.
 FUSION_CANDIDATES = 100
@@ -65,6 +66,21 @@ class Ranking:
     #: 0 = the embedding alone, 1 = colour alone; between, score = (1-w)·embedding + w·colour cosine.
     colour_weight: float = 0.0
     one_per_product: bool = False  # each product once, by its best-scoring photo
+
+
+@dataclass(frozen=True)
+class NearDuplicateRule:
+    """Both vectors must be this similar (cosine) for two photos to count as the same."""
+
+    min_similarity: float
+    min_colour_similarity: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> NearDuplicateRule | None:
+        """NEAR_DUPLICATE_*; None when the check is off (empty NEAR_DUPLICATE_SIMILARITY)."""
+        if settings.near_duplicate_similarity is None:
+            return None
+        return cls(settings.near_duplicate_similarity, settings.near_duplicate_colour_similarity)
 
 
 @dataclass(frozen=True)

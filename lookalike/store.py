@@ -39,7 +39,7 @@ from lookalike.points import (
     hit_of,
     point_id,
 )
-from lookalike.queries import Ranking, SearchFilter, SimilarQuery, scoring_arguments, vector_of
+from lookalike.queries import NearDuplicateRule, Ranking, SearchFilter, SimilarQuery, scoring_arguments, vector_of
 from lookalike.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -351,25 +351,22 @@ class VectorStore:
 
         return [answer(q) for q in queries]
 
-    def look_alikes(
-        self, looks: Sequence[Look], item_ids: Sequence[str], min_similarity: float, min_colour_similarity: float
-    ) -> list[Hit | None]:
+    def look_alikes(self, looks: Sequence[Look], item_ids: Sequence[str], rule: NearDuplicateRule) -> list[Hit | None]:
         """For each look, the stored item (other than its own id) it nearly duplicates, or None.
 
-        Near-duplicate: embedding cosine >= ``min_similarity`` and colour similarity >=
-        ``min_colour_similarity``. One batch query: embedding candidates above their threshold,
-        rescored by colour with its own threshold; the hit's score is the colour similarity.
+        One batch query: embedding candidates above the rule's threshold, rescored by colour with
+        its own threshold; the hit's score is the colour similarity.
         """
         requests = [
             models.QueryRequest(
                 prefetch=[
                     models.Prefetch(
-                        query=vector_of(look.embedding), using=EMBEDDING, limit=8, score_threshold=min_similarity
+                        query=vector_of(look.embedding), using=EMBEDDING, limit=8, score_threshold=rule.min_similarity
                     )
                 ],
                 query=vector_of(look.colour),
                 using=COLOUR,
-                score_threshold=min_colour_similarity,
+                score_threshold=rule.min_colour_similarity,
                 filter=SearchFilter(exclude=[item_id]).to_qdrant(),
                 limit=1,
                 with_payload=True,

@@ -42,7 +42,7 @@ def create_app(
     store = store or VectorStore.from_settings(settings)  # first: a locked store fails before the model loads
     inference = InferenceThread(encoder or (lambda: ImageEncoder.from_settings(settings)), settings.batch_size)
     metrics = init_observability(app, lambda: _item_count(resources))
-    resources = Resources(settings, inference.encoder, store, metrics, inference)
+    resources = Resources(settings, store, metrics, inference)
     app.extensions[EXTENSION_KEY] = resources
     if settings.cors_origins:
         CORS(app, origins=settings.cors_origins, expose_headers=[REQUEST_ID_HEADER])

@@ -14,6 +14,7 @@ from lookalike.catalogue import ITEM_ID_PATTERN, resolve_inside
 from lookalike.errors import CatalogueError, InvalidRequest, ItemNotFound
 from lookalike.looks import Look
 from lookalike.points import Hit, StoredItem
+from lookalike.queries import NearDuplicateRule
 from lookalike.settings import Settings
 from service.auth import require_api_key
 from service.openapi import Operation, documented
@@ -108,13 +109,8 @@ def put_item(item_id: str):
 
 def _look_alike(resources: Resources, item_id: str, look: Look) -> Hit | None:
     """A stored item (not this one) that the photo nearly duplicates, when the check is on."""
-    settings = resources.settings
-    if settings.near_duplicate_similarity is None:
-        return None
-    (match,) = resources.store.look_alikes(
-        [look], [item_id], settings.near_duplicate_similarity, settings.near_duplicate_colour_similarity
-    )
-    return match
+    rule = NearDuplicateRule.from_settings(resources.settings)
+    return resources.store.look_alikes([look], [item_id], rule)[0] if rule else None
 
 
 @bp.delete("/<item_id>")

@@ -24,12 +24,16 @@ EXTENSION_KEY = "lookalike"
 @dataclass
 class Resources:
     settings: Settings
-    encoder: ImageEncoder
     store: VectorStore
     metrics: ServiceMetrics
     inference: InferenceThread
     #: Set once the collection was seen to exist and to hold this encoder's embeddings.
     collection_checked: bool = field(default=False)
+
+    @property
+    def encoder(self) -> ImageEncoder:
+        """The model, for its identity, dimension and head; forward passes go through `looks`."""
+        return self.inference.encoder
 
     def looks(self, images: list[Image.Image]) -> list[Look]:
         """Embed and colour-describe photos (timed), on the inference thread."""

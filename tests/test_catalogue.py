@@ -86,3 +86,16 @@ def test_manifest_without_required_columns_is_refused(catalogue_dir: Path):
 def test_missing_catalogue_says_what_to_set(tmp_path: Path):
     with pytest.raises(CatalogueError, match="CATALOGUE_DIR"):
         read_catalogue(tmp_path / "nowhere")
+
+
+def test_product_ids_are_text_or_numbers(catalogue_dir: Path):
+    rows = [
+        {"id": "a", "image": "red_round/item0.jpg", "category": "ball", "product_id": 7},
+        {"id": "b", "image": "red_round/item1.jpg", "category": "ball", "product_id": "  sku-1 "},
+        {"id": "c", "image": "red_round/item2.jpg", "category": "ball", "product_id": True},
+        {"id": "d", "image": "red_round/item3.jpg", "category": "ball", "product_id": "x" * 201},
+        {"id": "e", "image": "blue_bar/item0.jpg", "category": "bar", "product_id": " "},
+    ]
+    catalogue = read_catalogue(write_manifest(catalogue_dir, rows, name="items.jsonl"))
+    assert {item.id: item.product_id for item in catalogue.items} == {"a": "7", "b": "sku-1", "e": None}
+    assert sorted(error.item_id for error in catalogue.errors) == ["c", "d"]

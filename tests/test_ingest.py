@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 
 from ingest.__main__ import main as ingest_main
-from ingest.duplicates import NearDuplicateRule
 from ingest.pipeline import ingest
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
 from lookalike.encoder import ImageEncoder
+from lookalike.queries import NearDuplicateRule
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
 from tests.conftest import ENGINES, TEST_MODEL, draw_item, image_bytes, write_manifest
