@@ -17,6 +17,7 @@ from finetune.checkpoint import is_complete
 from finetune.data import catalogue_fingerprint
 from finetune.run import TrainingConfig, fine_tune
 from lookalike.catalogue import read_catalogue
+from lookalike.cli import float_range, int_range, positive_float
 from lookalike.encoder import ModelSource, resolve_model_source
 from lookalike.errors import LookalikeError
 from lookalike.logs import configure_logging
@@ -31,25 +32,28 @@ PRESETS: dict[str, tuple[str, TrainingConfig]] = {
 PRETRAINED_RECIPE = TrainingConfig(epochs=10, batch_size=64, lr=1e-3, lp_epochs=2, backbone_lr_scale=0.1, patience=3)
 
 
+#: Recipe options that override the preset's value (TrainingConfig fields): name, type, meaning.
+OPTIONS = (
+    ("epochs", int_range(1, 10_000), "training epochs"),
+    ("batch_size", int_range(2, 4096), "images per step"),
+    ("lr", positive_float(10.0), "peak learning rate"),
+    ("patience", int_range(1, 10_000), "epochs without a better held-out P@4 before stopping"),
+    ("lp_epochs", int_range(0, 10_000), "linear-probe epochs (head only) before full fine-tuning"),
+    ("backbone_lr_scale", float_range(0.0, 1.0), "learning rate of the backbone relative to the head"),
+    ("wise_alpha", float_range(0.0, 1.0), "WiSE-FT: weight of the fine-tuned weights against the start"),
+    ("max_minutes", positive_float(), "stop training after this many minutes"),
+    ("seed", int_range(0, 2**32 - 1), "random seed"),
+)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m finetune", description=__doc__.splitlines()[0])
     parser.add_argument("catalogue", nargs="?", type=Path, help="catalogue folder or manifest (default CATALOGUE_DIR)")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="train a small architecture from scratch")
     parser.add_argument("--output", type=Path, help="checkpoint directory (default models/<model>-<catalogue hash>)")
     parser.add_argument("--force", action="store_true", help="train even if the output holds a finished checkpoint")
-    for field in (
-        "epochs",
-        "batch_size",
-        "lr",
-        "patience",
-        "lp_epochs",
-        "backbone_lr_scale",
-        "wise_alpha",
-        "max_minutes",
-        "seed",
-    ):
-        kind = int if field in ("epochs", "batch_size", "patience", "lp_epochs", "seed") else float
-        parser.add_argument(f"--{field.replace('_', '-')}", type=kind, dest=field)
+    for field, kind, meaning in OPTIONS:
+        parser.add_argument(f"--{field.replace('_', '-')}", type=kind, dest=field, help=meaning)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
         "--print-checkpoint", action="store_true", help="print only the checkpoint path on stdout (for scripts)"

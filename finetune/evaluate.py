@@ -22,6 +22,7 @@ from PIL import Image
 from finetune.data import ImageCache, split_catalogue
 from finetune.metrics import COLOUR_K, KS, retrieval_scores
 from lookalike.catalogue import read_catalogue
+from lookalike.cli import float_list
 from lookalike.colour import colour_histogram
 from lookalike.encoder import CHECKPOINT_INFO, CategoryClassifier, ImageEncoder, ModelSource, load_visual
 from lookalike.errors import LookalikeError
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-colour", action="store_true", help="leave out the colour-histogram baseline")
     parser.add_argument(
         "--colour-weights",
-        default=",".join(f"{w:g}" for w in COLOUR_WEIGHTS),
+        type=float_list(0.0, 1.0),
+        default=list(COLOUR_WEIGHTS),
         help="colour weights of the fused rows, comma-separated (empty: none)",
     )
     parser.add_argument("--output-dir", type=Path, default=Path("reports"), help="where JSON and Markdown go")
@@ -161,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     split = split_catalogue(catalogue.items)
     queries = ImageCache.load(split.queries, None, settings.max_image_pixels)
     gallery = ImageCache.load(split.gallery, None, settings.max_image_pixels)
-    weights = [float(w) for w in args.colour_weights.split(",") if w.strip()]
-    report = evaluate_candidates(queries, gallery, candidates, weights)
+    report = evaluate_candidates(queries, gallery, candidates, args.colour_weights)
     table = markdown(report)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     split_info = {"queries": len(queries.items), "gallery": len(gallery.items)}

@@ -14,6 +14,7 @@ from pathlib import Path
 from ingest.pipeline import ingest, reindex
 from ingest.report import ErrorReport
 from lookalike.catalogue import Shard, read_catalogue, take_shard
+from lookalike.cli import int_range
 from lookalike.encoder import ImageEncoder
 from lookalike.errors import LookalikeError
 from lookalike.logs import configure_logging
@@ -37,8 +38,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--reindex", action="store_true", help="build the current model's collection anew, then switch COLLECTION to it"
     )
     parser.add_argument("--drop-old", action="store_true", help="with --reindex: delete the previous collection")
-    parser.add_argument("--batch-size", type=int, help="images per forward pass (default: BATCH_SIZE)")
-    parser.add_argument("--workers", type=int, help="decode processes (default: DECODE_WORKERS)")
+    parser.add_argument(
+        "--batch-size", type=int_range(1, 1024), help="images per forward pass, 1-1024 (default: BATCH_SIZE)"
+    )
+    parser.add_argument("--workers", type=int_range(0, 64), help="decode processes, 0-64 (default: DECODE_WORKERS)")
     parser.add_argument("--error-report", type=Path, help="JSONL of failed items (default: INGEST_ERROR_REPORT)")
     parser.add_argument(
         "--skip-duplicates",
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "decode_workers": args.workers,
         "ingest_error_report": args.error_report,
     }
-    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    settings = settings.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
     catalogue = read_catalogue(settings.catalogue_source())
     if args.shard:
         catalogue = take_shard(catalogue, Shard.parse(args.shard))

@@ -7,7 +7,12 @@ before the next starts, so a killed run loses at most the batch in flight and a 
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
+import os
+import signal
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -98,8 +103,26 @@ def iter_batches(
         num_workers=workers,
         collate_fn=collate,
         prefetch_factor=4 if workers else None,
+        worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers else None,
     )
     yield from loader
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int, worker_id: int = 0) -> None:
+    """In a decode worker: have the kernel kill it the moment ingest dies, even by ``kill -9``.
+
+    Without this a worker blocked on a full queue outlives a killed ingest for a while. Linux only
+    (elsewhere torch's own watchdog ends the workers, later); the parent may have died before
+    this ran, which the pid check catches.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(0)
 
 
 def ingest(

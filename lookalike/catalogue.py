@@ -199,6 +199,8 @@ def _row_to_item(root: Path, row: dict[str, Any]) -> CatalogueItem:
     if len(product) > 200:
         raise ValueError(f"{where}product_id is longer than 200 characters")
     path = resolve_inside(root, image)
+    if path.exists() and not path.is_file():  # a FIFO would block the reader forever
+        raise ValueError(f"{where}image path {image!r} is not a regular file")
     metadata = {k: v for k, v in row.items() if k not in RESERVED_COLUMNS and not k.startswith("_")}
     image_name = path.relative_to(root).as_posix()
     return CatalogueItem(item_id, path, image_name, category.strip(), metadata, product or None)

@@ -24,9 +24,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import portalocker
 import qdrant_edge as edge
 from qdrant_client import models
+
+from lookalike.lockfile import ProcessLock
 
 COLLECTIONS = "collections"
 SHARD = "shard"
@@ -48,13 +49,7 @@ class EdgeClient:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         (self.path / COLLECTIONS).mkdir(parents=True, exist_ok=True)
-        self._lock_file = (self.path / ".lock").open("a")
-        try:
-            portalocker.lock(self._lock_file, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
-        except portalocker.exceptions.LockException as e:
-            self._lock_file.close()
-            # The same words as qdrant-client's local mode, so one handler explains both.
-            raise RuntimeError(f"Storage folder {self.path} is already accessed by another instance") from e
+        self._lock = ProcessLock(self.path)  # StoreLockBusy when another process holds the folder
         self._shards: dict[str, edge.EdgeShard] = {}
         # Read once: the lock makes this process the only writer, so memory stays authoritative and
         # a search never touches the file.
@@ -224,9 +219,7 @@ class EdgeClient:
             shard.flush()
             shard.close()
         self._shards.clear()
-        if not self._lock_file.closed:
-            portalocker.unlock(self._lock_file)
-            self._lock_file.close()
+        self._lock.release()
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -261,7 +254,10 @@ class EdgeClient:
         if not isinstance(example, str):
             return list(example)
         if (example, using) not in vectors:
-            (record,) = self._shard(name).retrieve([example], False, True)
+            records = self._shard(name).retrieve([example], False, True)
+            if not records:  # deleted since the caller looked it up
+                raise KeyError(f"no point {example}")
+            (record,) = records
             vectors.update(((example, vector), values) for vector, values in record.vector.items())
         return vectors[(example, using)]
 

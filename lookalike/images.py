@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -31,16 +33,27 @@ MAX_FILE_BYTES = 100 * 1024 * 1024
 
 
 def read_bytes(path: Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
-    """Read a file, turning filesystem failures into a per-item `InvalidImage`."""
+    """Read a regular file, turning filesystem failures into a per-item `InvalidImage`.
+
+    Opened without blocking and checked on the open descriptor: a FIFO or device put in the
+    catalogue (or swapped in after it was listed) fails its item instead of hanging the reader.
+    """
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise ImageTooLarge(f"file has {size:,} bytes, more than the limit of {max_bytes:,}")
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError as e:
         raise InvalidImage(f"file not found: {path}") from e
     except OSError as e:
         raise InvalidImage(f"cannot read {path}: {e.strerror or e}") from e
+    with os.fdopen(fd, "rb") as file:
+        try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                raise InvalidImage(f"not a regular file: {path}")
+            if status.st_size > max_bytes:
+                raise ImageTooLarge(f"file has {status.st_size:,} bytes, more than the limit of {max_bytes:,}")
+            return file.read(max_bytes + 1)[:max_bytes]
+        except OSError as e:
+            raise InvalidImage(f"cannot read {path}: {e.strerror or e}") from e
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -75,6 +88,16 @@ def image_format(data: bytes) -> str:
     """The format of image bytes that `decode_image` accepted, e.g. "JPEG" (header only)."""
     with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
         return image.format or "unknown"
+
+
+def image_mimetype(path: Path) -> str | None:
+    """The MIME type of an image file judged by its content (never its name), or None when it is
+    not an image of an accepted format."""
+    try:
+        with Image.open(path, formats=ALLOWED_FORMATS) as image:
+            return Image.MIME.get(image.format or "")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

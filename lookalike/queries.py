@@ -5,6 +5,7 @@ Pure request building with qdrant-client's typed models; `lookalike.store.Vector
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,9 @@ from qdrant_client import models
 from lookalike.points import CATEGORY, COLOUR, EMBEDDING, METADATA, SHA256, point_id
 from lookalike.settings import Settings
 
+#: Filter text that also matches a stored integer: ASCII digits only (`str.isdigit` accepts "²"),
+#: and within Qdrant's int64 range.
+INTEGER = re.compile(r"-?[0-9]{1,18}")
 #: A fused query rescores the union of each vector's nearest candidates, at least this many each.
 FUSION_CANDIDATES = 100
 
@@ -47,7 +51,7 @@ def _metadata_condition(name: str, values: Sequence[str]) -> models.Filter:
     """Match a metadata field given as text: "12" also matches the number 12, "true" the boolean."""
     key = f"{METADATA}.{name}"
     should: list[models.Condition] = [models.FieldCondition(key=key, match=models.MatchAny(any=list(values)))]
-    integers = [int(v) for v in values if v.lstrip("-").isdigit()]
+    integers = [int(v) for v in values if INTEGER.fullmatch(v)]
     if integers:
         should.append(models.FieldCondition(key=key, match=models.MatchAny(any=integers)))
     for value in values:

@@ -114,6 +114,22 @@ class Settings(BaseSettings):
     def _strip(cls, value: object) -> object:
         return value.strip() if isinstance(value, str) else value
 
+    def with_overrides(self, **values: object) -> Settings:
+        """A copy with some fields replaced (command-line options), validated like the environment.
+
+        Raises `InvalidRequest` naming the bad value, so a CLI exits 2 with a message instead of
+        failing deep inside the data loader.
+        """
+        from pydantic import ValidationError
+
+        from lookalike.errors import InvalidRequest
+
+        try:
+            return type(self).model_validate({**self.model_dump(), **values})
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            raise InvalidRequest(f"invalid setting: {problems}") from None
+
     @property
     def embedded(self) -> bool:
         """True when no server is configured and Qdrant runs in-process."""

@@ -23,6 +23,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from lookalike.colour import DIM as COLOUR_DIM
 from lookalike.errors import ItemNotFound, ModelMismatch, StoreError, StoreLocked, StoreUnavailable
+from lookalike.lockfile import LOCK_FILE, StoreLockBusy, describe_holder, register_lock_path
 from lookalike.looks import Look
 from lookalike.points import (
     CATEGORY,
@@ -285,7 +286,8 @@ class VectorStore:
         if isinstance(query, str):
             self.get(query)  # a clear 404 rather than Qdrant's error text
             scoring = scoring_arguments(point_id(query), point_id(query), ranking)
-            return self._ranked(scoring, search_filter.to_qdrant(also_exclude=[query]), ranking)
+            with self._examples_exist([query]):
+                return self._ranked(scoring, search_filter.to_qdrant(also_exclude=[query]), ranking)
         scoring = scoring_arguments(vector_of(query.embedding), vector_of(query.colour), ranking)
         return self._ranked(scoring, search_filter.to_qdrant(), ranking)
 
@@ -318,14 +320,22 @@ class VectorStore:
             )
 
         scoring = scoring_arguments(recommend_by(EMBEDDING), recommend_by(COLOUR), ranking)
-        return self._ranked(scoring, search_filter.to_qdrant(also_exclude=ids), ranking)
+        with self._examples_exist(ids):
+            return self._ranked(scoring, search_filter.to_qdrant(also_exclude=ids), ranking)
 
     def similar_many(self, queries: Sequence[SimilarQuery]) -> list[list[Hit] | ItemNotFound]:
         """Look-alikes of several stored items in one Qdrant batch query; answers keep the order.
 
         An unknown id gets an `ItemNotFound` in its place instead of failing the others. Entries
-        that group by product are asked one by one (Qdrant has no batch of grouped queries).
+        that group by product are asked one by one (Qdrant has no batch of grouped queries). An id
+        deleted while the batch runs fails its own entry too: the batch is asked again without it.
         """
+        try:
+            return self._similar_many(queries)
+        except ItemNotFound:
+            return self._similar_many(queries)
+
+    def _similar_many(self, queries: Sequence[SimilarQuery]) -> list[list[Hit] | ItemNotFound]:
         known = self.get_many([q.item_id for q in queries])
         flat = [q for q in queries if q.item_id in known and not q.ranking.one_per_product]
         requests = [
@@ -339,7 +349,7 @@ class VectorStore:
             )
             for q in flat
         ]
-        with self._call():
+        with self._examples_exist([q.item_id for q in flat]), self._call():
             responses = iter(self.client.query_batch_points(self.collection, requests) if requests else [])
 
         def answer(q: SimilarQuery) -> list[Hit] | ItemNotFound:
@@ -426,6 +436,20 @@ class VectorStore:
             self.client.close()
 
     @contextlib.contextmanager
+    def _examples_exist(self, item_ids: Sequence[str]) -> Iterator[None]:
+        """Around a query that names stored items by id: when it fails because one of them was
+        deleted meanwhile (a DELETE racing the search), say so as `ItemNotFound` (404)."""
+        try:
+            yield
+        except (KeyError, ValueError, StoreError) as e:
+            if isinstance(e, ItemNotFound) or not item_ids:
+                raise
+            missing = sorted(set(item_ids) - set(self.get_many(item_ids)))
+            if missing:
+                raise ItemNotFound(f"no item with id {missing[0]!r}") from e
+            raise
+
+    @contextlib.contextmanager
     def _call(self) -> Iterator[None]:
         """Serialise embedded-mode calls; turn transport failures into `StoreUnavailable`."""
         try:
@@ -466,17 +490,24 @@ def open_embedded(path: Path, engine: str = "edge") -> QdrantClient:
                 f"the embedded store at {path} was written by EMBEDDED_ENGINE={other}, not {engine}: set "
                 f"EMBEDDED_ENGINE={other}, or point QDRANT_PATH at a new folder and run `python -m ingest`"
             )
+    register_lock_path(path / LOCK_FILE)  # forked children (decode workers) never keep it
     try:
         if engine == "edge":
             from lookalike.edge import EdgeClient
 
             return EdgeClient(path)  # type: ignore[return-value]  (the subset of QdrantClient we use)
         return QdrantClient(path=str(path), force_disable_check_same_thread=True)
-    except RuntimeError as e:
+    except StoreLockBusy as e:
+        raise _store_locked(path, e.holder) from e
+    except RuntimeError as e:  # qdrant-client's local mode
         if "already accessed" not in str(e):
             raise
-        raise StoreLocked(
-            f"the embedded Qdrant store at {path} is in use by another process (the API service or an "
-            "ingest run); embedded mode allows one process per directory. Stop that process first, add "
-            "items through the running API (PUT /v1/items/<id>), or run a Qdrant server and set QDRANT_URL"
-        ) from e
+        raise _store_locked(path, describe_holder(path / LOCK_FILE)) from e
+
+
+def _store_locked(path: Path, holder: str) -> StoreLocked:
+    return StoreLocked(
+        f"the embedded Qdrant store at {path} is in use by another process ({holder}); embedded mode "
+        "allows one process per directory (the API service or an ingest run). Stop that process first, add "
+        "items through the running API (PUT /v1/items/<id>), or run a Qdrant server and set QDRANT_URL"
+    )

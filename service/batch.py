@@ -11,6 +11,7 @@ import time
 from flask import Blueprint, request
 
 from lookalike.errors import ItemNotFound
+from lookalike.points import StoredItem
 from lookalike.queries import SimilarQuery
 from service.openapi import Operation, documented
 from service.params import BatchQuery, BatchRequest, parse_json_body
@@ -35,9 +36,12 @@ bp = Blueprint("batch", __name__, url_prefix="/v1")
 def similar_batch():
     started = time.perf_counter()
     resources = get_resources()
-    batch = parse_json_body(BatchRequest, request.get_json(silent=True))
+    batch = parse_json_body(BatchRequest, request.get_data(cache=False))
     resources.check_collection()
-    queries = [_similar_query(resources, query) for query in batch.queries]
+    # The items whose own category or bytes some entry needs, read in one call.
+    needed = [q.id for q in batch.queries if q.auto_category or q.hide_duplicates]
+    known = resources.store.get_many(needed) if needed else {}
+    queries = [_similar_query(resources, query, known) for query in batch.queries]
     with resources.metrics.search.time():
         answers = resources.store.similar_many(queries)
     entries = [_entry(query.id, answer, started) for query, answer in zip(batch.queries, answers, strict=True)]
@@ -45,12 +49,13 @@ def similar_batch():
     return BatchResults(results=entries, took_ms=took_ms).model_dump(exclude_none=True)
 
 
-def _similar_query(resources: Resources, query: BatchQuery) -> SimilarQuery:
+def _similar_query(resources: Resources, query: BatchQuery, known: dict[str, StoredItem]) -> SimilarQuery:
+    item = known.get(query.id)  # an unknown id fails its entry later, in the store
     categories = None
     if query.auto_category:  # as by id: the item's own category
-        known = resources.store.get_many([query.id])
-        categories = [known[query.id].category] if query.id in known else []
-    return SimilarQuery(query.id, query.search_filter(categories), query.ranking(resources.settings.colour_weight))
+        categories = [item.category] if item else []
+    search_filter = query.search_filter(categories, [item.sha256] if item else [])
+    return SimilarQuery(query.id, search_filter, query.ranking(resources.settings.colour_weight))
 
 
 def _entry(item_id: str, answer, started: float) -> BatchEntry:

@@ -28,7 +28,15 @@ def error_response(status: int, code: str, message: str) -> tuple[Response, int]
     return jsonify(error=error), status
 
 
+def add_security_headers(response: Response) -> Response:
+    """Every answer: browsers must take the declared type as it is (no sniffing an image into HTML)."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 def register_error_handlers(app: Flask) -> None:
+    app.after_request(add_security_headers)
+
     @app.errorhandler(LookalikeError)
     def domain_error(e: LookalikeError) -> tuple[Response, int]:
         response, status = error_response(e.status, e.code, e.message)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from flask import Blueprint, request, send_file
 
 from lookalike.catalogue import ITEM_ID_PATTERN, resolve_inside
 from lookalike.errors import CatalogueError, InvalidRequest, ItemNotFound
+from lookalike.images import image_mimetype
 from lookalike.looks import Look
 from lookalike.points import Hit, StoredItem
 from lookalike.queries import NearDuplicateRule
@@ -53,7 +56,7 @@ def similar_items(item_id: str):
     # By id, category=auto means the item's own category: no guessing needed.
     item = resources.store.get(item_id) if params.auto_category or params.hide_duplicates else None
     categories = [item.category] if item and params.auto_category else None
-    search_filter = params.search_filter(categories, query_sha256=item.sha256 if item else None)
+    search_filter = params.search_filter(categories, [item.sha256] if item else [])
     with resources.metrics.search.time():
         hits = resources.store.similar(item_id, search_filter, params.ranking(resources.settings.colour_weight))
     return results_json(hits, started)
@@ -64,7 +67,11 @@ def similar_items(item_id: str):
 def image(item_id: str):
     resources = get_resources()
     item = resources.store.get(item_id)
-    return send_file(image_path(resources.settings, item), max_age=3600, conditional=True)
+    path = image_path(resources.settings, item)
+    mimetype = image_mimetype(path)
+    if mimetype is None:
+        raise ItemNotFound(f"the file of item {item_id!r} is not an image in an accepted format")
+    return send_file(path, mimetype=mimetype, max_age=3600, conditional=True)
 
 
 @bp.put("/<item_id>")
@@ -88,14 +95,20 @@ def put_item(item_id: str):
     encoder, store = resources.encoder, resources.store
     store.ensure_collection(encoder.dim, encoder.identity, resources.settings.filterable_fields)
     existed = bool(store.get_many([item_id]))
-    image_name = _save_upload(resources.settings.upload_dir, upload)
-    metadata = form.metadata or {}
-    item = StoredItem(
-        item_id, form.category, image_name, upload.sha256, encoder.identity, "upload", metadata, form.product_id
-    )
     (look,) = resources.looks([upload.image])
     duplicate = _look_alike(resources, item_id, look)
-    store.upsert([item], [look])
+    item = StoredItem(
+        item_id,
+        form.category,
+        _upload_name(upload),
+        upload.sha256,
+        encoder.identity,
+        "upload",
+        form.metadata or {},
+        form.product_id,
+    )
+    with _saved_upload(resources.settings.upload_dir, upload):  # removed again if the upsert fails
+        store.upsert([item], [look])
     body = item_detail_json(item)
     if duplicate is not None:
         body["duplicate_of"] = DuplicateOf(
@@ -123,16 +136,32 @@ def delete_item(item_id: str):
     return {"id": item_id, "deleted": True}
 
 
-def _save_upload(upload_dir: Path, upload: Upload) -> str:
-    """Keep the original bytes, named by content, written atomically; returns the file name."""
-    name = f"{upload.sha256}{EXTENSIONS.get(upload.format, '.img')}"
-    target = upload_dir / name
+def _upload_name(upload: Upload) -> str:
+    """Uploads are named by content: the same photo under two ids is stored once."""
+    return f"{upload.sha256}{EXTENSIONS.get(upload.format, '.img')}"
+
+
+@contextlib.contextmanager
+def _saved_upload(upload_dir: Path, upload: Upload) -> Iterator[Path]:
+    """Keep the original bytes (written atomically) for as long as the block succeeds.
+
+    A file this request created is removed again when the block fails, so a failed PUT leaves
+    no orphan behind; a file that was already there belongs to another item and stays.
+    """
+    target = upload_dir / _upload_name(upload)
+    created = False
     if not target.exists():
         upload_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=upload_dir, delete=False) as tmp:
             tmp.write(upload.data)
         os.replace(tmp.name, target)
-    return name
+        created = True
+    try:
+        yield target
+    except BaseException:
+        if created:
+            target.unlink(missing_ok=True)
+        raise
 
 
 def image_path(settings: Settings, item: StoredItem) -> Path:

@@ -6,9 +6,20 @@ so that a typo (`categroy=`) is a 400, not a silently unfiltered result.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TypeVar, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, Json, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Json,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from werkzeug.datastructures import MultiDict
 
 from lookalike.errors import InvalidRequest
@@ -34,7 +45,11 @@ class SearchParams(BaseModel):
     score_threshold: float | None = Field(None, ge=-1.0, le=1.0, description="minimum cosine similarity")
     offset: int = Field(0, ge=0, le=10_000, description="results to skip (paging)")
     filters: dict[FieldName, list[Value]] = Field(default_factory=dict, description="filter.<field>=<value>")
-    hide_duplicates: bool = Field(False, description="leave out items whose image bytes equal the query's")
+    hide_duplicates: bool = Field(
+        False,
+        description="leave out items whose image bytes equal the query's (for recommend: any example's; "
+        "in a batch: the entry's item's)",
+    )
     colour_weight: float | None = Field(
         None,
         ge=0.0,
@@ -60,10 +75,16 @@ class SearchParams(BaseModel):
         weight = default_colour_weight if self.colour_weight is None else self.colour_weight
         return Ranking(self.k, self.offset, self.score_threshold, weight, self.group_by == "product_id")
 
-    def search_filter(self, categories: list[str] | None = None, query_sha256: str | None = None) -> SearchFilter:
-        """The filter for Qdrant; ``categories`` replaces `auto` once it is resolved."""
+    def search_filter(
+        self, categories: list[str] | None = None, query_sha256s: Sequence[str | None] = ()
+    ) -> SearchFilter:
+        """The filter for Qdrant; ``categories`` replaces `auto` once it is resolved.
+
+        ``query_sha256s``: the image bytes of the query (each example, for recommend), hidden from
+        the results when `hide_duplicates` is on.
+        """
         chosen = self.category if categories is None else categories
-        hidden = [query_sha256] if self.hide_duplicates and query_sha256 else []
+        hidden = sorted({s for s in query_sha256s if s}) if self.hide_duplicates else []
         return SearchFilter(categories=chosen, exclude=self.exclude, metadata=self.filters, exclude_sha256=hidden)
 
 
@@ -89,10 +110,14 @@ class BatchRequest(BaseModel):
     queries: list[BatchQuery] = Field(min_length=1, max_length=MAX_BATCH)
 
 
-def parse_json_body(model: type[Params], body: object) -> Params:
-    """Validate a JSON body into ``model``; 400 with every problem listed."""
+def parse_json_body(model: type[Params], data: bytes) -> Params:
+    """Validate a JSON request body into ``model``; 400 with every problem listed.
+
+    Parsed by pydantic's own parser, which bounds nesting depth (Python's ``json`` recurses once per
+    level and a deeply nested body would end in a RecursionError).
+    """
     try:
-        return model.model_validate(body)
+        return model.model_validate_json(data or b"null")
     except ValidationError as e:
         problems = "; ".join(_describe(error) for error in e.errors())
         raise InvalidRequest(f"invalid body: {problems}") from e
@@ -115,6 +140,24 @@ class PutForm(BaseModel):
     product_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)] | None = Field(
         None, description="the product this photo shows (for group_by=product_id); default: the item itself"
     )
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_is_finite(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        _finite(value)
+        return value
+
+
+def _finite(value: Any, where: str = "metadata") -> None:
+    """Refuse NaN and infinities anywhere in a JSON value: Qdrant payloads are strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} holds {value!r}: numbers must be finite")
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _finite(inner, f"{where}.{key}")
+    elif isinstance(value, list):
+        for inner in value:
+            _finite(inner, where)
 
 
 def parse_params(model: type[Params], values: MultiDict[str, str]) -> Params:

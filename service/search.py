@@ -43,8 +43,8 @@ def search_by_upload():
         prediction = predict_category(resources, look.embedding)
         categories = [prediction.category] if prediction.applied else []
     with resources.metrics.search.time():
-        query_sha256 = upload.sha256 if params.hide_duplicates else None  # hash only when asked
-        search_filter = params.search_filter(categories, query_sha256=query_sha256)
+        query_sha256s = [upload.sha256] if params.hide_duplicates else []  # hash only when asked
+        search_filter = params.search_filter(categories, query_sha256s)
         hits = resources.store.similar(look, search_filter, params.ranking(resources.settings.colour_weight))
     return results_json(hits, started, prediction)
 
@@ -100,6 +100,10 @@ def recommend():
     positive = [*params.positive, *looks[: len(positive_images)]]
     negative = [*params.negative, *looks[len(positive_images) :]]
     ranking = params.ranking(resources.settings.colour_weight)
+    hidden: list[str] = []
+    if params.hide_duplicates:  # the bytes of every example, stored or uploaded
+        hidden = [item.sha256 for item in resources.store.get_many([*params.positive, *params.negative]).values()]
+        hidden += [upload.sha256 for upload in (*positive_images, *negative_images)]
     with resources.metrics.search.time():
-        hits = resources.store.recommend(positive, negative, params.search_filter(), ranking)
+        hits = resources.store.recommend(positive, negative, params.search_filter(None, hidden), ranking)
     return results_json(hits, started)
