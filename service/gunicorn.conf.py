@@ -15,7 +15,10 @@ _settings = Settings()
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 worker_class = "gthread"
-threads = int(os.environ.get("THREADS", "4"))
+# Threads wait on the inference thread, the store and slow networks, not on the CPU: 32 keep the
+# service answering while 20 slow clients each hold one (bench/slow_clients.py; with 4 every probe
+# failed). A body must still arrive within REQUEST_BODY_TIMEOUT_S (service/body_deadline.py).
+threads = int(os.environ.get("THREADS", "32"))
 workers = 1 if _settings.embedded else int(os.environ.get("WEB_CONCURRENCY", "2"))
 if workers > 1:
     # Metrics of all workers in shared files, so that any worker's /metrics sums them (set before

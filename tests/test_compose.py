@@ -27,10 +27,18 @@ def test_services_and_their_wiring():
     assert "6333:6333" in services["qdrant"]["ports"]
     assert services["qdrant"]["healthcheck"]["test"]
     assert services["api"]["depends_on"]["qdrant"]["condition"] == "service_healthy"
-    assert "8000:8000" in services["api"]["ports"]
+    assert "ports" not in services["api"]  # only through the buffering proxy
+    assert services["proxy"]["image"].startswith("nginx:1.") and "8000:8080" in services["proxy"]["ports"]
     assert services["api"]["environment"]["QDRANT_URL"] == "http://qdrant:6333"
     assert services["ingest"]["profiles"] == ["ingest"]
     assert services["ingest"]["command"][:3] == ["python", "-m", "ingest"]
+
+
+def test_the_proxy_buffers_slow_clients_with_timeouts():
+    config = (ROOT / "deploy" / "nginx.conf").read_text()
+    for directive in ("client_header_timeout 10s", "client_body_timeout 10s", "proxy_request_buffering on"):
+        assert directive in config
+    assert "server api:8000" in config
 
 
 def test_environment_names_are_settings():
