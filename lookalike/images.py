@@ -8,10 +8,13 @@ their first frame, and alpha is composited on white (product shots are shown on 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import io
 import os
 import stat
+import threading
 import warnings
 from pathlib import Path
 
@@ -27,6 +30,41 @@ WHITE = (255, 255, 255)
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
+
+#: Decoded images keep at least this many pixels on their shorter side, no more than twice that:
+#: every consumer (the encoder at 112-224 px, the colour histogram, the contact sheet) needs
+#: fewer, and a 6300x6300 PNG costs ~0.5 GB decoded whole and converted at full size.
+WORKING_SHORT_SIDE = 512
+REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "RGBa", "CMYK", "I", "F", "I;16")
+#: Images over this many pixels are decoded at most `LARGE_DECODES_AT_ONCE` at a time per
+#: process, so concurrent uploads of huge images cannot add up (README: bad input).
+LARGE_PIXELS = 4_000_000
+LARGE_DECODES_AT_ONCE = 2
+_large_decodes = threading.BoundedSemaphore(LARGE_DECODES_AT_ONCE)
+
+
+def _release_freed_memory() -> None:
+    """Give freed heap memory back to the system after a large decode (glibc's malloc_trim).
+
+    glibc raises its mmap threshold to the size of the largest block freed (up to 32 MiB), after
+    which Pillow's 16 MiB image blocks come from the heap, and without a trim a worker stays at
+    its peak after one huge decode. Only after large decodes: a trim costs a few milliseconds.
+    No-op off glibc.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018  (glibc only)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _glibc()
 
 #: Files larger than this are refused before reading (no product photo needs more).
 MAX_FILE_BYTES = 100 * 1024 * 1024
@@ -76,12 +114,38 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
                 f"image has {width}x{height} = {width * height:,} pixels, more than the "
                 f"limit of {max_pixels:,} (MAX_IMAGE_PIXELS)"
             )
+        large = width * height > LARGE_PIXELS
         try:
-            image.seek(0)  # animated GIF/WebP/TIFF: the first frame
-            image.load()
-            return to_rgb(ImageOps.exif_transpose(image))
+            with _large_decodes if large else contextlib.nullcontext():
+                image.seek(0)  # animated GIF/WebP/TIFF: the first frame
+                decoded = to_rgb(ImageOps.exif_transpose(_load_reduced(image)))
+                image.close()
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise InvalidImage(f"corrupt or truncated {image.format} image: {e}") from e
+        finally:
+            if large:
+                _release_freed_memory()
+        return decoded
+
+
+def _load_reduced(image: Image.Image) -> Image.Image:
+    """Decode at the smallest size that keeps `WORKING_SHORT_SIDE`: a JPEG straight from its DCT
+    at 1/2, 1/4 or 1/8 scale (draft mode, a fraction of the memory), other formats decoded whole
+    and box-reduced before any conversion copies them. EXIF travels along for the orientation."""
+    factor = _reduction(*image.size)
+    if factor > 1 and image.format == "JPEG":
+        image.draft(image.mode, (image.width // factor, image.height // factor))
+    image.load()
+    factor = _reduction(*image.size)
+    if factor == 1 or image.mode not in REDUCIBLE_MODES:
+        return image
+    reduced = image.reduce(factor)
+    reduced.info = dict(image.info)
+    return reduced
+
+
+def _reduction(width: int, height: int) -> int:
+    return max(1, min(width, height) // WORKING_SHORT_SIDE)
 
 
 def image_format(data: bytes) -> str:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 
 import pytest
 from PIL import Image
 
 from lookalike.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
-from lookalike.images import decode_image, image_format
+from lookalike.images import WORKING_SHORT_SIDE, decode_image, image_format
 from tests.conftest import image_bytes
 
 LIMIT = 10_000_000
@@ -134,3 +136,58 @@ def test_files_over_the_byte_limit_are_refused_before_reading(tmp_path):
     big.write_bytes(b"\0" * 2048)
     with pytest.raises(ImageTooLarge, match="2,048 bytes"):
         read_bytes(big, max_bytes=1024)
+
+
+# -- huge images cost bounded memory (issue 12, defect 12) ----------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_huge_image_is_decoded_at_a_working_size(fmt):
+    huge = Image.new("RGB", (6000, 4500), (200, 30, 30))
+    image = decode_image(image_bytes(huge, fmt), 40_000_000)
+    assert image.mode == "RGB"
+    assert WORKING_SHORT_SIDE <= min(image.size) < 2 * WORKING_SHORT_SIDE
+    assert image.size[0] > image.size[1]  # aspect kept
+    assert image.getpixel((10, 10)) == pytest.approx((200, 30, 30), abs=3)
+
+
+def test_a_huge_exif_rotated_jpeg_is_reduced_and_upright():
+    wide = Image.new("RGB", (6000, 3000), (255, 255, 255))
+    wide.paste((0, 0, 0), (0, 0, 600, 3000))  # a black band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    image = decode_image(image_bytes(wide, "JPEG", exif=exif), 40_000_000)
+    assert image.size[1] > image.size[0]  # upright: portrait
+    assert sum(image.getpixel((image.width // 2, 5))) < 60  # the band is now at the top
+
+
+def test_small_images_are_decoded_at_full_size():
+    assert decode_image(image_bytes(Image.new("RGB", (900, 700))), 40_000_000).size == (900, 700)
+
+
+def test_at_most_two_huge_decodes_run_at_once(monkeypatch):
+    import lookalike.images as images
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+    original = images._load_reduced
+
+    def counting(image):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        try:
+            return original(image)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(images, "_load_reduced", counting)
+    huge = image_bytes(Image.new("RGB", (2500, 2000)), "PNG")
+    threads = [threading.Thread(target=decode_image, args=(huge, 40_000_000)) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == images.LARGE_DECODES_AT_ONCE
