@@ -11,12 +11,14 @@ import logging
 import sys
 from pathlib import Path
 
-from ingest.pipeline import ingest, reindex
+from ingest.pipeline import ingest_all, reindex, seed_journal, verify
 from ingest.report import ErrorReport
+from lookalike.backup import backup, restore
 from lookalike.catalogue import Shard, read_catalogue, take_shard
 from lookalike.cli import int_range
 from lookalike.encoder import ImageEncoder
 from lookalike.errors import LookalikeError
+from lookalike.journal import UploadJournal
 from lookalike.logs import configure_logging
 from lookalike.queries import NearDuplicateRule
 from lookalike.settings import Settings
@@ -38,6 +40,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--reindex", action="store_true", help="build the current model's collection anew, then switch COLLECTION to it"
     )
     parser.add_argument("--drop-old", action="store_true", help="with --reindex: delete the previous collection")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every stored item (payload readable, vectors finite and unit length, collection readable), "
+        "embed damaged ones again or rebuild the collection, then ingest as usual",
+    )
+    parser.add_argument("--backup", type=Path, metavar="DIR", help="write a backup of the store and uploads, then stop")
+    parser.add_argument("--restore", type=Path, metavar="BACKUP", help="put a backup back in place, then stop")
     parser.add_argument(
         "--batch-size", type=int_range(1, 1024), help="images per forward pass, 1-1024 (default: BATCH_SIZE)"
     )
@@ -67,6 +77,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.backup or args.restore:
+        done = backup(settings, args.backup) if args.backup else restore(settings, args.restore)
+        print(f"{'backup written to' if args.backup else 'restored into'} {done}")
+        return 0
+    return run_ingest(args, settings)
+
+
+def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     overrides = {
         "catalogue_dir": args.catalogue,
         "batch_size": args.batch_size,
@@ -80,6 +98,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     store = VectorStore.from_settings(settings)  # first: a locked store fails before the model loads
     encoder = ImageEncoder.from_settings(settings)
     report = ErrorReport.open(settings.ingest_error_report)
+    journal = UploadJournal(settings.upload_dir)  # items added over the API: kept across models
     options = {
         "batch_size": settings.batch_size,
         "workers": settings.decode_workers,
@@ -93,6 +112,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if args.reindex:
             summary = reindex(
                 catalogue,
+                journal,
                 encoder,
                 store,
                 report,
@@ -100,9 +120,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 filterable_fields=settings.filterable_fields,
                 **options,
             )
+        elif args.verify:
+            fields = settings.filterable_fields
+            summary = verify(catalogue, journal, encoder, store, report, filterable_fields=fields, **options)
         else:
             store.ensure_collection(encoder.dim, encoder.identity, settings.filterable_fields)
-            summary = ingest(catalogue, encoder, store, report, **options)
+            seed_journal(journal, store)
+            summary = ingest_all(catalogue, journal, encoder, store, report, **options)
         total = store.count()
     finally:
         report.close()

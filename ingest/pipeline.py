@@ -7,7 +7,9 @@ before the next starts, so a killed run loses at most the batch in flight and a 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import dataclasses
 import functools
 import logging
 import os
@@ -24,11 +26,12 @@ from tqdm import tqdm
 
 from ingest.duplicates import report_exact_duplicates, report_near_duplicates
 from ingest.report import ErrorReport, IngestSummary
-from lookalike.catalogue import Catalogue, CatalogueItem
+from lookalike.catalogue import Catalogue, CatalogueItem, Shard, take_shard
 from lookalike.colour import colour_histogram
 from lookalike.encoder import ImageEncoder, Preprocess
-from lookalike.errors import InvalidImage, StoreUnavailable
+from lookalike.errors import InvalidImage, StoreDamaged, StoreError, StoreUnavailable
 from lookalike.images import decode_image, read_bytes, sha256_hex
+from lookalike.journal import UPLOAD, UploadJournal
 from lookalike.looks import Look
 from lookalike.points import StoredItem
 from lookalike.queries import NearDuplicateRule
@@ -243,24 +246,75 @@ def _stored_item(item: CatalogueItem, sha256: str, model: str) -> StoredItem:
         image=item.image,
         sha256=sha256,
         model=model,
+        image_source=item.image_source,
         metadata=item.metadata,
         product_id=item.product_id,
     )
 
 
 def _prune(catalogue: Catalogue, store: VectorStore) -> int:
-    """Delete catalogue items no longer listed (failing ones stay; items added over the API stay)."""
+    """Delete items of the catalogue's source no longer listed (failing ones stay; catalogue runs
+    keep items added over the API, and the other way round)."""
     listed = {item.id for item in catalogue.items} | {e.item_id for e in catalogue.errors if e.item_id}
     mine = catalogue.shard.holds if catalogue.shard else lambda item_id: True  # other workers' items stay
-    gone = [i for i in store.item_ids(image_source="catalogue") if i not in listed and mine(i)]
+    gone = [i for i in store.item_ids(image_source=catalogue.source) if i not in listed and mine(i)]
     store.delete(gone)
     for item_id in gone:
-        log.info("item pruned", extra={"item_id": item_id})
+        log.info("item pruned", extra={"item_id": item_id, "source": catalogue.source})
     return len(gone)
+
+
+def ingest_all(
+    catalogue: Catalogue,
+    journal: UploadJournal,
+    encoder: ImageEncoder,
+    store: VectorStore,
+    report: ErrorReport,
+    **options,
+) -> IngestSummary:
+    """The catalogue, then the items added over the API (`sync_uploads`), into one collection.
+
+    An id that the API replaced (``PUT`` on a catalogue item) is the API's until it is deleted:
+    the catalogue pass leaves it alone, so the two never overwrite each other run after run.
+    """
+    uploads = _uploads_of(journal, catalogue.shard)
+    replaced = {item.id for item in uploads.items}
+    own = dataclasses.replace(catalogue, items=[item for item in catalogue.items if item.id not in replaced])
+    summary = ingest(own, encoder, store, report, **options)
+    summary.add(sync_uploads(uploads, journal, encoder, store, report, **options))
+    return summary
+
+
+def seed_journal(journal: UploadJournal, store: VectorStore) -> None:
+    """Once: copy the API-added items of the serving collection that predate the journal into it."""
+    if not journal.complete:
+        journal.seed(store.stored_items(UPLOAD) if store.collection_exists() else [])
+
+
+def sync_uploads(
+    uploads: Catalogue,
+    journal: UploadJournal,
+    encoder: ImageEncoder,
+    store: VectorStore,
+    report: ErrorReport,
+    **options,
+) -> IngestSummary:
+    """Bring the collection's API-added items in line with the upload journal (re-embedding
+    those it lacks or holds from another model). An upload whose image is missing fails its
+    item in the report; its journal entry stays, so it is never silently lost."""
+    prune = journal.complete and not uploads.errors  # an unreadable entry must not delete its item
+    options = {**options, "prune": prune, "index_duplicates": True, "near_duplicates": None}
+    return ingest(uploads, encoder, store, report, **options)
+
+
+def _uploads_of(journal: UploadJournal, shard: Shard | None) -> Catalogue:
+    uploads = journal.catalogue()
+    return take_shard(uploads, shard) if shard else uploads
 
 
 def reindex(
     catalogue: Catalogue,
+    journal: UploadJournal,
     encoder: ImageEncoder,
     store: VectorStore,
     report: ErrorReport,
@@ -269,17 +323,81 @@ def reindex(
     filterable_fields: Sequence[str] = (),
     **options,
 ) -> IngestSummary:
-    """Build this model's own collection from the catalogue, then switch the alias to it in one call.
+    """Build this model's own collection from the catalogue and the API-added items, then switch
+    the alias to it in one call.
 
     Nothing is reused from the old collection's vectors. Until the switch, searches keep reading
     the old collection; a reindex killed midway resumes into the half-built one on its next run.
+    Writes that reach the API while the collection is rebuilt (``PUT``/``DELETE`` on a Qdrant
+    server) land in the upload journal, which is replayed into the new collection after the
+    switch. The old collection is dropped (``drop_old``) only when every API-added item made it.
     """
     if store.is_plain_collection() and not drop_old:
         raise store.plain_collection_error()  # before any work is done
+    seed_journal(journal, store)  # from the serving collection, before anything replaces it
     target = store.for_model(encoder.identity)
     target.create_physical(encoder.dim, encoder.identity, filterable_fields)
-    summary = ingest(catalogue, encoder, target, report, **{**options, "prune": True})
+    summary = ingest_all(catalogue, journal, encoder, target, report, **{**options, "prune": True})
     previous = store.switch_alias(target.collection, replace_plain=drop_old)
+    replay = sync_uploads(_uploads_of(journal, catalogue.shard), journal, encoder, target, report, **options)
+    summary.add(replay)
+    log.info("api items replayed after the switch", extra={"ingested": replay.ingested, "failed": replay.failed})
     if drop_old and previous not in (None, target.collection):
-        store.drop(previous)
+        if replay.failed:
+            log.warning(
+                "old collection kept: some items added over the API could not be re-embedded (see the error report)",
+                extra={"collection": previous, "failed": replay.failed},
+            )
+        else:
+            store.drop(previous)
     return summary
+
+
+def verify(
+    catalogue: Catalogue,
+    journal: UploadJournal,
+    encoder: ImageEncoder,
+    store: VectorStore,
+    report: ErrorReport,
+    *,
+    filterable_fields: Sequence[str] = (),
+    **options,
+) -> IngestSummary:
+    """Check every stored item and repair what is damaged; then bring the collection in line with
+    the catalogue and the API-added items (which re-embeds whatever was missing or removed here).
+
+    A point whose payload is unreadable or whose vectors are not finite unit vectors is deleted
+    and embedded again from its image. A collection that cannot be read at all (lost files, lost
+    points) is rebuilt from scratch under the same name.
+    """
+    started = time.perf_counter()
+    repaired = 0
+    try:
+        if not store.collection_exists():
+            store.ensure_collection(encoder.dim, encoder.identity, filterable_fields)
+        store.check_model(encoder.dim, encoder.identity)
+        unsound = list(store.unsound_points())
+        for _, item_id, reason in unsound:
+            report.damaged(item_id, reason)
+        store.delete_points([point for point, _, _ in unsound])
+        repaired = len(unsound)
+    except StoreDamaged as e:
+        report.damaged(None, e.message)
+        _rebuild(store, journal, encoder, filterable_fields)
+        repaired = -1  # the whole collection
+    summary = ingest_all(catalogue, journal, encoder, store, report, **options)
+    summary.repaired = summary.ingested if repaired < 0 else repaired
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _rebuild(store: VectorStore, journal: UploadJournal, encoder: ImageEncoder, fields: Sequence[str]) -> None:
+    """Drop a collection that cannot be read and create it empty under the same name."""
+    with contextlib.suppress(StoreError):  # API items of a readable payload go to the journal first
+        seed_journal(journal, store)
+    physical = store.physical_name()
+    log.warning("rebuilding a damaged collection", extra={"collection": physical})
+    store.drop(physical)
+    store.bound_to(physical).create_physical(encoder.dim, encoder.identity, fields)
+    if physical != store.collection:
+        store.switch_alias(physical)

@@ -23,7 +23,14 @@ class IngestSummary:
     pruned: int = 0
     duplicates: int = 0  # same bytes as an earlier item (indexed unless --skip-duplicates)
     near_duplicates: int = 0  # looks the same as a stored item (indexed unless --skip-duplicates)
+    repaired: int = 0  # damaged points found by --verify, deleted and embedded again
     seconds: float = 0.0
+
+    def add(self, other: IngestSummary) -> None:
+        """Count another pass (the API-added items after the catalogue) into this summary."""
+        for name in ("ingested", "skipped", "updated", "failed", "pruned", "duplicates", "near_duplicates", "repaired"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.seconds += other.seconds
 
     @property
     def images_per_second(self) -> float:
@@ -34,7 +41,7 @@ class IngestSummary:
             f"ingested={self.ingested} skipped={self.skipped} updated={self.updated} failed={self.failed} "
             f"pruned={self.pruned} duplicates={self.duplicates} near_duplicates={self.near_duplicates} "
             f"seconds={self.seconds:.1f} "
-            f"images_per_s={self.images_per_second:.1f}"
+            f"images_per_s={self.images_per_second:.1f}" + (f" repaired={self.repaired}" if self.repaired else "")
         )
 
 
@@ -58,6 +65,9 @@ class ErrorReport:
     def near_duplicate(self, item: CatalogueItem, original_id: str, colour_similarity: float) -> None:
         reason = f"looks the same as item {original_id!r} (colour similarity {colour_similarity:.3f})"
         self._write(item.id, item.image, "near_duplicate", reason, "near-duplicate item")
+
+    def damaged(self, item_id: str | None, reason: str) -> None:
+        self._write(item_id, None, "damaged", reason, "damaged item")
 
     def row_error(self, error: RowError) -> None:
         self._write(error.item_id, error.path, "invalid_row", error.reason)

@@ -36,6 +36,7 @@ class CatalogueItem:
     category: str
     metadata: dict[str, Any] = field(default_factory=dict)
     product_id: str | None = None  # None: a product of its own
+    image_source: str = "catalogue"  # or "upload": an item added over the API (lookalike.journal)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Catalogue:
     items: list[CatalogueItem]
     errors: list[RowError]
     shard: Shard | None = None  # set when this is one worker's slice of a larger catalogue
+    source: str = "catalogue"  # the image source of its items: "catalogue", or "upload" (the API's)
 
 
 def read_catalogue(source: Path) -> Catalogue:
@@ -99,7 +101,7 @@ def take_shard(catalogue: Catalogue, shard: Shard) -> Catalogue:
     """The part of a catalogue that one of several parallel ingest workers handles."""
     items = [item for item in catalogue.items if shard.holds(item.id)]
     errors = [error for error in catalogue.errors if error.item_id is None or shard.holds(error.item_id)]
-    return Catalogue(catalogue.root, items, errors, shard)
+    return Catalogue(catalogue.root, items, errors, shard, catalogue.source)
 
 
 def derive_item_id(image: str) -> str:

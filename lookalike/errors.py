@@ -79,3 +79,16 @@ class ModelMismatch(StoreError):
 
 class StoreUnavailable(StoreError):
     code = "store_unavailable"
+
+
+class StoreDamaged(StoreError):
+    """The store's files cannot be read as they should (truncated, lost, or inconsistent)."""
+
+    code = "store_damaged"
+
+
+#: What every `StoreDamaged` message ends with: the way out.
+DAMAGED_HINT = (
+    "run `python -m ingest --verify` (with the API stopped, on the embedded store) to check every item "
+    "and rebuild what is damaged, or restore a backup (README: Backup and restore)"
+)

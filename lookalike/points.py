@@ -12,6 +12,8 @@ from typing import Any
 
 from qdrant_client import models
 
+from lookalike.errors import DAMAGED_HINT, StoreDamaged
+
 #: The named vector that holds the encoder's embedding (shape, texture).
 EMBEDDING = "embedding"
 #: The named vector that holds the colour descriptor (`lookalike.colour`).
@@ -68,6 +70,14 @@ class StoredItem:
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> StoredItem:
+        """The item a point's payload describes; `StoreDamaged` when the payload is unreadable."""
+        try:
+            return cls._from_payload(payload)
+        except (KeyError, TypeError) as e:
+            raise StoreDamaged(f"a stored item has an unreadable payload (no {e}); {DAMAGED_HINT}") from e
+
+    @classmethod
+    def _from_payload(cls, payload: dict[str, Any]) -> StoredItem:
         return cls(
             id=payload[ITEM_ID],
             category=payload[CATEGORY],

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     # Images: limits that protect the process from hostile or broken files.
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    #: A request body must arrive within this many seconds (slow clients get a 408, see
+    #: service/body_deadline.py).
+    request_body_timeout_s: float = Field(15.0, gt=0.0, le=3600.0)
 
     # Service.
     api_key: SecretStr | None = None

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pickle
 import re
+import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -18,11 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from lookalike.colour import DIM as COLOUR_DIM
-from lookalike.errors import ItemNotFound, ModelMismatch, StoreError, StoreLocked, StoreUnavailable
+from lookalike.errors import (
+    DAMAGED_HINT,
+    ItemNotFound,
+    ModelMismatch,
+    StoreDamaged,
+    StoreError,
+    StoreLocked,
+    StoreUnavailable,
+)
 from lookalike.lockfile import LOCK_FILE, StoreLockBusy, describe_holder, register_lock_path
 from lookalike.looks import Look
 from lookalike.points import (
@@ -211,6 +222,66 @@ class VectorStore:
                 "`python -m ingest --reindex --drop-old` (searches keep working until the switch)"
             )
 
+    def probe(self, *, thorough: bool = False) -> None:
+        """Read the collection as a search does; `StoreDamaged` when it cannot answer.
+
+        A config file that exists proves little: this reads one item (payload and vectors) and
+        queries each vector with it. ``thorough`` makes those queries exact, touching every stored
+        vector, so a truncated vector file shows at start-up rather than at the first search.
+        """
+        with self._call():
+            records, _ = self.client.scroll(self.collection, limit=1, with_payload=True, with_vectors=True)
+        if not records:
+            return
+        record = records[0]
+        StoredItem.from_payload(record.payload or {})
+        params = models.SearchParams(exact=True) if thorough else None
+        for name in (EMBEDDING, COLOUR):
+            vector = (record.vector or {}).get(name)
+            if vector is None:
+                raise StoreDamaged(f"a stored item has no {name} vector; {DAMAGED_HINT}")
+            with self._call():
+                self.client.query_points(
+                    self.collection, query=list(vector), using=name, limit=1, with_payload=True, search_params=params
+                )
+
+    def unsound_points(self) -> Iterator[tuple[str, str | None, str]]:
+        """Every point whose payload or vectors are not what ingest writes: (point id, item id
+        when readable, why). Raises `StoreDamaged` when the collection cannot be read at all."""
+        offset = None
+        while True:
+            with self._call():
+                records, offset = self.client.scroll(
+                    self.collection, limit=SCROLL_PAGE, offset=offset, with_payload=True, with_vectors=True
+                )
+            for record in records:
+                reason = _unsound(record)
+                if reason is not None:
+                    yield str(record.id), (record.payload or {}).get(ITEM_ID), reason
+            if offset is None:
+                return
+
+    def delete_points(self, point_ids: Sequence[str]) -> None:
+        """Delete points by their own ids (for points whose payload no longer names an item)."""
+        if point_ids:
+            with self._call():
+                self.client.delete(self.collection, models.PointIdsList(points=list(point_ids)), wait=True)
+
+    def physical_name(self) -> str:
+        """The collection behind this store's name, without reading it (it may be damaged)."""
+        with self._call():
+            for alias in self.client.get_aliases().aliases:
+                if alias.alias_name == self.collection:
+                    return alias.collection_name
+        return self.collection
+
+    def flush(self) -> None:
+        """Have the engine write what it holds to disk (embedded Edge; the others write through)."""
+        flush = getattr(self.client, "flush", None)
+        if flush is not None:
+            with self._call():
+                flush()
+
     def count(self) -> int:
         with self._call():
             return self.client.count(self.collection, exact=True).count
@@ -267,6 +338,24 @@ class VectorStore:
                     with_vectors=False,
                 )
             yield from (record.payload[ITEM_ID] for record in records if record.payload)
+            if offset is None:
+                return
+
+    def stored_items(self, image_source: str) -> Iterator[StoredItem]:
+        """Every item of one image source ("catalogue" or "upload"), page by page."""
+        condition = models.FieldCondition(key=IMAGE_SOURCE, match=models.MatchValue(value=image_source))
+        offset = None
+        while True:
+            with self._call():
+                records, offset = self.client.scroll(
+                    self.collection,
+                    scroll_filter=models.Filter(must=[condition]),
+                    limit=SCROLL_PAGE,
+                    offset=offset,
+                    with_payload=True,
+                    with_vectors=False,
+                )
+            yield from (StoredItem.from_payload(record.payload) for record in records if record.payload)
             if offset is None:
                 return
 
@@ -468,6 +557,18 @@ class VectorStore:
             if "not found" not in str(e).lower():
                 raise
             raise self._missing_collection() from e
+        except (sqlite3.DatabaseError, pickle.UnpicklingError, EOFError) as e:  # local mode's storage
+            raise self._damaged(e) from e
+        except Exception as e:
+            # qdrant-edge reports engine failures (a segment that cannot be read) as a bare Exception.
+            if type(e) is not Exception or not self.embedded:
+                raise
+            raise self._damaged(e) from e
+
+    def _damaged(self, cause: BaseException) -> StoreDamaged:
+        """The engine could not read its files; the detail (file paths) goes to the log only."""
+        log.error("store damaged", extra={"collection": self.collection, "reason": str(cause)[:500]})
+        return StoreDamaged(f"collection {self.collection!r} cannot be read (a storage error, logged); {DAMAGED_HINT}")
 
     def _missing_collection(self) -> StoreUnavailable:
         return StoreUnavailable(
@@ -475,6 +576,27 @@ class VectorStore:
             "(or add items with PUT /v1/items/<id>)"
         )
 
+
+def _unsound(record: Any) -> str | None:
+    """Why a stored point is not as ingest wrote it, or None when it is."""
+    try:
+        StoredItem.from_payload(record.payload or {})
+    except StoreDamaged:
+        return "payload unreadable"
+    for name in (EMBEDDING, COLOUR):
+        values = (record.vector or {}).get(name)
+        if values is None:
+            return f"no {name} vector"
+        vector = np.asarray(values, dtype=np.float32)
+        if not np.isfinite(vector).all():
+            return f"{name} vector is not finite"
+        if abs(float(np.linalg.norm(vector)) - 1.0) > UNIT_TOLERANCE:
+            return f"{name} vector is not unit length"
+    return None
+
+
+#: Stored cosine vectors are unit length (Qdrant normalises them on write).
+UNIT_TOLERANCE = 1e-3
 
 #: A file or folder that only one engine writes at the top of QDRANT_PATH.
 ENGINE_MARKERS = {"qdrant-client": "meta.json", "edge": "collections"}

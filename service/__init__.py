@@ -14,6 +14,7 @@ from lookalike.settings import Settings
 from lookalike.store import VectorStore
 from service import batch, browse, health, items, openapi, page, search
 from service.auth import protect_reads
+from service.body_deadline import BodyDeadline
 from service.errors import register_error_handlers
 from service.inference import InferenceThread
 from service.observability import REQUEST_ID_HEADER, RequestIdFilter, init_observability
@@ -38,6 +39,7 @@ def create_app(
         configure_logging(settings.log_level, filters=(RequestIdFilter(),))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.wsgi_app = BodyDeadline(app.wsgi_app, settings.request_body_timeout_s, settings.max_upload_bytes)
     app.json.sort_keys = False
     store = store or VectorStore.from_settings(settings)  # first: a locked store fails before the model loads
     inference = InferenceThread(encoder or (lambda: ImageEncoder.from_settings(settings)), settings.batch_size)
@@ -50,7 +52,7 @@ def create_app(
     protect_reads(app)
     for blueprint in (search.bp, items.bp, batch.bp, browse.bp, health.bp, page.bp, openapi.bp):
         app.register_blueprint(blueprint)
-    problem: StoreError | None = ready_error(resources)
+    problem: StoreError | None = ready_error(resources, thorough=True)
     if problem is not None:
         log.warning("not ready yet", extra={"code": problem.code, "reason": problem.message})
     return app

@@ -15,6 +15,7 @@ from flask import Blueprint, request, send_file
 from lookalike.catalogue import ITEM_ID_PATTERN, resolve_inside
 from lookalike.errors import CatalogueError, InvalidRequest, ItemNotFound
 from lookalike.images import image_mimetype
+from lookalike.journal import UploadJournal
 from lookalike.looks import Look
 from lookalike.points import Hit, StoredItem
 from lookalike.queries import NearDuplicateRule
@@ -107,8 +108,14 @@ def put_item(item_id: str):
         form.metadata or {},
         form.product_id,
     )
+    journal = UploadJournal(resources.settings.upload_dir)
     with _saved_upload(resources.settings.upload_dir, upload):  # removed again if the upsert fails
-        store.upsert([item], [look])
+        undo = journal.record(item)  # first: a reindex running meanwhile replays it into its collection
+        try:
+            store.upsert([item], [look])
+        except BaseException:
+            undo()
+            raise
     body = item_detail_json(item)
     if duplicate is not None:
         body["duplicate_of"] = DuplicateOf(
@@ -130,9 +137,14 @@ def _look_alike(resources: Resources, item_id: str, look: Look) -> Hit | None:
 @documented(Operation("Delete one item", {200: Deleted}, errors=(401, 403, 404, 503), auth=True))
 @require_api_key
 def delete_item(item_id: str):
-    store = get_resources().store
-    store.get(item_id)
-    store.delete([item_id])
+    resources = get_resources()
+    resources.store.get(item_id)
+    undo = UploadJournal(resources.settings.upload_dir).forget(item_id)  # first, as PUT
+    try:
+        resources.store.delete([item_id])
+    except BaseException:
+        undo()
+        raise
     return {"id": item_id, "deleted": True}
 
 

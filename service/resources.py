@@ -60,10 +60,12 @@ def get_resources() -> Resources:
     return current_app.extensions[EXTENSION_KEY]
 
 
-def ready_error(resources: Resources) -> StoreError | None:
-    """Why the service cannot answer searches right now, or None when it can."""
+def ready_error(resources: Resources, *, thorough: bool = False) -> StoreError | None:
+    """Why the service cannot answer searches right now, or None when it can: the collection is
+    this model's, and it answers a read and a query (``thorough``: over every vector, at start-up)."""
     try:
         resources.check_collection(force=True)
+        resources.store.probe(thorough=thorough)
     except StoreError as e:
         resources.collection_checked = False
         return e

@@ -23,6 +23,10 @@ from lookalike.queries import SearchFilter
 from tests.conftest import draw_item, image_bytes, write_manifest
 
 
+def files_under(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file()]
+
+
 def upload(data: bytes, name: str = "photo.jpg") -> dict:
     return {"image": (io.BytesIO(data), name)}
 
@@ -113,7 +117,7 @@ def test_put_with_non_finite_metadata_is_a_400_and_leaves_no_file(client, ingest
     response = client.put("/v1/items/nan-item", data=data, headers=auth, content_type="multipart/form-data")
     assert response.status_code == 400
     assert "finite" in response.get_json()["error"]["message"]
-    assert not settings.upload_dir.exists() or not list(settings.upload_dir.iterdir())
+    assert not files_under(settings.upload_dir)
     assert client.get("/v1/items/nan-item").status_code == 404
 
 
@@ -125,7 +129,7 @@ def test_a_put_whose_store_write_fails_leaves_no_file(client, ingested, auth, se
     data = {**upload(image_bytes(draw_item("blue_bar", 3), "PNG"), "x.png"), "category": "c"}
     response = client.put("/v1/items/doomed", data=data, headers=auth, content_type="multipart/form-data")
     assert response.status_code == 500
-    assert not settings.upload_dir.exists() or not list(settings.upload_dir.iterdir())
+    assert not files_under(settings.upload_dir)
 
 
 # -- 8. FIFOs and other non-regular files --------------------------------------------------------

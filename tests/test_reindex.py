@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import shutil
 import threading
 
 import pytest
@@ -10,9 +13,11 @@ from ingest.pipeline import ingest, reindex
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
 from lookalike.encoder import ImageEncoder
+from lookalike.journal import UploadJournal
 from lookalike.settings import Settings
+from lookalike.store import VectorStore
 from service import create_app
-from tests.conftest import ENGINES
+from tests.conftest import ENGINES, draw_item, image_bytes
 
 
 @pytest.fixture(params=ENGINES)
@@ -29,8 +34,10 @@ def new_encoder() -> ImageEncoder:
 
 def run(function, catalogue_dir, encoder, store, tmp_path, **options):
     report = ErrorReport.open(tmp_path / "r.jsonl")
+    catalogue = read_catalogue(catalogue_dir)
+    journal = (UploadJournal(tmp_path / "uploads"),) if function is reindex else ()
     try:
-        return function(read_catalogue(catalogue_dir), encoder, store, report, workers=0, progress=False, **options)
+        return function(catalogue, *journal, encoder, store, report, workers=0, progress=False, **options)
     finally:
         report.close()
 
@@ -96,3 +103,86 @@ def test_a_plain_collection_from_an_older_layout_is_replaced_only_with_drop_old(
     assert not store.is_plain_collection()
     assert store.resolve() == store.for_model(new_encoder.identity).collection
     assert store.count() == 12
+
+
+# -- items added over the API survive a change of model (issue 12, defect 1) -------------------
+
+
+def put_photos(client, auth, ids: list[str]) -> None:
+    for index, item_id in enumerate(ids):
+        photo = image_bytes(draw_item("green_square", index + 1), "PNG")
+        data = {"image": (io.BytesIO(photo), "p.png"), "category": "green_square", "metadata": '{"by": "api"}'}
+        response = client.put(f"/v1/items/{item_id}", data=data, headers=auth, content_type="multipart/form-data")
+        assert response.status_code == 201, response.get_data(as_text=True)
+
+
+def test_reindex_with_drop_old_keeps_items_added_over_the_api(
+    settings, encoder, new_encoder, store, catalogue_dir, tmp_path, auth
+):
+    store.ensure_collection(encoder.dim, encoder.identity)
+    run(ingest, catalogue_dir, encoder, store, tmp_path)
+    put_photos(create_app(settings, encoder=encoder, store=store).test_client(), auth, ["api-1", "api-2", "api-3"])
+
+    summary = run(reindex, catalogue_dir, new_encoder, store, tmp_path, drop_old=True)
+
+    assert summary.ingested == 15 and summary.failed == 1  # the fixture's broken catalogue file
+    restarted = create_app(settings, encoder=new_encoder, store=store).test_client()
+    for item_id in ("api-1", "api-2", "api-3"):
+        item = restarted.get(f"/v1/items/{item_id}").get_json()
+        assert item["model"] == new_encoder.identity and item["metadata"] == {"by": "api"}
+        assert restarted.get(f"/v1/items/{item_id}/image").status_code == 200
+    assert restarted.get("/v1/items/api-1/similar?category=green_square").status_code == 200
+    assert store.count() == 15
+
+
+def test_items_added_before_the_journal_existed_are_carried_too(
+    settings, encoder, new_encoder, store, catalogue_dir, tmp_path, auth
+):
+    store.ensure_collection(encoder.dim, encoder.identity)
+    put_photos(create_app(settings, encoder=encoder, store=store).test_client(), auth, ["old-api-item"])
+    shutil.rmtree(settings.upload_dir / "items")  # as written by a version without the journal
+    run(reindex, catalogue_dir, new_encoder, store, tmp_path, drop_old=True)
+    assert store.get("old-api-item").model == new_encoder.identity
+
+
+def test_an_api_item_whose_upload_is_missing_is_reported_and_the_old_collection_kept(
+    settings, encoder, new_encoder, store, catalogue_dir, tmp_path, auth
+):
+    store.ensure_collection(encoder.dim, encoder.identity)
+    put_photos(create_app(settings, encoder=encoder, store=store).test_client(), auth, ["lost-file"])
+    old_collection = store.resolve()
+    for upload in settings.upload_dir.glob("*.png"):
+        upload.unlink()
+
+    summary = run(reindex, catalogue_dir, new_encoder, store, tmp_path, drop_old=True)
+
+    assert summary.failed >= 2  # the broken catalogue file and the missing upload
+    lines = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert any(line["item_id"] == "lost-file" and "not found" in line["reason"] for line in lines)
+    assert store.client.collection_exists(old_collection)  # its vector is not dropped with it
+    assert [item.id for item in UploadJournal(settings.upload_dir).catalogue().items] == ["lost-file"]
+
+
+def test_puts_and_deletes_during_a_reindex_are_not_lost(
+    settings, encoder, new_encoder, store, catalogue_dir, tmp_path, auth, monkeypatch
+):
+    store.ensure_collection(encoder.dim, encoder.identity)
+    run(ingest, catalogue_dir, encoder, store, tmp_path)
+    old_service = create_app(settings, encoder=encoder, store=store).test_client()
+    put_photos(old_service, auth, ["doomed"])
+    upserts = []
+    original = VectorStore.upsert
+
+    def upsert_and_meanwhile_write(self, items, looks):
+        original(self, items, looks)
+        upserts.append(1)
+        if len(upserts) == 2:  # the rebuild is under way: the old service takes writes
+            put_photos(old_service, auth, ["added-during-reindex"])
+            assert old_service.delete("/v1/items/doomed", headers=auth).status_code == 200
+
+    monkeypatch.setattr(VectorStore, "upsert", upsert_and_meanwhile_write)
+    run(reindex, catalogue_dir, new_encoder, store, tmp_path, drop_old=True)
+    monkeypatch.undo()
+
+    assert store.get("added-during-reindex").model == new_encoder.identity
+    assert not store.get_many(["doomed"])

@@ -151,3 +151,58 @@ def test_a_lock_whose_recorded_holder_is_gone_is_named_as_such(settings: Setting
     finally:
         holder.kill()
         holder.wait()
+
+
+KILL_AT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import ingest.pipeline as pipeline
+    from lookalike.store import VectorStore
+    from ingest.__main__ import main
+
+    moment = os.environ["KILL_AT"]
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def after(owner, name, condition=lambda calls: True):
+        original, calls = getattr(owner, name), []
+
+        def wrapped(*args, **kwargs):
+            result = original(*args, **kwargs)
+            calls.append(1)
+            if condition(len(calls)):
+                die()
+            return result
+
+        setattr(owner, name, wrapped)
+
+    if moment == "collection-created":
+        after(VectorStore, "ensure_collection")
+    elif moment == "decoding":  # a decode worker kills ingest while the workers are busy
+        original = pipeline.DecodeDataset.__getitem__
+        def getitem(self, index):
+            if index == 6:
+                os.kill(os.getppid(), signal.SIGKILL)
+            return original(self, index)
+        pipeline.DecodeDataset.__getitem__ = getitem
+    elif moment == "first-batch":
+        after(VectorStore, "upsert", lambda calls: calls == 1)
+    elif moment == "index-build":
+        after(VectorStore, "item_ids")  # the prune pass, before the HNSW build
+    elif moment == "api-items":
+        after(pipeline, "sync_uploads")
+    sys.exit(main(["--no-progress", "--prune"]))
+    """
+)
+
+
+@pytest.mark.parametrize("moment", ["collection-created", "decoding", "first-batch", "index-build", "api-items"])
+def test_kill_9_at_any_moment_then_a_rerun_finishes(settings: Settings, monkeypatch, capsys, moment):
+    env = env_of(settings, DECODE_WORKERS="2", BATCH_SIZE="2", KILL_AT=moment)
+    killed = subprocess.run([sys.executable, "-c", KILL_AT], env=env, capture_output=True, text=True, timeout=180)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    for name, value in env_of(settings, DECODE_WORKERS="2").items():
+        monkeypatch.setenv(name, value)
+    assert ingest_main(["--no-progress", "--prune"]) == 0  # at once: no "store in use"
+    assert "items=12" in capsys.readouterr().out
