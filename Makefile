@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv demo ingest serve test-tools test bench load clean
+.PHONY: venv demo ingest serve test-tools test bench load gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -16,11 +16,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-# Fine-tune the small preset once (cached by catalogue fingerprint), evaluate it, (re)index the
+# Fine-tune once with the recipe for this machine (--preset auto: small on a CPU, large on a GPU;
+# cached by catalogue fingerprint), evaluate it, (re)index the
 # catalogue with it, serve. MODEL_CHECKPOINT=<dir> make demo skips training and uses that checkpoint.
 demo: venv
 	@set -e; \
-	ckpt="$${MODEL_CHECKPOINT:-$$($(PY) -m finetune --preset small --print-checkpoint)}"; \
+	ckpt="$${MODEL_CHECKPOINT:-$$($(PY) -m finetune --preset auto --print-checkpoint)}"; \
 	$(PY) -m finetune.evaluate --checkpoint "$$ckpt"; \
 	MODEL_CHECKPOINT="$$ckpt" $(PY) -m ingest --reindex --drop-old; \
 	echo; \
@@ -55,6 +56,11 @@ bench: venv
 	$(PY) -m bench.b3_http
 	$(PY) -m bench.b4_coldstart
 	$(PY) -m bench.b5_finetune
+
+# Issue 13's machine figures on whatever DEVICE resolves to (decode rate, forward throughput,
+# fine-tuning the small and large presets, ingest vs decode). --quick checks it on a CPU.
+gpu-check: venv
+	$(PY) -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 # Bounded load run on loopback (50 clients, 60 s, mixed by-id / filtered / upload).
 load: venv

@@ -10,7 +10,6 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision import transforms
 from tqdm import tqdm
@@ -18,9 +17,10 @@ from tqdm import tqdm
 from bench.common import report, spread_sample
 from finetune.data import ImageCache, LabelledImages, split_catalogue
 from finetune.model import RetrievalModel
-from finetune.run import AUGMENTATION, TrainingConfig
-from finetune.train import autocast, train_one_epoch
+from finetune.run import AUGMENTATION, TrainingConfig, _training_precision
+from finetune.train import train_one_epoch, training_loss
 from lookalike.catalogue import read_catalogue
+from lookalike.device import Placement
 from lookalike.encoder import create_clip, resolve_model_source
 from lookalike.settings import Settings
 
@@ -43,19 +43,18 @@ def main() -> None:
     dataset = LabelledImages(cache, train_transform, classes)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True)
 
+    placement = Placement(torch.device("cpu"), _training_precision(model, loader, config, torch.device("cpu")))
     with tqdm(disable=True) as bar:
-        train_one_epoch(model, loader, optimizer, scheduler, config.label_smoothing, bar, config.bf16)  # warm-up
+        train_one_epoch(model, loader, optimizer, scheduler, config.label_smoothing, bar, placement)  # warm-up
         started = time.perf_counter()
-        train_one_epoch(model, loader, optimizer, scheduler, config.label_smoothing, bar, config.bf16)
+        train_one_epoch(model, loader, optimizer, scheduler, config.label_smoothing, bar, placement)
         epoch_s = time.perf_counter() - started
 
     batches = [next(iter(loader)) for _ in range(len(loader))]  # pre-decoded, pre-augmented tensors
     model.train()
     started = time.perf_counter()
     for pixels, labels in batches:
-        with autocast(config.bf16):
-            logits = model(pixels.contiguous(memory_format=torch.channels_last), labels)
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = training_loss(model, pixels, labels, 0.0, placement)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -71,7 +70,7 @@ def main() -> None:
                 "goal": "<=1.2",
                 "epoch_images_per_s": round(images / epoch_s, 1),
                 "baseline_images_per_s": round(images / pure_s, 1),
-                "bf16": config.bf16,
+                "precision": placement.precision,
                 "images": images,
             },
         ],

@@ -59,7 +59,7 @@ def save_resume_state(directory: Path, state: dict[str, Any]) -> None:
 
 def load_resume_state(directory: Path) -> dict[str, Any] | None:
     path = directory / RESUME_FILE
-    return torch.load(path, weights_only=False) if path.is_file() else None
+    return torch.load(path, weights_only=False, map_location="cpu") if path.is_file() else None
 
 
 def _jsonable(value: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,13 +22,17 @@ from tqdm import tqdm
 from finetune.checkpoint import load_resume_state, save_checkpoint, save_resume_state
 from finetune.data import ImageCache, LabelledImages, catalogue_fingerprint, split_catalogue
 from finetune.model import RetrievalModel
-from finetune.train import bf16_supported, evaluate, train_one_epoch, warmup_cosine
+from finetune.train import evaluate, train_one_epoch, training_loss, warmup_cosine
 from lookalike.catalogue import CatalogueItem
+from lookalike.device import BF16, FP32, Placement, default_workers, fastest_training_precision
 from lookalike.encoder import ModelSource, create_clip
+from lookalike.errors import CatalogueError
 
 log = logging.getLogger(__name__)
 #: Colour jitter leaves hue alone: colour is part of "looks alike", so a red shoe stays red.
 AUGMENTATION = open_clip.AugmentationCfg(scale=(0.35, 1.0), color_jitter=(0.2, 0.2, 0.2, 0.0), color_jitter_prob=0.8)
+#: At most this share of training time goes to the per-epoch held-out evaluation.
+EVAL_SHARE = 0.25
 CACHE_MARGIN = 1.15  # cached images keep a little more than the model's input size for cropping
 
 
@@ -47,12 +52,8 @@ class TrainingConfig:
     wise_alpha: float | None = None  # WiSE-FT: interpolate fine-tuned and starting weights
     seed: int = 0
     max_minutes: float | None = None
-    precision: str = "auto"  # "auto" (bf16 autocast where the CPU has it), "bf16" or "fp32"
+    precision: str = "auto"  # "auto" (bf16 on a GPU, measured on a CPU), "bf16" or "fp32"
     progress: bool = True
-
-    @property
-    def bf16(self) -> bool:
-        return self.precision == "bf16" or (self.precision == "auto" and bf16_supported())
 
 
 @dataclass
@@ -62,12 +63,21 @@ class TrainingResult:
     best_epoch: int
     seconds: float
     metrics: dict[str, Any]
+    epochs_planned: int = 0
+    stopped_by_budget: bool = False  # max_minutes ran out before the epochs or patience did
+    placement: str = ""
 
 
 def fine_tune(
-    items: list[CatalogueItem], source: ModelSource, output: Path, config: TrainingConfig, max_pixels: int
+    items: list[CatalogueItem],
+    source: ModelSource,
+    output: Path,
+    config: TrainingConfig,
+    max_pixels: int,
+    device: torch.device | None = None,
 ) -> TrainingResult:
     started = time.perf_counter()
+    device = device or torch.device("cpu")
     torch.manual_seed(config.seed)
     clip, train_transform, val_transform = create_clip(source, aug_cfg=AUGMENTATION)
     train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
@@ -84,23 +94,38 @@ def fine_tune(
 
     dim = int(_embedding_dim(clip.visual, val_transform, gallery))
     model = RetrievalModel(clip.visual, dim, len(classes), config.head_scale, config.margin)
-    model.to(memory_format=torch.channels_last)
+    model.to(device, memory_format=torch.channels_last)
     start_state = copy.deepcopy(clip.visual.state_dict())
+    workers = default_workers(device) if device.type == "cuda" else 0  # on a CPU the model needs the cores
     loader = DataLoader(
-        LabelledImages(gallery, train_transform, classes), batch_size=config.batch_size, shuffle=True, drop_last=True
+        LabelledImages(gallery, train_transform, classes),
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
     )
-    loop = EpochLoop(model, loader, config, output)
-    loop.run(lambda: evaluate(model, queries, gallery, val_transform, classes, config.bf16), started)
+    if len(loader) == 0:
+        raise CatalogueError(
+            f"{len(gallery.images)} training images are fewer than one batch of {config.batch_size}: "
+            "pass a smaller --batch-size"
+        )
+    placement = Placement(device, _training_precision(model, loader, config, device))
+    log.info("training on", extra={"placement": placement.describe(), "workers": workers})
+    loop = EpochLoop(model, loader, config, output, placement)
+    loop.run(lambda: evaluate(model, queries, gallery, val_transform, classes, placement), started)
 
     model.load_state_dict(loop.best_state)
     if config.wise_alpha is not None:
         interpolate_weights(clip.visual, start_state, config.wise_alpha)
-    # The reported numbers: full-resolution images in fp32, exactly as ingest and the service see them.
+    # The reported numbers: full-resolution images in fp32, as ingest and the service see them on a CPU.
     queries, gallery = (
         ImageCache.load(split.queries, None, max_pixels),
         ImageCache.load(split.gallery, None, max_pixels),
     )
-    scores, accuracy = evaluate(model, queries, gallery, val_transform, classes)
+    scores, accuracy = evaluate(model, queries, gallery, val_transform, classes, Placement(device, FP32))
+    model.cpu()
     metrics = {"overall": scores.overall, "per_category": scores.per_category, "head_accuracy": accuracy}
     info = {
         "version": output.name,
@@ -118,14 +143,43 @@ def fine_tune(
     save_checkpoint(
         output, clip, model.head.weight, config.head_scale, classes, model_cfg, get_model_preprocess_cfg(clip), info
     )
-    return TrainingResult(output, loop.epoch, loop.best_epoch, info["seconds"], metrics)
+    return TrainingResult(
+        output,
+        loop.epoch,
+        loop.best_epoch,
+        info["seconds"],
+        metrics,
+        config.epochs,
+        loop.budget_hit,
+        placement.describe(),
+    )
+
+
+def _training_precision(model: RetrievalModel, loader: DataLoader, config: TrainingConfig, device) -> str:
+    """PRECISION as configured, or measured on a real batch (`fastest_training_precision`)."""
+    if config.precision != "auto":
+        return config.precision
+    pixels, labels = next(iter(loader))
+
+    def step(bf16: bool) -> None:
+        loss = training_loss(model, pixels, labels, config.label_smoothing, Placement(device, BF16 if bf16 else FP32))
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    model.train()
+    return fastest_training_precision(device, step)
 
 
 class EpochLoop:
     """Epochs with LP-FT phases, early stopping on held-out P@4, and a resume file after each."""
 
-    def __init__(self, model: RetrievalModel, loader: DataLoader, config: TrainingConfig, output: Path) -> None:
+    def __init__(
+        self, model: RetrievalModel, loader: DataLoader, config: TrainingConfig, output: Path, placement: Placement
+    ) -> None:
         self.model, self.loader, self.config, self.output = model, loader, config, output
+        self.placement = placement
+        self.budget_hit = False
+        self.eval_every = 1  # set after the first epoch: evaluation stays a bounded share of the time
         backbone_lr = config.lr * config.backbone_lr_scale
         self.optimizer = torch.optim.AdamW(
             [
@@ -146,6 +200,7 @@ class EpochLoop:
         while self.epoch < self.config.epochs and self.stale < self.config.patience:
             if self.config.max_minutes and time.perf_counter() - started > self.config.max_minutes * 60:
                 log.warning("time budget reached", extra={"epoch": self.epoch, "max_minutes": self.config.max_minutes})
+                self.budget_hit = True
                 break
             self.epoch += 1
             self.model.visual.requires_grad_(self.epoch > self.config.lp_epochs)
@@ -157,6 +212,7 @@ class EpochLoop:
                 leave=False,
             )
             with bar:
+                epoch_started = time.perf_counter()
                 loss = train_one_epoch(
                     self.model,
                     self.loader,
@@ -164,20 +220,31 @@ class EpochLoop:
                     self.scheduler,
                     self.config.label_smoothing,
                     bar,
-                    self.config.bf16,
+                    self.placement,
                 )
+                train_s = time.perf_counter() - epoch_started
+                if self.epoch % self.eval_every and self.epoch < self.config.epochs:
+                    continue
+                eval_started = time.perf_counter()
                 scores, accuracy = evaluate_now()
+                self._bound_evaluation(train_s, time.perf_counter() - eval_started)
                 bar.set_postfix(loss=f"{loss:.3f}", p_at_4=f"{scores.overall['P@4']:.3f}")
             self._record(loss, scores.overall["P@4"], accuracy)
+
+    def _bound_evaluation(self, train_s: float, eval_s: float) -> None:
+        """Evaluate every N epochs so that evaluation takes at most `EVAL_SHARE` of the time."""
+        if self.epoch == 1:
+            self.eval_every = max(1, math.ceil(eval_s / (EVAL_SHARE * max(train_s, 1e-6))))
+            cadence = {"every_epochs": self.eval_every, "train_s": round(train_s, 2), "eval_s": round(eval_s, 2)}
+            log.info("evaluation cadence", extra=cadence)
 
     def _record(self, loss: float, p_at_4: float, accuracy: float) -> None:
         self.history.append({"epoch": self.epoch, "loss": loss, "P@4": p_at_4, "accuracy": accuracy})
         log.info("epoch done", extra=self.history[-1])
         if p_at_4 > self.best_score:
-            self.best_score, self.best_epoch, self.stale = p_at_4, self.epoch, 0
-            self.best_state = copy.deepcopy(self.model.state_dict())
-        else:
-            self.stale += 1
+            self.best_score, self.best_epoch = p_at_4, self.epoch
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        self.stale = self.epoch - self.best_epoch  # epochs without a better held-out P@4
         save_resume_state(
             self.output,
             {
@@ -211,7 +278,7 @@ def interpolate_weights(module: torch.nn.Module, start: dict[str, torch.Tensor],
     state = module.state_dict()
     for name, tensor in state.items():
         if tensor.is_floating_point():
-            state[name] = alpha * tensor + (1 - alpha) * start[name]
+            state[name] = alpha * tensor + (1 - alpha) * start[name].to(tensor.device)
     module.load_state_dict(state)
 
 

@@ -15,16 +15,7 @@ from tqdm import tqdm
 from finetune.data import ImageCache
 from finetune.metrics import RetrievalScores, retrieval_scores
 from finetune.model import RetrievalModel
-
-
-def bf16_supported() -> bool:
-    """bfloat16 autocast pays on CPUs with AMX or AVX512-BF16 (2-2.5x here); elsewhere stay fp32."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    return torch.cpu._is_amx_tile_supported() or (capability == "AVX512" and torch.cpu._is_avx512_bf16_supported())
-
-
-def autocast(enabled: bool) -> torch.autocast:
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+from lookalike.device import Placement
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -46,23 +37,32 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     label_smoothing: float,
     bar: tqdm,
-    bf16: bool = False,
+    placement: Placement,
 ) -> float:
     """Returns the mean training loss."""
     model.train()
     losses = []
     for pixels, labels in loader:
-        with autocast(bf16):
-            logits = model(pixels.contiguous(memory_format=torch.channels_last), labels)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        loss = training_loss(model, pixels, labels, label_smoothing, placement)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        losses.append(loss.item())
+        losses.append(loss.detach())
         bar.update(len(labels))
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-    return float(np.mean(losses))
+    return float(torch.stack(losses).mean()) if losses else float("nan")  # one device sync per epoch
+
+
+def training_loss(
+    model: RetrievalModel, pixels: torch.Tensor, labels: torch.Tensor, label_smoothing: float, placement: Placement
+) -> torch.Tensor:
+    """Forward pass and loss of one batch on the placement's device and precision."""
+    device = placement.device
+    pixels = pixels.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    labels = labels.to(device, non_blocking=True)
+    with placement.autocast():
+        logits = model(pixels, labels)
+    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
 
 @torch.inference_mode()
@@ -70,15 +70,16 @@ def embed_cache(
     model: RetrievalModel,
     cache: ImageCache,
     preprocess: Callable[[Image.Image], torch.Tensor],
-    bf16: bool = False,
+    placement: Placement,
     batch_size: int = 128,
 ) -> np.ndarray:
     model.eval()
     chunks = []
     for start in range(0, len(cache.images), batch_size):
         pixels = torch.stack([preprocess(image) for image in cache.images[start : start + batch_size]])
-        with autocast(bf16):
-            chunks.append(model.embed(pixels.contiguous(memory_format=torch.channels_last)).float().numpy())
+        pixels = pixels.to(placement.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with placement.autocast():
+            chunks.append(model.embed(pixels).float().cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, 1), np.float32)
 
 
@@ -88,16 +89,17 @@ def evaluate(
     gallery: ImageCache,
     preprocess: Callable[[Image.Image], torch.Tensor],
     classes: list[str],
-    bf16: bool = False,
+    placement: Placement,
 ) -> tuple[RetrievalScores, float]:
     """Held-out retrieval scores, and the head's classification accuracy on the queries."""
-    query_embeddings = embed_cache(model, queries, preprocess, bf16)
-    gallery_embeddings = embed_cache(model, gallery, preprocess, bf16)
+    query_embeddings = embed_cache(model, queries, preprocess, placement)
+    gallery_embeddings = embed_cache(model, gallery, preprocess, placement)
     query_labels = [item.category for item in queries.items]
     scores = retrieval_scores(
         query_embeddings, query_labels, gallery_embeddings, [item.category for item in gallery.items]
     )
     with torch.inference_mode():
-        predicted = model.head.cosine(torch.from_numpy(query_embeddings)).argmax(dim=1).numpy()
+        cosine = model.head.cosine(torch.from_numpy(query_embeddings).to(placement.device))
+        predicted = cosine.argmax(dim=1).cpu().numpy()
     accuracy = float(np.mean([classes[p] == label for p, label in zip(predicted, query_labels, strict=True)]))
     return scores, accuracy

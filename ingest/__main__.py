@@ -16,6 +16,7 @@ from ingest.report import ErrorReport
 from lookalike.backup import backup, restore
 from lookalike.catalogue import Shard, read_catalogue, take_shard
 from lookalike.cli import int_range
+from lookalike.device import default_workers
 from lookalike.encoder import ImageEncoder
 from lookalike.errors import LookalikeError
 from lookalike.journal import UploadJournal
@@ -99,9 +100,11 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     encoder = ImageEncoder.from_settings(settings)
     report = ErrorReport.open(settings.ingest_error_report)
     journal = UploadJournal(settings.upload_dir)  # items added over the API: kept across models
+    device = encoder.placement.device
+    workers = default_workers(device) if settings.decode_workers is None else settings.decode_workers
     options = {
-        "batch_size": settings.batch_size,
-        "workers": settings.decode_workers,
+        "batch_size": settings.ingest_batch_size(device.type),
+        "workers": workers,
         "max_pixels": settings.max_image_pixels,
         "prune": args.prune,
         "progress": not args.no_progress,
@@ -131,7 +134,11 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         report.close()
         store.close()
-    print(f"{summary.line()} collection={settings.collection} items={total} model={encoder.identity}")
+    print(
+        f"{summary.line()} collection={settings.collection} items={total} model={encoder.identity} "
+        f"device={encoder.placement.describe()!r}"
+    )
+    print(summary.stages_line())
     if summary.failed:
         print(f"failed items are listed in {settings.ingest_error_report}")
     return 0

@@ -97,7 +97,12 @@ def collate(decoded: list[Decoded]) -> Batch:
 
 
 def iter_batches(
-    items: Sequence[CatalogueItem], preprocess: Preprocess, max_pixels: int, batch_size: int, workers: int
+    items: Sequence[CatalogueItem],
+    preprocess: Preprocess,
+    max_pixels: int,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool = False,
 ) -> Iterator[Batch]:
     """Decode in ``workers`` processes, ahead of the model, in catalogue order."""
     loader = DataLoader(
@@ -106,6 +111,7 @@ def iter_batches(
         num_workers=workers,
         collate_fn=collate,
         prefetch_factor=4 if workers else None,
+        pin_memory=pin_memory,
         worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers else None,
     )
     yield from loader
@@ -148,40 +154,54 @@ def ingest(
     """
     started = time.perf_counter()
     summary = IngestSummary()
+    stage = summary.stage  # each stage's seconds go into the summary
     for error in catalogue.errors:
         report.row_error(error)
         summary.failed += 1
-    sha256s = {item.id: _sha256_or_none(item) for item in catalogue.items}
-    duplicates = report_exact_duplicates(catalogue.items, sha256s, report, summary)
-    to_embed = _sync_unchanged(catalogue.items, sha256s, encoder.identity, store, summary)
+    with stage("hash"):
+        sha256s = {item.id: _sha256_or_none(item) for item in catalogue.items}
+        duplicates = report_exact_duplicates(catalogue.items, sha256s, report, summary)
+    with stage("lookup"):
+        to_embed = _sync_unchanged(catalogue.items, sha256s, encoder.identity, store, summary)
     if not index_duplicates:
         to_embed = [item for item in to_embed if item.id not in duplicates]
     bar = tqdm(total=len(to_embed), unit="img", desc="ingest", disable=not progress)
     with bar:
-        for batch in iter_batches(to_embed, encoder.preprocess, max_pixels, batch_size, workers):
+        pin = encoder.placement.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
+        batches = iter(iter_batches(to_embed, encoder.preprocess, max_pixels, batch_size, workers, pin))
+        while True:
+            with stage("decode"):  # waiting for the decode workers
+                batch = next(batches, None)
+            if batch is None:
+                break
             for failure in batch.failed:
                 report.item_error(failure.item, failure.error)  # type: ignore[arg-type]
             summary.failed += len(batch.failed)
             if batch.pixels is not None:
-                embeddings = encoder.embed_batch(batch.pixels)
+                with stage("embed"):
+                    embeddings = encoder.embed_batch(batch.pixels)
                 looks = [Look(e, c) for e, c in zip(embeddings, batch.colours, strict=True)]
                 stored = [_stored_item(i, s, encoder.identity) for i, s in zip(batch.items, batch.sha256s, strict=True)]
                 if near_duplicates is not None:
-                    alike = report_near_duplicates(
-                        batch.items, looks, store, near_duplicates, report, summary, duplicates
-                    )
+                    with stage("near_duplicates"):
+                        alike = report_near_duplicates(
+                            batch.items, looks, store, near_duplicates, report, summary, duplicates
+                        )
                     if not index_duplicates:
                         kept = [n for n, item in enumerate(stored) if item.id not in alike]
                         stored, looks = [stored[n] for n in kept], [looks[n] for n in kept]
                 if stored:
-                    upsert_with_retry(store, stored, looks)
+                    with stage("upsert"):
+                        upsert_with_retry(store, stored, looks)
                     summary.ingested += len(stored)
                     log.info("batch upserted", extra={"items": len(stored), "first": stored[0].id})
             bar.update(len(batch.items) + len(batch.failed))
     if prune:
-        summary.pruned = _prune(catalogue, store)
+        with stage("prune"):
+            summary.pruned = _prune(catalogue, store)
     if summary.ingested or summary.pruned:
-        store.optimize()
+        with stage("index"):
+            store.optimize()
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -25,12 +28,28 @@ class IngestSummary:
     near_duplicates: int = 0  # looks the same as a stored item (indexed unless --skip-duplicates)
     repaired: int = 0  # damaged points found by --verify, deleted and embedded again
     seconds: float = 0.0
+    #: Seconds per stage: hash, lookup, decode (waiting for the workers), embed, near_duplicates,
+    #: upsert, prune, index (the HNSW build).
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - started
+
+    def stages_line(self) -> str:
+        return "stages_s " + " ".join(f"{name}={seconds:.2f}" for name, seconds in self.stages.items())
 
     def add(self, other: IngestSummary) -> None:
         """Count another pass (the API-added items after the catalogue) into this summary."""
         for name in ("ingested", "skipped", "updated", "failed", "pruned", "duplicates", "near_duplicates", "repaired"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.seconds += other.seconds
+        for name, seconds in other.stages.items():
+            self.stages[name] = self.stages.get(name, 0.0) + seconds
 
     @property
     def images_per_second(self) -> float:

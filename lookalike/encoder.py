@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
+from lookalike.device import FP32, Placement, inference_placement
 from lookalike.errors import ModelLoadError
 from lookalike.settings import Settings
 
@@ -113,13 +114,19 @@ class ImageEncoder:
     """Image tower + val transform; `embed_batch` returns L2-normalised float32 (N, dim)."""
 
     def __init__(
-        self, visual: torch.nn.Module, preprocess: Preprocess, label: str, classifier: CategoryClassifier | None = None
+        self,
+        visual: torch.nn.Module,
+        preprocess: Preprocess,
+        label: str,
+        classifier: CategoryClassifier | None = None,
+        placement: Placement | None = None,
     ) -> None:
-        self.visual = visual.eval()
+        self.identity = f"{label}@{weights_fingerprint(visual)}"  # of the weights as loaded: any device
+        self.placement = placement or Placement(torch.device("cpu"), FP32)
+        self.visual = visual.eval().to(self.placement.device)
         self.preprocess = preprocess
         self.classifier = classifier
         self.dim = int(self._probe_dim())
-        self.identity = f"{label}@{weights_fingerprint(visual)}"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ImageEncoder:
@@ -128,20 +135,23 @@ class ImageEncoder:
         source = resolve_model_source(settings)
         visual, preprocess = load_visual(source)
         classifier = CategoryClassifier.load(settings.model_checkpoint) if settings.model_checkpoint else None
-        encoder = cls(visual, preprocess, source.label, classifier)
+        placement = inference_placement(settings.device, settings.precision)
+        encoder = cls(visual, preprocess, source.label, classifier, placement)
         if source.random_init:
             log.warning(
                 "encoder has RANDOM weights (MODEL_PRETRAINED is empty): results show the pipeline, "
                 "not visual similarity. Set MODEL_PRETRAINED (e.g. laion2b_s34b_b79k) or MODEL_CHECKPOINT."
             )
-        log.info("encoder ready", extra={"model": encoder.identity, "dim": encoder.dim})
+        log.info("encoder ready", extra={"model": encoder.identity, "dim": encoder.dim, "device": placement.describe()})
         return encoder
 
     @torch.inference_mode()
     def embed_batch(self, pixels: torch.Tensor) -> np.ndarray:
-        """Embed preprocessed pixels (N, 3, H, W)."""
-        features = self.visual(pixels)
-        return F.normalize(features.float(), dim=-1).numpy().astype(np.float32, copy=False)
+        """Embed preprocessed pixels (N, 3, H, W), on the encoder's device and precision."""
+        pixels = pixels.to(self.placement.device, non_blocking=True)
+        with self.placement.autocast():
+            features = self.visual(pixels)
+        return F.normalize(features.float(), dim=-1).cpu().numpy().astype(np.float32, copy=False)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Preprocess with the model's own transform, then embed."""
@@ -153,7 +163,7 @@ class ImageEncoder:
             return output_dim
         size = open_clip_image_size(self.preprocess)
         with torch.inference_mode():
-            return self.visual(torch.zeros(1, 3, size, size)).shape[-1]
+            return self.visual(torch.zeros(1, 3, size, size, device=self.placement.device)).shape[-1]
 
 
 def create_clip(source: ModelSource, aug_cfg: Any = None) -> tuple[torch.nn.Module, Preprocess, Preprocess]:

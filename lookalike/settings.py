@@ -13,6 +13,11 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+#: DEVICE values (resolved by lookalike.device, which needs torch; settings must not).
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]{1,2})?)$"
+#: Ingest's defaults per kind of device: images per forward pass and decode processes.
+DEFAULT_BATCH_SIZE = {"cpu": 32, "cuda": 256}
+
 #: Where the team's demo catalogue sits, relative to the project root.
 SHARED_CATALOGUE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "catalogue"
 
@@ -60,9 +65,15 @@ class Settings(BaseSettings):
     model_pretrained: str = ""
     #: This project's fine-tuned checkpoint directory; wins over MODEL_NAME/MODEL_PRETRAINED.
     model_checkpoint: Path | None = None
-    batch_size: int = Field(32, ge=1, le=1024)
-    #: Processes that decode and preprocess images while the model runs (0 = in the main process).
-    decode_workers: int = Field(2, ge=0, le=64)
+    #: Where the model runs: auto (the first CUDA device, else the CPU), cpu, cuda, cuda:N.
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
+    #: Inference precision: auto (bf16 on a GPU, fp32 on a CPU), fp32 or bf16.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    #: Images per forward pass in ingest; unset: 32 on a CPU, 256 on a GPU.
+    batch_size: int | None = Field(None, ge=1, le=1024)
+    #: Processes that decode and preprocess images while the model runs (0 = in the main process);
+    #: unset: 2 on a CPU, every core but one (up to 16) beside a GPU.
+    decode_workers: int | None = Field(None, ge=0, le=64)
     torch_threads: int | None = Field(None, ge=1)
 
     #: Default weight of colour in similarity when a request gives no `colour_weight` (0 = shape only).
@@ -105,6 +116,8 @@ class Settings(BaseSettings):
         "api_key",
         "catalogue_dir",
         "near_duplicate_similarity",
+        "batch_size",
+        "decode_workers",
         mode="before",
     )
     @classmethod
@@ -132,6 +145,10 @@ class Settings(BaseSettings):
         except ValidationError as e:
             problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
             raise InvalidRequest(f"invalid setting: {problems}") from None
+
+    def ingest_batch_size(self, device_type: str) -> int:
+        """BATCH_SIZE, or the default for this kind of device (larger batches feed a GPU)."""
+        return self.batch_size or DEFAULT_BATCH_SIZE.get(device_type, DEFAULT_BATCH_SIZE["cpu"])
 
     @property
     def embedded(self) -> bool:

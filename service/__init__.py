@@ -42,7 +42,7 @@ def create_app(
     app.wsgi_app = BodyDeadline(app.wsgi_app, settings.request_body_timeout_s, settings.max_upload_bytes)
     app.json.sort_keys = False
     store = store or VectorStore.from_settings(settings)  # first: a locked store fails before the model loads
-    inference = InferenceThread(encoder or (lambda: ImageEncoder.from_settings(settings)), settings.batch_size)
+    inference = InferenceThread(encoder or (lambda: ImageEncoder.from_settings(settings)), settings.batch_size or 32)
     metrics = init_observability(app, lambda: _item_count(resources))
     resources = Resources(settings, store, metrics, inference)
     app.extensions[EXTENSION_KEY] = resources

@@ -35,4 +35,6 @@ def readyz():
         "serving": resources.store.collection,
         "items": resources.store.count(),
         "model": resources.encoder.identity,
+        "device": str(resources.encoder.placement.device),
+        "precision": resources.encoder.placement.precision,
     }

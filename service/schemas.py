@@ -108,6 +108,8 @@ class Ready(BaseModel):
     serving: str
     items: int
     model: str
+    device: str = Field(description="where the encoder runs, e.g. cpu or cuda:0 (DEVICE)")
+    precision: str = Field(description="the encoder's precision there: fp32 or bf16 (PRECISION)")
 
 
 class ErrorResponse(BaseModel):

@@ -138,7 +138,8 @@ def test_cli_and_evaluate_report(shapes_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MODEL_NAME", TEST_MODEL)
     monkeypatch.setenv("MODEL_PRETRAINED", "")
     output = tmp_path / "ckpt"
-    args = [str(shapes_dir), "--output", str(output), "--epochs", "2", "--batch-size", "8", "--no-progress"]
+    args = [str(shapes_dir), "--preset", "model", "--output", str(output), "--epochs", "2", "--batch-size", "8"]
+    args.append("--no-progress")
     assert finetune_main(args) == 0
     assert "heldout_P@4=" in capsys.readouterr().out
     assert finetune_main(args) == 0  # cached: same catalogue, finished checkpoint

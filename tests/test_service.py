@@ -214,6 +214,8 @@ def test_health_and_readiness(client, ingested, encoder, store):
         "serving": store.for_model(encoder.identity).collection,  # the alias's target, pinned
         "items": 12,
         "model": encoder.identity,
+        "device": "cpu",
+        "precision": "fp32",
     }
 
 

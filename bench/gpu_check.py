@@ -1,0 +1,170 @@
+"""`make gpu-check`: the machine's figures for issue 13, on whatever device DEVICE resolves to.
+
+Prints, one line each: PIL decode + resize rate over the catalogue (one process per core); the
+forward throughput of ViT-B/32 at 224 (fp32 -- TF32 on a GPU -- and bf16) and of the small
+preset's ResNet-18 at 112 (bf16); fine-tuning the small and the large preset on the catalogue's
+split (seconds, held-out P@4 and mAP@R, the protocol of finetune.evaluate); and ingest of the
+whole catalogue with the large checkpoint into a fresh embedded store, against the decode rate
+(goal: >= 0.8x, i.e. the forward pass is not the bottleneck). ``--quick`` shrinks everything so
+the script itself can be checked on a CPU in a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from finetune.__main__ import PRESETS
+from finetune.run import fine_tune
+from ingest.pipeline import ingest
+from ingest.report import ErrorReport
+from lookalike.catalogue import Catalogue, read_catalogue
+from lookalike.device import Placement, default_workers, describe_device, resolve_device
+from lookalike.encoder import ImageEncoder, create_clip, load_visual, resolve_model_source
+from lookalike.images import decode_image, read_bytes
+from lookalike.queries import NearDuplicateRule
+from lookalike.settings import Settings
+from lookalike.store import VectorStore
+
+RESULTS: list[dict] = []
+
+
+def emit(figure: str, **values) -> None:
+    RESULTS.append({"figure": figure, **values})
+    print(json.dumps({"figure": figure, **values}), flush=True)
+
+
+def _decode_one(path: str) -> int:
+    image = decode_image(read_bytes(Path(path)), 40_000_000)
+    scale = 128 / min(image.size)
+    image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+    return 1
+
+
+def decode_rate(paths: list[str], processes: int) -> float:
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        pool.map(_decode_one, paths[: processes * 4])  # warm the pool and the page cache
+        started = time.perf_counter()
+        done = sum(pool.map(_decode_one, paths, chunksize=16))
+    return done / (time.perf_counter() - started)
+
+
+def forward_rate(model: torch.nn.Module, size: int, batch: int, steps: int, placement: Placement) -> float:
+    model = model.eval().to(placement.device, memory_format=torch.channels_last)
+    pixels = torch.randn(batch, 3, size, size, device=placement.device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), placement.autocast():
+        for _ in range(3):
+            model(pixels)
+        synchronize(placement.device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            model(pixels)
+        synchronize(placement.device)
+    return batch * steps / (time.perf_counter() - started)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("catalogue", nargs="?", type=Path)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: check the script on a CPU")
+    parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
+    args = parser.parse_args()
+    settings = Settings()
+    device = resolve_device(settings.device)
+    cores = os.cpu_count() or 1
+    catalogue = read_catalogue(args.catalogue or settings.catalogue_source())
+    items = catalogue.items[:: max(1, len(catalogue.items) // 150)] if args.quick else catalogue.items
+    emit("machine", device=describe_device(device), cores=cores, torch=torch.__version__, items=len(items))
+
+    paths = [str(item.path) for item in items]
+    decode = decode_rate(paths, cores)
+    emit("pil_decode_resize_128", processes=cores, images_per_s=round(decode, 1))
+
+    batch, steps = (8, 2) if args.quick else (256, 20)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    vit = create_clip(resolve_model_source(Settings(model_name="ViT-B-32", model_pretrained="")))[0].visual
+    for precision in ("fp32", "bf16"):
+        rate = forward_rate(vit, 224, batch, steps, Placement(device, precision))
+        emit("vit_b32_224_forward", precision=precision, batch=batch, images_per_s=round(rate, 1))
+    small_settings = Settings(model_name="lookalike-small", model_pretrained="")
+    resnet18 = load_visual(resolve_model_source(small_settings))[0]
+    rate = forward_rate(resnet18, 112, batch, steps, Placement(device, "bf16"))
+    emit("resnet18_112_forward", precision="bf16", batch=batch, images_per_s=round(rate, 1))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        for preset in ("small", "large"):
+            model_name, config = PRESETS[preset]
+            if args.quick:
+                config = dataclasses.replace(config, epochs=1, batch_size=16, max_minutes=None)
+            config = dataclasses.replace(config, progress=False)
+            source = resolve_model_source(Settings(model_name=model_name, model_pretrained=""))
+            output = Path(tmp) / preset
+            result = fine_tune(items, source, output, config, settings.max_image_pixels, device)
+            overall = result.metrics["overall"]
+            emit(
+                f"finetune_{preset}",
+                model=model_name,
+                seconds=result.seconds,
+                epochs=result.epochs_run,
+                best_epoch=result.best_epoch,
+                stopped_by_budget=result.stopped_by_budget,
+                placement=result.placement,
+                heldout_p_at_4=round(overall["P@4"], 3),
+                map_at_r=round(overall["mAP@R"], 3),
+            )
+            checkpoint = output
+        ingest_rate = measure_ingest(settings, checkpoint, Catalogue(catalogue.root, items, []), Path(tmp), cores)
+        emit(
+            "ingest_whole_catalogue",
+            checkpoint="large",
+            images_per_s=round(ingest_rate, 1),
+            vs_pil_decode=round(ingest_rate / decode, 3),
+            goal=">=0.8",
+        )
+    if args.output:
+        args.output.write_text(json.dumps(RESULTS, indent=2))
+
+
+def measure_ingest(settings: Settings, checkpoint: Path, catalogue: Catalogue, tmp: Path, cores: int) -> float:
+    """Ingest as `python -m ingest` runs it (decode workers, batches, near-duplicate check)."""
+    run_settings = settings.with_overrides(model_checkpoint=checkpoint, qdrant_path=tmp / "qdrant", qdrant_url=None)
+    encoder = ImageEncoder.from_settings(run_settings)
+    store = VectorStore.from_settings(run_settings)
+    store.ensure_collection(encoder.dim, encoder.identity)
+    report = ErrorReport.open(tmp / "errors.jsonl")
+    device = encoder.placement.device
+    try:
+        summary = ingest(
+            catalogue,
+            encoder,
+            store,
+            report,
+            batch_size=run_settings.ingest_batch_size(device.type),
+            workers=default_workers(device) if device.type == "cuda" else min(2, cores),
+            progress=False,
+            near_duplicates=NearDuplicateRule.from_settings(run_settings),
+        )
+    finally:
+        report.close()
+        store.close()
+    return summary.ingested / summary.seconds
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""One device abstraction (DEVICE, PRECISION): resolution, its errors, the precision choice (issue 13).
+
+No GPU here or in CI: the CUDA branches are checked for their decisions and errors; the GPU runs
+themselves are `make gpu-check` on a machine that has one.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from finetune.__main__ import main as finetune_main
+from finetune.__main__ import preset_for
+from ingest.__main__ import main as ingest_main
+from lookalike.device import (
+    BF16,
+    FP32,
+    DeviceUnavailable,
+    Placement,
+    fastest_training_precision,
+    inference_placement,
+    resolve_device,
+)
+from lookalike.encoder import ImageEncoder, load_visual, resolve_model_source
+from lookalike.settings import Settings
+from tests.conftest import TEST_MODEL, draw_item
+
+NO_GPU = not torch.cuda.is_available()
+
+
+def test_auto_and_cpu_resolve_to_a_usable_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == (torch.device("cpu") if NO_GPU else torch.device("cuda", 0))
+
+
+@pytest.mark.skipif(not NO_GPU, reason="checks the message given on a machine without a GPU")
+@pytest.mark.parametrize("name", ["cuda", "cuda:1"])
+def test_asking_for_a_gpu_that_is_not_there_is_one_clear_error(name):
+    with pytest.raises(DeviceUnavailable, match=f"DEVICE={name} but torch sees no CUDA device"):
+        resolve_device(name)
+
+
+def test_device_setting_is_validated():
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, device="gpu")
+    assert Settings(_env_file=None, device="cuda:1").device == "cuda:1"
+
+
+@pytest.mark.skipif(not NO_GPU, reason="checks the CLI's answer on a machine without a GPU")
+def test_ingest_and_finetune_with_a_missing_gpu_exit_2_without_a_traceback(monkeypatch, capsys, settings):
+    monkeypatch.setenv("DEVICE", "cuda")
+    monkeypatch.setenv("QDRANT_PATH", str(settings.qdrant_path))
+    monkeypatch.setenv("CATALOGUE_DIR", str(settings.catalogue_dir))
+    monkeypatch.setenv("MODEL_NAME", TEST_MODEL)
+    for run in (lambda: ingest_main(["--no-progress"]), lambda: finetune_main(["--preset", "model", "--no-progress"])):
+        assert run() == 2
+        err = capsys.readouterr().err
+        assert "error: DEVICE=cuda but torch sees no CUDA device" in err and "Traceback" not in err
+
+
+def test_inference_precision_is_bf16_only_on_a_gpu_unless_set():
+    assert inference_placement("cpu").precision == FP32
+    assert inference_placement("cpu", "bf16").precision == BF16
+
+
+def test_the_encoder_on_the_cpu_placement_gives_the_same_vectors(settings):
+    source = resolve_model_source(Settings(_env_file=None, model_name=TEST_MODEL, model_pretrained=""))
+    visual, preprocess = load_visual(source)
+    images = [draw_item("red_round", i) for i in range(4)]
+    default = ImageEncoder(visual, preprocess, source.label).embed_images(images)
+    placed = ImageEncoder(visual, preprocess, source.label, placement=Placement(torch.device("cpu"), FP32))
+    assert np.allclose(placed.embed_images(images), default, atol=1e-6)
+    bf16 = ImageEncoder(visual, preprocess, source.label, placement=Placement(torch.device("cpu"), BF16))
+    assert bf16.identity == placed.identity  # the identity never depends on device or precision
+    cosines = (bf16.embed_images(images) * default).sum(axis=1)
+    assert cosines.min() > 0.99
+
+
+def test_training_precision_is_whichever_measures_faster_on_a_cpu():
+    def step_with(bf16_seconds: float, fp32_seconds: float):
+        return lambda bf16: time.sleep(bf16_seconds if bf16 else fp32_seconds)
+
+    cpu = torch.device("cpu")
+    assert fastest_training_precision(cpu, step_with(0.005, 0.03), repeats=1) == BF16
+    assert fastest_training_precision(cpu, step_with(0.03, 0.005), repeats=1) == FP32
+    assert fastest_training_precision(cpu, step_with(0.02, 0.021), repeats=1) == FP32  # bf16 must win by 10 %
+
+
+def test_preset_auto_picks_the_recipe_for_the_machine():
+    plain = Settings(_env_file=None, model_pretrained="")
+    assert preset_for("auto", plain, torch.device("cpu")) == "small"
+    assert preset_for("auto", plain, torch.device("cuda")) == "large"
+    pretrained = Settings(_env_file=None, model_pretrained="laion2b_s34b_b79k")
+    assert preset_for("auto", pretrained, torch.device("cuda")) is None  # LP-FT of MODEL_NAME
+    assert preset_for("model", plain, torch.device("cpu")) is None
+    assert preset_for("small", plain, torch.device("cuda")) == "small"
+
+
+def test_readyz_names_device_and_precision(client, ingested):
+    body = client.get("/readyz").get_json()
+    assert body["device"] == "cpu" and body["precision"] == "fp32"
