@@ -62,6 +62,8 @@ class ImageCache:
 
     images: list[Image.Image]
     items: list[CatalogueItem]
+    #: The images through the val transform, when held on a device (`finetune.device_data`).
+    pixels: torch.Tensor | None = None
 
     @classmethod
     def load(cls, items: Sequence[CatalogueItem], side: int | None, max_pixels: int) -> ImageCache:

@@ -21,10 +21,11 @@ from tqdm import tqdm
 
 from finetune.checkpoint import load_resume_state, save_checkpoint, save_resume_state
 from finetune.data import ImageCache, LabelledImages, catalogue_fingerprint, split_catalogue
+from finetune.device_data import DeviceBatches, preprocess_on_device
 from finetune.model import RetrievalModel
 from finetune.train import evaluate, train_one_epoch, training_loss, warmup_cosine
 from lookalike.catalogue import CatalogueItem
-from lookalike.device import BF16, FP32, Placement, default_workers, fastest_training_precision
+from lookalike.device import BF16, FP32, Placement, fastest_training_precision
 from lookalike.encoder import ModelSource, create_clip
 from lookalike.errors import CatalogueError
 
@@ -54,6 +55,15 @@ class TrainingConfig:
     max_minutes: float | None = None
     precision: str = "auto"  # "auto" (bf16 on a GPU, measured on a CPU), "bf16" or "fp32"
     progress: bool = True
+    #: Evaluate every N epochs (default: as often as keeps evaluation <= EVAL_SHARE of the time).
+    eval_every: int | None = None
+    #: Write the resume file at most this often (and after the last epoch).
+    resume_every_s: float = 20.0
+    #: Hold the training images on the device and augment them there (default: on a GPU only).
+    data_on_device: bool | None = None
+
+    def holds_data_on(self, device: torch.device) -> bool:
+        return device.type == "cuda" if self.data_on_device is None else self.data_on_device
 
 
 @dataclass
@@ -96,23 +106,19 @@ def fine_tune(
     model = RetrievalModel(clip.visual, dim, len(classes), config.head_scale, config.margin)
     model.to(device, memory_format=torch.channels_last)
     start_state = copy.deepcopy(clip.visual.state_dict())
-    workers = default_workers(device) if device.type == "cuda" else 0  # on a CPU the model needs the cores
-    loader = DataLoader(
-        LabelledImages(gallery, train_transform, classes),
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-    )
+    loader = _training_batches(clip, gallery, train_transform, classes, side, config, device)
+    if config.holds_data_on(device):  # evaluation images through the val transform once, kept there
+        queries, gallery = (
+            preprocess_on_device(queries, val_transform, device),
+            preprocess_on_device(gallery, val_transform, device),
+        )
     if len(loader) == 0:
         raise CatalogueError(
             f"{len(gallery.images)} training images are fewer than one batch of {config.batch_size}: "
             "pass a smaller --batch-size"
         )
     placement = Placement(device, _training_precision(model, loader, config, device))
-    log.info("training on", extra={"placement": placement.describe(), "workers": workers})
+    log.info("training on", extra={"placement": placement.describe(), "data": type(loader).__name__})
     loop = EpochLoop(model, loader, config, output, placement)
     loop.run(lambda: evaluate(model, queries, gallery, val_transform, classes, placement), started)
 
@@ -155,6 +161,31 @@ def fine_tune(
     )
 
 
+def _training_batches(
+    clip, gallery: ImageCache, train_transform, classes: list[str], side: int, config: TrainingConfig, device
+) -> DataLoader | DeviceBatches:
+    """On a GPU the gallery lives there and is augmented there (`finetune.device_data`); on a CPU
+    the PIL transforms run in the main process (the model needs both cores)."""
+    if config.holds_data_on(device):
+        preprocess_cfg = get_model_preprocess_cfg(clip)
+        index = {name: i for i, name in enumerate(classes)}
+        return DeviceBatches(
+            gallery,
+            [index[item.category] for item in gallery.items],
+            side,
+            preprocess_cfg["size"][0],
+            preprocess_cfg["mean"],
+            preprocess_cfg["std"],
+            config.batch_size,
+            AUGMENTATION.scale,
+            device,
+            config.seed,
+        )
+    return DataLoader(
+        LabelledImages(gallery, train_transform, classes), batch_size=config.batch_size, shuffle=True, drop_last=True
+    )
+
+
 def _training_precision(model: RetrievalModel, loader: DataLoader, config: TrainingConfig, device) -> str:
     """PRECISION as configured, or measured on a real batch (`fastest_training_precision`)."""
     if config.precision != "auto":
@@ -174,12 +205,19 @@ class EpochLoop:
     """Epochs with LP-FT phases, early stopping on held-out P@4, and a resume file after each."""
 
     def __init__(
-        self, model: RetrievalModel, loader: DataLoader, config: TrainingConfig, output: Path, placement: Placement
+        self,
+        model: RetrievalModel,
+        loader: DataLoader | DeviceBatches,
+        config: TrainingConfig,
+        output: Path,
+        placement: Placement,
     ) -> None:
         self.model, self.loader, self.config, self.output = model, loader, config, output
         self.placement = placement
         self.budget_hit = False
-        self.eval_every = 1  # set after the first epoch: evaluation stays a bounded share of the time
+        #: Set after the first epoch (unless configured): evaluation stays a bounded share of the time.
+        self.eval_every = config.eval_every or 1
+        self._saved_at = -math.inf
         backbone_lr = config.lr * config.backbone_lr_scale
         self.optimizer = torch.optim.AdamW(
             [
@@ -205,7 +243,7 @@ class EpochLoop:
             self.epoch += 1
             self.model.visual.requires_grad_(self.epoch > self.config.lp_epochs)
             bar = tqdm(
-                total=len(self.loader.dataset),
+                total=len(self.loader) * self.config.batch_size,
                 desc=f"epoch {self.epoch}/{self.config.epochs}",
                 unit="img",
                 disable=not self.config.progress,
@@ -223,17 +261,17 @@ class EpochLoop:
                     self.placement,
                 )
                 train_s = time.perf_counter() - epoch_started
-                if self.epoch % self.eval_every and self.epoch < self.config.epochs:
-                    continue
-                eval_started = time.perf_counter()
-                scores, accuracy = evaluate_now()
-                self._bound_evaluation(train_s, time.perf_counter() - eval_started)
-                bar.set_postfix(loss=f"{loss:.3f}", p_at_4=f"{scores.overall['P@4']:.3f}")
-            self._record(loss, scores.overall["P@4"], accuracy)
+                if self.epoch % self.eval_every == 0 or self.epoch == self.config.epochs:
+                    eval_started = time.perf_counter()
+                    scores, accuracy = evaluate_now()
+                    self._bound_evaluation(train_s, time.perf_counter() - eval_started)
+                    bar.set_postfix(loss=f"{loss:.3f}", p_at_4=f"{scores.overall['P@4']:.3f}")
+                    self._record(loss, scores.overall["P@4"], accuracy)
+            self._save_resume_state()
 
     def _bound_evaluation(self, train_s: float, eval_s: float) -> None:
         """Evaluate every N epochs so that evaluation takes at most `EVAL_SHARE` of the time."""
-        if self.epoch == 1:
+        if self.epoch == 1 and self.config.eval_every is None:
             self.eval_every = max(1, math.ceil(eval_s / (EVAL_SHARE * max(train_s, 1e-6))))
             cadence = {"every_epochs": self.eval_every, "train_s": round(train_s, 2), "eval_s": round(eval_s, 2)}
             log.info("evaluation cadence", extra=cadence)
@@ -245,6 +283,15 @@ class EpochLoop:
             self.best_score, self.best_epoch = p_at_4, self.epoch
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         self.stale = self.epoch - self.best_epoch  # epochs without a better held-out P@4
+
+    def _save_resume_state(self) -> None:
+        """The resume file, at most every `resume_every_s` (a GPU epoch can take less time than
+        writing a ResNet-50 with its optimiser state), and after the last epoch."""
+        now = time.perf_counter()
+        last = self.epoch >= self.config.epochs
+        if not last and now - self._saved_at < self.config.resume_every_s:
+            return
+        self._saved_at = now
         save_resume_state(
             self.output,
             {

@@ -76,7 +76,10 @@ def embed_cache(
     model.eval()
     chunks = []
     for start in range(0, len(cache.images), batch_size):
-        pixels = torch.stack([preprocess(image) for image in cache.images[start : start + batch_size]])
+        if cache.pixels is not None:  # preprocessed once, on the device
+            pixels = cache.pixels[start : start + batch_size].float()
+        else:
+            pixels = torch.stack([preprocess(image) for image in cache.images[start : start + batch_size]])
         pixels = pixels.to(placement.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with placement.autocast():
             chunks.append(model.embed(pixels).float().cpu().numpy())

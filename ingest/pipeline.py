@@ -13,10 +13,13 @@ import dataclasses
 import functools
 import logging
 import os
+import queue
 import signal
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +42,7 @@ from lookalike.store import VectorStore
 
 log = logging.getLogger(__name__)
 LOOKUP_CHUNK = 256
+HASH_THREADS = min(16, os.cpu_count() or 1)
 RETRY_ATTEMPTS = 5
 RETRY_FIRST_DELAY_S = 1.0
 
@@ -158,15 +162,27 @@ def ingest(
     for error in catalogue.errors:
         report.row_error(error)
         summary.failed += 1
-    with stage("hash"):
-        sha256s = {item.id: _sha256_or_none(item) for item in catalogue.items}
+    with stage("hash"), ThreadPoolExecutor(HASH_THREADS) as pool:  # file reads and sha256 release the GIL
+        hashes = pool.map(_sha256_or_none, catalogue.items)
+        sha256s = dict(zip([item.id for item in catalogue.items], hashes, strict=True))
         duplicates = report_exact_duplicates(catalogue.items, sha256s, report, summary)
     with stage("lookup"):
         to_embed = _sync_unchanged(catalogue.items, sha256s, encoder.identity, store, summary)
     if not index_duplicates:
         to_embed = [item for item in to_embed if item.id not in duplicates]
     bar = tqdm(total=len(to_embed), unit="img", desc="ingest", disable=not progress)
-    with bar:
+    write = functools.partial(
+        _write_batch,
+        encoder=encoder,
+        store=store,
+        report=report,
+        summary=summary,
+        bar=bar,
+        duplicates=duplicates,
+        near_duplicates=near_duplicates,
+        index_duplicates=index_duplicates,
+    )
+    with bar, BatchWriter(write) as writer:
         pin = encoder.placement.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
         batches = iter(iter_batches(to_embed, encoder.preprocess, max_pixels, batch_size, workers, pin))
         while True:
@@ -174,28 +190,11 @@ def ingest(
                 batch = next(batches, None)
             if batch is None:
                 break
-            for failure in batch.failed:
-                report.item_error(failure.item, failure.error)  # type: ignore[arg-type]
-            summary.failed += len(batch.failed)
+            embeddings = None
             if batch.pixels is not None:
                 with stage("embed"):
                     embeddings = encoder.embed_batch(batch.pixels)
-                looks = [Look(e, c) for e, c in zip(embeddings, batch.colours, strict=True)]
-                stored = [_stored_item(i, s, encoder.identity) for i, s in zip(batch.items, batch.sha256s, strict=True)]
-                if near_duplicates is not None:
-                    with stage("near_duplicates"):
-                        alike = report_near_duplicates(
-                            batch.items, looks, store, near_duplicates, report, summary, duplicates
-                        )
-                    if not index_duplicates:
-                        kept = [n for n, item in enumerate(stored) if item.id not in alike]
-                        stored, looks = [stored[n] for n in kept], [looks[n] for n in kept]
-                if stored:
-                    with stage("upsert"):
-                        upsert_with_retry(store, stored, looks)
-                    summary.ingested += len(stored)
-                    log.info("batch upserted", extra={"items": len(stored), "first": stored[0].id})
-            bar.update(len(batch.items) + len(batch.failed))
+            writer.put(batch, embeddings)
     if prune:
         with stage("prune"):
             summary.pruned = _prune(catalogue, store)
@@ -204,6 +203,81 @@ def ingest(
             store.optimize()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+class BatchWriter:
+    """Writes embedded batches on a thread of its own, in order, one batch behind the model.
+
+    The store's work per batch (near-duplicate queries, the upsert) then overlaps the next
+    batch's decoding and forward pass instead of adding to them. A failure stops the run at the
+    next batch handed over (or at the end), with its own exception.
+    """
+
+    def __init__(self, write: Callable[[Batch, np.ndarray | None], None], depth: int = 2) -> None:
+        self._write = write
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
+
+    def __enter__(self) -> BatchWriter:
+        self._thread.start()
+        return self
+
+    def put(self, batch: Batch, embeddings: np.ndarray | None) -> None:
+        self._raise_if_failed()
+        self._queue.put((batch, embeddings))
+
+    def __exit__(self, kind, error, trace) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if error is None:
+            self._raise_if_failed()
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(*job)
+                except BaseException as e:  # handed to the main thread
+                    self._error = e
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+def _write_batch(
+    batch: Batch,
+    embeddings: np.ndarray | None,
+    *,
+    encoder: ImageEncoder,
+    store: VectorStore,
+    report: ErrorReport,
+    summary: IngestSummary,
+    bar: tqdm,
+    duplicates: set[str],
+    near_duplicates: NearDuplicateRule | None,
+    index_duplicates: bool,
+) -> None:
+    """Report a batch's failures, check it for near-duplicates, upsert what is kept."""
+    for failure in batch.failed:
+        report.item_error(failure.item, failure.error)  # type: ignore[arg-type]
+    summary.failed += len(batch.failed)
+    if embeddings is not None:
+        looks = [Look(e, c) for e, c in zip(embeddings, batch.colours, strict=True)]
+        stored = [_stored_item(i, s, encoder.identity) for i, s in zip(batch.items, batch.sha256s, strict=True)]
+        if near_duplicates is not None:
+            with summary.stage("near_duplicates"):
+                alike = report_near_duplicates(batch.items, looks, store, near_duplicates, report, summary, duplicates)
+            if not index_duplicates:
+                kept = [n for n, item in enumerate(stored) if item.id not in alike]
+                stored, looks = [stored[n] for n in kept], [looks[n] for n in kept]
+        if stored:
+            with summary.stage("upsert"):
+                upsert_with_retry(store, stored, looks)
+            summary.ingested += len(stored)
+            log.info("batch upserted", extra={"items": len(stored), "first": stored[0].id})
+    bar.update(len(batch.items) + len(batch.failed))
 
 
 def upsert_with_retry(

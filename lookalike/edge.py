@@ -177,22 +177,16 @@ class EdgeClient:
         with_payload: bool = True,
         search_params: models.SearchParams | None = None,
     ) -> SimpleNamespace:
-        vectors: dict[tuple[str, str | None], list[float]] = {}  # ids met again in nested prefetches
-        request = edge.QueryRequest(
-            params=edge.SearchParams(exact=True) if search_params and search_params.exact else None,
-            limit=limit,
-            offset=offset or None,
-            query=self._query(name, query, using, vectors),
-            prefetches=[self._prefetch(name, p, vectors) for p in prefetch or []] or None,
-            filter=_filter(query_filter),
-            score_threshold=score_threshold,
-            with_payload=with_payload,
+        request = self._request(
+            name, query, using, prefetch, query_filter, limit, offset, score_threshold, with_payload, search_params
         )
         return SimpleNamespace(points=_public(self._shard(name).query(request)))
 
     def query_batch_points(self, name: str, requests: list[models.QueryRequest]) -> list[SimpleNamespace]:
-        return [
-            self.query_points(
+        """Edge's own batch: one planned pass over the segments for all requests (ingest's
+        near-duplicate check sends one per image of a batch)."""
+        edge_requests = [
+            self._request(
                 name,
                 r.query,
                 r.using,
@@ -205,6 +199,33 @@ class EdgeClient:
             )
             for r in requests
         ]
+        answers = self._shard(name).query_batch(edge.QueryBatchRequest(edge_requests)) if edge_requests else []
+        return [SimpleNamespace(points=_public(points)) for points in answers]
+
+    def _request(
+        self,
+        name: str,
+        query: Any,
+        using: str | None,
+        prefetch: list[models.Prefetch] | None,
+        query_filter: models.Filter | None,
+        limit: int,
+        offset: int,
+        score_threshold: float | None,
+        with_payload: bool,
+        search_params: models.SearchParams | None = None,
+    ) -> edge.QueryRequest:
+        vectors: dict[tuple[str, str | None], list[float]] = {}  # ids met again in nested prefetches
+        return edge.QueryRequest(
+            params=edge.SearchParams(exact=True) if search_params and search_params.exact else None,
+            limit=limit,
+            offset=offset or None,
+            query=self._query(name, query, using, vectors),
+            prefetches=[self._prefetch(name, p, vectors) for p in prefetch or []] or None,
+            filter=_filter(query_filter),
+            score_threshold=score_threshold,
+            with_payload=with_payload,
+        )
 
     def query_points_groups(
         self, name: str, group_by: str, limit: int = 10, group_size: int = 1, **arguments: Any

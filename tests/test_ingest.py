@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from ingest.__main__ import main as ingest_main
-from ingest.pipeline import ingest
+from ingest.pipeline import BatchWriter, ingest
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
 from lookalike.encoder import ImageEncoder
@@ -343,3 +343,17 @@ def test_exact_duplicates_are_not_reported_twice(catalogue_dir, encoder, store, 
     (catalogue_dir / "blue_bar/zz-copy.jpg").write_bytes((catalogue_dir / "blue_bar/item1.jpg").read_bytes())
     summary = run_ingest(catalogue_dir, encoder, store, tmp_path / "r.jsonl", near_duplicates=SAME_LOOK)
     assert (summary.duplicates, summary.near_duplicates) == (1, 0)
+
+
+def test_batch_writer_keeps_order_and_hands_a_failure_to_the_caller():
+    written = []
+
+    def write(batch, embeddings):
+        if batch == "boom":
+            raise RuntimeError("disk full")
+        written.append(batch)
+
+    with pytest.raises(RuntimeError, match="disk full"), BatchWriter(write) as writer:
+        for batch in ["a", "b", "boom", "c", "d", "e", "f"]:
+            writer.put(batch, None)
+    assert written == ["a", "b"]  # nothing after the failure is written
