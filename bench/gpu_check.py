@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check the script on a CPU")
     parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
     parser.add_argument(
-        "--data-on-device", action="store_true", help="train from device-held data on a CPU too (checks that path)"
+        "--data-on-device", action="store_true", help="train from device-held data (finetune.device_data)"
     )
     args = parser.parse_args()
     settings = Settings()
@@ -115,7 +115,7 @@ def main() -> None:
             model_name, config = PRESETS[preset]
             if args.quick:
                 config = dataclasses.replace(config, epochs=1, batch_size=16, max_minutes=None)
-            config = dataclasses.replace(config, progress=False, data_on_device=args.data_on_device or None)
+            config = dataclasses.replace(config, progress=False, data_on_device=args.data_on_device)
             source = resolve_model_source(Settings(model_name=model_name, model_pretrained=""))
             output = Path(tmp) / preset
             result = fine_tune(items, source, output, config, settings.max_image_pixels, device)
