@@ -3,7 +3,7 @@
 Compared by default: the fine-tuned checkpoint (``--checkpoint`` or MODEL_CHECKPOINT), the same
 encoder fused with colour at several weights (as the service fuses its two vectors), the untuned
 encoder it started from, and the HSV colour histogram alone. Protocol in `finetune.data` (fixed
-query/gallery split) and `finetune.metrics` (P@1, P@4, P@10, mAP@R, colour@4). Writes JSON and
+query/gallery split) and `lookalike.metrics` (P@1, P@4, P@10, mAP@R, colour@4). Writes JSON and
 Markdown.
 """
 
@@ -20,13 +20,13 @@ import numpy as np
 from PIL import Image
 
 from finetune.data import ImageCache, split_catalogue
-from finetune.metrics import COLOUR_K, KS, retrieval_scores
 from lookalike.catalogue import read_catalogue
 from lookalike.cli import float_list
 from lookalike.colour import colour_histogram
 from lookalike.encoder import CHECKPOINT_INFO, CategoryClassifier, ImageEncoder, ModelSource, load_visual
 from lookalike.errors import LookalikeError
 from lookalike.logs import configure_logging
+from lookalike.metrics import COLOUR_K, KS, retrieval_scores
 from lookalike.settings import Settings
 
 METRICS = [*(f"P@{k}" for k in KS), "mAP@R", f"colour@{COLOUR_K}"]

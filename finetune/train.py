@@ -13,9 +13,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from finetune.data import ImageCache
-from finetune.metrics import RetrievalScores, retrieval_scores
 from finetune.model import RetrievalModel
 from lookalike.device import Placement
+from lookalike.metrics import RetrievalScores, retrieval_scores
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:

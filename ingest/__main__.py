@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ingest.pipeline import ingest_all, reindex, seed_journal, verify
+from ingest.quality import calibrate_collection, quality_advice
 from ingest.report import ErrorReport
 from lookalike.backup import backup, restore
 from lookalike.catalogue import Shard, read_catalogue, take_shard
@@ -47,6 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="check every stored item (payload readable, vectors finite and unit length, collection readable), "
         "embed damaged ones again or rebuild the collection, then ingest as usual",
     )
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="only measure the shape/colour weight on the stored items again and keep it (runs after every ingest)",
+    )
     parser.add_argument("--backup", type=Path, metavar="DIR", help="write a backup of the store and uploads, then stop")
     parser.add_argument("--restore", type=Path, metavar="BACKUP", help="put a backup back in place, then stop")
     parser.add_argument(
@@ -81,6 +87,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.backup or args.restore:
         done = backup(settings, args.backup) if args.backup else restore(settings, args.restore)
         print(f"{'backup written to' if args.backup else 'restored into'} {done}")
+        return 0
+    if args.calibrate:
+        store = VectorStore.from_settings(settings)
+        try:
+            calibration = calibrate_collection(store)
+        finally:
+            store.close()
+        print(calibration.line() if calibration else "calibration: the catalogue's categories cannot measure a ranking")
         return 0
     return run_ingest(args, settings)
 
@@ -131,6 +145,7 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
             seed_journal(journal, store)
             summary = ingest_all(catalogue, journal, encoder, store, report, **options)
         total = store.count()
+        calibration = calibrate_collection(store)
     finally:
         report.close()
         store.close()
@@ -139,6 +154,12 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
         f"device={encoder.placement.describe()!r}"
     )
     print(summary.stages_line())
+    if calibration is not None:
+        print(calibration.line())
+        source = str(args.catalogue or settings.catalogue_dir or "CATALOGUE")
+        advice = quality_advice(calibration, source, settings.model_checkpoint, device.type == "cuda")
+        if advice:
+            print(advice)
     if summary.failed:
         print(f"failed items are listed in {settings.ingest_error_report}")
     return 0

@@ -100,6 +100,14 @@ class EdgeClient:
             config=SimpleNamespace(metadata=described["metadata"], params=SimpleNamespace(vectors=vectors))
         )
 
+    def update_collection(self, name: str, metadata: dict | None = None, **_: Any) -> bool:
+        """Merge ``metadata`` into the collection's, as Qdrant does (written atomically)."""
+        physical = self._resolve(name)
+        described = self._described(physical)
+        described["metadata"] = {**described.get("metadata", {}), **(metadata or {})}
+        _write_json(self._directory(physical) / COLLECTION_FILE, described)
+        return True
+
     def create_payload_index(self, name: str, key: str, schema: models.PayloadSchemaType) -> None:
         self._shard(name).update(edge.UpdateOperation.create_field_index(key, edge.PayloadSchemaType.Keyword))
 

@@ -141,10 +141,13 @@ class Settings(BaseSettings):
         from lookalike.errors import InvalidRequest
 
         try:
-            return type(self).model_validate({**self.model_dump(), **values})
+            updated = type(self).model_validate({**self.model_dump(), **values})
         except ValidationError as e:
             problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
             raise InvalidRequest(f"invalid setting: {problems}") from None
+        # What was set stays what the environment or the caller set (COLOUR_WEIGHT overrides only then).
+        object.__setattr__(updated, "__pydantic_fields_set__", self.model_fields_set | set(values))
+        return updated
 
     def ingest_batch_size(self, device_type: str) -> int:
         """BATCH_SIZE, or the default for this kind of device (larger batches feed a GPU)."""

@@ -261,6 +261,42 @@ class VectorStore:
             if offset is None:
                 return
 
+    def labelled_vectors(self, limit: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Up to ``limit`` items' embeddings, colours and categories (for calibration), in the
+        store's order: by point id, a hash of the item id, so the first ``limit`` are a fair sample."""
+        embeddings, colours, labels = [], [], []
+        offset = None
+        while len(labels) < limit:
+            with self._call():
+                records, offset = self.client.scroll(
+                    self.collection,
+                    limit=min(SCROLL_PAGE, limit - len(labels)),
+                    offset=offset,
+                    with_payload=[CATEGORY],
+                    with_vectors=True,
+                )
+            for record in records:
+                vectors, payload = record.vector or {}, record.payload or {}
+                if EMBEDDING in vectors and COLOUR in vectors and CATEGORY in payload:
+                    embeddings.append(vectors[EMBEDDING])
+                    colours.append(vectors[COLOUR])
+                    labels.append(str(payload[CATEGORY]))
+            if offset is None:
+                break
+        as_array = lambda rows, dim: np.asarray(rows, dtype=np.float32).reshape(len(rows), dim)  # noqa: E731
+        embedding_dim = len(embeddings[0]) if embeddings else 0
+        return as_array(embeddings, embedding_dim), as_array(colours, COLOUR_DIM), labels
+
+    def metadata(self) -> dict[str, Any]:
+        """The collection's metadata (model, layout, calibration)."""
+        with self._call():
+            return dict(self.client.get_collection(self.collection).config.metadata or {})
+
+    def update_metadata(self, metadata: dict[str, Any]) -> None:
+        """Merge ``metadata`` into the collection's (Qdrant's collection metadata)."""
+        with self._call():
+            self.client.update_collection(self.physical_name(), metadata=metadata)
+
     def delete_points(self, point_ids: Sequence[str]) -> None:
         """Delete points by their own ids (for points whose payload no longer names an item)."""
         if point_ids:

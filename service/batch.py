@@ -55,7 +55,7 @@ def _similar_query(resources: Resources, query: BatchQuery, known: dict[str, Sto
     if query.auto_category:  # as by id: the item's own category
         categories = [item.category] if item else []
     search_filter = query.search_filter(categories, [item.sha256] if item else [])
-    return SimilarQuery(query.id, search_filter, query.ranking(resources.settings.colour_weight))
+    return SimilarQuery(query.id, search_filter, query.ranking(resources.colour_weight))
 
 
 def _entry(item_id: str, answer, started: float) -> BatchEntry:

@@ -37,4 +37,6 @@ def readyz():
         "model": resources.encoder.identity,
         "device": str(resources.encoder.placement.device),
         "precision": resources.encoder.placement.precision,
+        "colour_weight": resources.colour_weight,
+        "calibration": resources.calibration.to_metadata() if resources.calibration else None,
     }

@@ -59,7 +59,7 @@ def similar_items(item_id: str):
     categories = [item.category] if item and params.auto_category else None
     search_filter = params.search_filter(categories, [item.sha256] if item else [])
     with resources.metrics.search.time():
-        hits = resources.store.similar(item_id, search_filter, params.ranking(resources.settings.colour_weight))
+        hits = resources.store.similar(item_id, search_filter, params.ranking(resources.colour_weight))
     return results_json(hits, started)
 
 

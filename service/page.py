@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from flask import Blueprint, render_template
 
+from lookalike.errors import StoreError
 from service.resources import get_resources
 
 bp = Blueprint("page", __name__)
@@ -18,10 +21,12 @@ PAGE_CSP = (
 @bp.get("/")
 def index():
     resources = get_resources()
+    with contextlib.suppress(StoreError):  # the page renders even before the store is ready
+        resources.check_collection()  # reads the calibrated colour weight the slider starts at
     page = render_template(
         "index.html",
         model=resources.encoder.identity,
         has_head=resources.encoder.classifier is not None,
-        colour_weight=resources.settings.colour_weight,
+        colour_weight=resources.colour_weight,
     )
     return page, 200, {"Content-Security-Policy": PAGE_CSP}

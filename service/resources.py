@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from flask import current_app
 from PIL import Image
 
+from lookalike.calibration import Calibration
 from lookalike.encoder import ImageEncoder
 from lookalike.errors import StoreError
 from lookalike.looks import Look
@@ -29,6 +30,16 @@ class Resources:
     inference: InferenceThread
     #: Set once the collection was seen to exist and to hold this encoder's embeddings.
     collection_checked: bool = field(default=False)
+    #: The collection's measured best colour weight (read with the collection check).
+    calibration: Calibration | None = None
+
+    @property
+    def colour_weight(self) -> float:
+        """The weight of searches that give none: COLOUR_WEIGHT when set explicitly, else the one
+        calibrated on this collection by ingest, else COLOUR_WEIGHT's default."""
+        if "colour_weight" in self.settings.model_fields_set or self.calibration is None:
+            return self.settings.colour_weight
+        return self.calibration.colour_weight
 
     @property
     def encoder(self) -> ImageEncoder:
@@ -53,6 +64,7 @@ class Resources:
         physical = self.store.resolve()
         if physical is not None and physical != self.store.collection:
             self.store = self.store.bound_to(physical)
+        self.calibration = Calibration.from_metadata(self.store.metadata())
         self.collection_checked = True
 
 

@@ -102,6 +102,17 @@ class Health(BaseModel):
     status: str
 
 
+class Calibration(BaseModel):
+    """Leave-one-out P@4 and mAP@R of the collection's own items at each colour weight."""
+
+    colour_weight: float = Field(description="the weight with the best P@4, used by default")
+    p_at_4: dict[str, float] = Field(description="colour weight -> P@4 (0 = embedding alone, 1 = colour alone)")
+    map_at_r: dict[str, float] = Field(description="colour weight -> mAP@R")
+    queries: int
+    gallery: int
+    seconds: float
+
+
 class Ready(BaseModel):
     status: str
     collection: str
@@ -110,6 +121,10 @@ class Ready(BaseModel):
     model: str
     device: str = Field(description="where the encoder runs, e.g. cpu or cuda:0 (DEVICE)")
     precision: str = Field(description="the encoder's precision there: fp32 or bf16 (PRECISION)")
+    colour_weight: float = Field(description="the colour weight of searches that give none")
+    calibration: Calibration | None = Field(
+        None, description="the weights measured on this collection by ingest (null: not calibrated)"
+    )
 
 
 class ErrorResponse(BaseModel):

@@ -45,7 +45,7 @@ def search_by_upload():
     with resources.metrics.search.time():
         query_sha256s = [upload.sha256] if params.hide_duplicates else []  # hash only when asked
         search_filter = params.search_filter(categories, query_sha256s)
-        hits = resources.store.similar(look, search_filter, params.ranking(resources.settings.colour_weight))
+        hits = resources.store.similar(look, search_filter, params.ranking(resources.colour_weight))
     return results_json(hits, started, prediction)
 
 
@@ -99,7 +99,7 @@ def recommend():
     looks = resources.looks(images) if images else []
     positive = [*params.positive, *looks[: len(positive_images)]]
     negative = [*params.negative, *looks[len(positive_images) :]]
-    ranking = params.ranking(resources.settings.colour_weight)
+    ranking = params.ranking(resources.colour_weight)
     hidden: list[str] = []
     if params.hide_duplicates:  # the bytes of every example, stored or uploaded
         hidden = [item.sha256 for item in resources.store.get_many([*params.positive, *params.negative]).values()]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune.metrics import retrieval_scores
 from lookalike.colour import colour_histogram
+from lookalike.metrics import retrieval_scores
 
 
 def test_metrics_match_hand_computed_values():

@@ -216,6 +216,8 @@ def test_health_and_readiness(client, ingested, encoder, store):
         "model": encoder.identity,
         "device": "cpu",
         "precision": "fp32",
+        "colour_weight": 0.2,  # COLOUR_WEIGHT's default: this collection was never calibrated
+        "calibration": None,
     }
 
 

@@ -56,3 +56,8 @@ def test_missing_catalogue_setting_says_what_to_set():
 
     with pytest.raises(CatalogueError, match="CATALOGUE_DIR"):
         Settings(catalogue_dir=None).catalogue_source()
+
+
+def test_overrides_keep_track_of_what_was_set():
+    settings = Settings(_env_file=None).with_overrides(batch_size=7)
+    assert "batch_size" in settings.model_fields_set and "colour_weight" not in settings.model_fields_set
