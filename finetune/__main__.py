@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from finetune.checkpoint import is_complete
-from finetune.data import catalogue_fingerprint
+from finetune.data import catalogue_fingerprint, split_by_holdout
 from finetune.run import TrainingConfig, fine_tune
 from lookalike.catalogue import read_catalogue
 from lookalike.cli import float_range, int_range, positive_float
@@ -71,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="train even if the output holds a finished checkpoint")
     for field, kind, meaning in OPTIONS:
         parser.add_argument(f"--{field.replace('_', '-')}", type=kind, dest=field, help=meaning)
+    parser.add_argument(
+        "--holdout-categories",
+        action="store_true",
+        help="train without the leave-categories-out protocol's held-out categories (see finetune.evaluate)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
         "--print-checkpoint", action="store_true", help="print only the checkpoint path on stdout (for scripts)"
@@ -110,17 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         catalogue = read_catalogue(args.catalogue or settings.catalogue_source())
+        items = split_by_holdout(catalogue.items)[0] if args.holdout_categories else catalogue.items
         device = resolve_device(settings.device)
         source, config = choose_recipe(args, settings, device)
         name = source.label.split("/")[0].replace("checkpoint:", "")
-        output = args.output or Path("models") / f"{name}-{catalogue_fingerprint(catalogue.items)[:10]}"
+        suffix = "-seen" if args.holdout_categories else ""
+        output = args.output or Path("models") / f"{name}-{catalogue_fingerprint(catalogue.items)[:10]}{suffix}"
         if is_complete(output) and not args.force:
             message = f"checkpoint {output} is already trained for this catalogue (--force to train again)"
             print(output if args.print_checkpoint else message)
             if args.print_checkpoint:
                 print(message, file=sys.stderr)
             return 0
-        result = fine_tune(catalogue.items, source, output, config, settings.max_image_pixels, device)
+        result = fine_tune(items, source, output, config, settings.max_image_pixels, device)
     except LookalikeError as e:
         print(f"finetune: error: {e.message}", file=sys.stderr)
         return 2

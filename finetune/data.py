@@ -47,6 +47,25 @@ def split_catalogue(items: Sequence[CatalogueItem], query_fraction: float = QUER
     return Split(queries, gallery)
 
 
+#: The leave-categories-out protocol holds this many categories out of training (a third of them
+#: on catalogues with fewer than 30), chosen once with SPLIT_SEED so no figure can be tuned on them.
+HOLDOUT_CATEGORIES = 10
+
+
+def holdout_categories(items: Sequence[CatalogueItem]) -> list[str]:
+    """The categories the leave-categories-out protocol never trains on (fixed for a catalogue)."""
+    categories = sorted({item.category for item in items})
+    count = min(HOLDOUT_CATEGORIES, max(1, len(categories) // 3))
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(categories))
+    return sorted(categories[i] for i in order[:count])
+
+
+def split_by_holdout(items: Sequence[CatalogueItem]) -> tuple[list[CatalogueItem], list[CatalogueItem]]:
+    """(items of the categories trained on, items of the held-out categories)."""
+    held_out = set(holdout_categories(items))
+    return [i for i in items if i.category not in held_out], [i for i in items if i.category in held_out]
+
+
 def catalogue_fingerprint(items: Sequence[CatalogueItem]) -> str:
     """A hash of ids, categories and image bytes: same fingerprint, same training data."""
     digest = hashlib.sha256()

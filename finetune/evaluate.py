@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from finetune.data import ImageCache, split_catalogue
+from finetune.data import ImageCache, split_by_holdout, split_catalogue
 from lookalike.catalogue import read_catalogue
 from lookalike.cli import float_list
 from lookalike.colour import colour_histogram
-from lookalike.encoder import CHECKPOINT_INFO, CategoryClassifier, ImageEncoder, ModelSource, load_visual
+from lookalike.encoder import CHECKPOINT_INFO, CLASSES_FILE, CategoryClassifier, ImageEncoder, ModelSource, load_visual
 from lookalike.errors import LookalikeError
 from lookalike.logs import configure_logging
 from lookalike.metrics import COLOUR_K, KS, retrieval_scores
@@ -151,6 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         help="colour weights of the fused rows, comma-separated (empty: none)",
     )
     parser.add_argument("--output-dir", type=Path, default=Path("reports"), help="where JSON and Markdown go")
+    parser.add_argument(
+        "--holdout-categories",
+        action="store_true",
+        help="leave-categories-out protocol: report retrieval on the held-out categories (queries and gallery "
+        "from them only, never trained on by a checkpoint made with `finetune --holdout-categories`) and, "
+        "separately, on the categories trained on",
+    )
     args = parser.parse_args(argv)
     settings = Settings()
     configure_logging("WARNING")
@@ -160,18 +167,45 @@ def main(argv: list[str] | None = None) -> int:
     except LookalikeError as e:
         print(f"evaluate: error: {e.message}", file=sys.stderr)
         return 2
-    split = split_catalogue(catalogue.items)
-    queries = ImageCache.load(split.queries, None, settings.max_image_pixels)
-    gallery = ImageCache.load(split.gallery, None, settings.max_image_pixels)
-    report = evaluate_candidates(queries, gallery, candidates, args.colour_weights)
-    table = markdown(report)
+    if args.holdout_categories:
+        seen, unseen = split_by_holdout(catalogue.items)
+        parts = {"unseen categories (never trained on)": unseen, "seen categories (trained on)": seen}
+        _warn_if_trained_on(args.checkpoint or settings.model_checkpoint, {i.category for i in unseen})
+    else:
+        parts = {"all categories": catalogue.items}
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    split_info = {"queries": len(queries.items), "gallery": len(gallery.items)}
-    (args.output_dir / "evaluation.json").write_text(json.dumps({"split": split_info, "models": report}, indent=2))
-    (args.output_dir / "evaluation.md").write_text(table + "\n")
-    print(f"held-out queries: {split_info['queries']}, gallery: {split_info['gallery']}\n")
-    print(table)
+    results, sections = {}, []
+    for title, items in parts.items():
+        split = split_catalogue(items)
+        queries = ImageCache.load(split.queries, None, settings.max_image_pixels)
+        gallery = ImageCache.load(split.gallery, None, settings.max_image_pixels)
+        report = evaluate_candidates(queries, gallery, candidates, args.colour_weights)
+        split_info = {"queries": len(queries.items), "gallery": len(gallery.items)}
+        results[title] = {"split": split_info, "models": report}
+        heading = f"## {title}: held-out queries {split_info['queries']}, gallery {split_info['gallery']}"
+        sections.append(f"{heading}\n\n{markdown(report)}")
+    only = next(iter(results.values())) if len(results) == 1 else {"parts": results}
+    (args.output_dir / "evaluation.json").write_text(json.dumps(only, indent=2))
+    (args.output_dir / "evaluation.md").write_text("\n\n".join(sections) + "\n")
+    print("\n\n".join(sections))
     return 0
+
+
+def _warn_if_trained_on(checkpoint: Path | None, unseen: set[str]) -> None:
+    """A checkpoint trained on every category makes the 'unseen' table meaningless: say so."""
+    if checkpoint is None:
+        return
+    try:
+        classes = json.loads((Path(checkpoint) / CLASSES_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    overlap = set(classes) & unseen
+    if overlap:
+        print(
+            f"evaluate: warning: {Path(checkpoint).name} was trained on {len(overlap)} of the held-out "
+            "categories; train with `python -m finetune --holdout-categories` for this protocol",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

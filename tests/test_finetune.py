@@ -234,3 +234,31 @@ def test_fine_tuning_with_the_data_on_the_device_learns(shapes_dir, tmp_path):
     config = dataclasses.replace(FAST, epochs=60, data_on_device=True)
     result = fine_tune(read_catalogue(shapes_dir).items, source, tmp_path / "on-device", config, max_pixels=10**7)
     assert result.metrics["overall"]["P@4"] > 0.5  # random init is ~1/3 on three shapes
+
+
+def test_leave_categories_out_protocol_trains_and_reports_apart(shapes_dir, tmp_path, monkeypatch, capsys):
+    from finetune.data import holdout_categories, split_by_holdout
+
+    items = read_catalogue(shapes_dir).items
+    held_out = holdout_categories(items)
+    assert held_out == holdout_categories(list(reversed(items))) and len(held_out) == 1  # a third of 3, fixed
+    seen, unseen = split_by_holdout(items)
+    assert {i.category for i in unseen} == set(held_out) and not {i.category for i in seen} & set(held_out)
+
+    monkeypatch.setenv("MODEL_NAME", TEST_MODEL)
+    monkeypatch.setenv("MODEL_PRETRAINED", "")
+    output = tmp_path / "seen-only"
+    args = [str(shapes_dir), "--preset", "model", "--holdout-categories", "--output", str(output)]
+    assert finetune_main([*args, "--epochs", "2", "--batch-size", "8", "--no-progress"]) == 0
+    assert set(json.loads((output / "classes.json").read_text())) == {i.category for i in seen}
+    capsys.readouterr()
+
+    reports = tmp_path / "reports"
+    argv = [str(shapes_dir), "--checkpoint", str(output), "--holdout-categories", "--output-dir", str(reports)]
+    assert evaluate_main(argv) == 0
+    captured = capsys.readouterr()
+    assert "## unseen categories (never trained on)" in captured.out and "## seen categories" in captured.out
+    assert "warning" not in captured.err
+    parts = json.loads((reports / "evaluation.json").read_text())["parts"]
+    unseen_report = parts["unseen categories (never trained on)"]["models"]
+    assert set(next(iter(unseen_report.values()))["per_category"]) == set(held_out)
