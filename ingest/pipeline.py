@@ -475,6 +475,7 @@ def verify(
             report.damaged(item_id, reason)
         store.delete_points([point for point, _, _ in unsound])
         repaired = len(unsound)
+        _report_strays(catalogue, store, report)
     except StoreDamaged as e:
         report.damaged(None, e.message)
         _rebuild(store, journal, encoder, filterable_fields)
@@ -483,6 +484,15 @@ def verify(
     summary.repaired = summary.ingested if repaired < 0 else repaired
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _report_strays(catalogue: Catalogue, store: VectorStore, report: ErrorReport) -> None:
+    """Catalogue items in the store that the catalogue no longer lists (removed by --prune)."""
+    listed = {item.id for item in catalogue.items} | {e.item_id for e in catalogue.errors if e.item_id}
+    mine = catalogue.shard.holds if catalogue.shard else lambda item_id: True
+    for item_id in store.item_ids(image_source=catalogue.source):
+        if item_id not in listed and mine(item_id):
+            report.stray(item_id)
 
 
 def _rebuild(store: VectorStore, journal: UploadJournal, encoder: ImageEncoder, fields: Sequence[str]) -> None:

@@ -85,6 +85,10 @@ class ErrorReport:
         reason = f"looks the same as item {original_id!r} (colour similarity {colour_similarity:.3f})"
         self._write(item.id, item.image, "near_duplicate", reason, "near-duplicate item")
 
+    def stray(self, item_id: str) -> None:
+        reason = "stored, but the catalogue no longer lists it (python -m ingest --prune removes it)"
+        self._write(item_id, None, "not_in_catalogue", reason, "stray item")
+
     def damaged(self, item_id: str | None, reason: str) -> None:
         self._write(item_id, None, "damaged", reason, "damaged item")
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -164,3 +165,14 @@ def test_restore_refuses_while_the_store_is_in_use(cli_env, capsys, tmp_path):
         assert "in use by another process" in capsys.readouterr().err
     finally:
         holder.close()
+
+
+def test_verify_reports_stored_items_the_catalogue_no_longer_lists(cli_env, capsys):
+    ingest_all_items(capsys)
+    (cli_env.catalogue_dir / "blue_bar" / "item3.jpg").unlink()
+    assert ingest_main(["--verify", "--no-progress"]) == 0
+    lines = [json.loads(line) for line in cli_env.ingest_error_report.read_text().splitlines()]
+    assert {"item_id": "blue_bar-item3", "code": "not_in_catalogue"}.items() <= next(
+        line for line in lines if line["code"] == "not_in_catalogue"
+    ).items()
+    assert "items=12" in capsys.readouterr().out  # reported, kept: --prune removes it
