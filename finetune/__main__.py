@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 
 from finetune.checkpoint import is_complete
-from finetune.data import catalogue_fingerprint, split_by_holdout
+from finetune.data import LABELS, catalogue_fingerprint, split_by_holdout
 from finetune.run import TrainingConfig, fine_tune
 from lookalike.catalogue import read_catalogue
 from lookalike.cli import float_range, int_range, positive_float
 from lookalike.device import resolve_device
 from lookalike.encoder import ModelSource, resolve_model_source
-from lookalike.errors import LookalikeError
+from lookalike.errors import CatalogueError, LookalikeError
 from lookalike.logs import configure_logging
 from lookalike.settings import Settings
 
@@ -72,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for field, kind, meaning in OPTIONS:
         parser.add_argument(f"--{field.replace('_', '-')}", type=kind, dest=field, help=meaning)
     parser.add_argument(
+        "--label",
+        choices=LABELS,
+        help="what a class is: category (default) or product (photos sharing a product_id: the same product "
+        "ranks first; the evaluation reports category and product P@k)",
+    )
+    parser.add_argument(
         "--holdout-categories",
         action="store_true",
         help="train without the leave-categories-out protocol's held-out categories (see finetune.evaluate)",
@@ -116,10 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         catalogue = read_catalogue(args.catalogue or settings.catalogue_source())
         items = split_by_holdout(catalogue.items)[0] if args.holdout_categories else catalogue.items
+        if args.label == "product" and not any(item.product_id for item in items):
+            raise CatalogueError("--label product needs a catalogue with a product_id column (a manifest)")
         device = resolve_device(settings.device)
         source, config = choose_recipe(args, settings, device)
         name = source.label.split("/")[0].replace("checkpoint:", "")
-        suffix = "-seen" if args.holdout_categories else ""
+        suffix = ("-seen" if args.holdout_categories else "") + ("-product" if args.label == "product" else "")
         output = args.output or Path("models") / f"{name}-{catalogue_fingerprint(catalogue.items)[:10]}{suffix}"
         if is_complete(output) and not args.force:
             message = f"checkpoint {output} is already trained for this catalogue (--force to train again)"

@@ -23,6 +23,13 @@ from lookalike.images import decode_image, read_bytes
 
 QUERY_FRACTION = 0.2
 SPLIT_SEED = 0
+#: What a class is when training and evaluating: the item's category, or its product (photos of one
+#: product share a `product_id`; an item without one is a product of its own).
+LABELS = ("category", "product")
+
+
+def label_of(item: CatalogueItem, label: str = "category") -> str:
+    return item.category if label == "category" else item.product_id or item.id
 
 
 @dataclass(frozen=True)
@@ -31,17 +38,20 @@ class Split:
     gallery: list[CatalogueItem]
 
 
-def split_catalogue(items: Sequence[CatalogueItem], query_fraction: float = QUERY_FRACTION) -> Split:
-    """The fixed per-category split described in the module docstring."""
-    by_category: dict[str, list[CatalogueItem]] = {}
+def split_catalogue(
+    items: Sequence[CatalogueItem], query_fraction: float = QUERY_FRACTION, label: str = "category"
+) -> Split:
+    """The fixed per-label split described in the module docstring (a label with one item puts it
+    in the gallery: as a query it would have nothing to find)."""
+    by_label: dict[str, list[CatalogueItem]] = {}
     for item in items:
-        by_category.setdefault(item.category, []).append(item)
+        by_label.setdefault(label_of(item, label), []).append(item)
     queries: list[CatalogueItem] = []
     gallery: list[CatalogueItem] = []
-    for category in sorted(by_category):
-        members = sorted(by_category[category], key=lambda item: item.image)
+    for name in sorted(by_label):
+        members = sorted(by_label[name], key=lambda item: item.image)
         order = np.random.default_rng(SPLIT_SEED).permutation(len(members))
-        n_queries = math.ceil(query_fraction * len(members))
+        n_queries = math.ceil(query_fraction * len(members)) if len(members) > 1 else 0
         queries += [members[i] for i in order[:n_queries]]
         gallery += [members[i] for i in order[n_queries:]]
     return Split(queries, gallery)
@@ -106,11 +116,17 @@ class ImageCache:
 class LabelledImages(Dataset):
     """Cached images through a transform, with their class index."""
 
-    def __init__(self, cache: ImageCache, transform: Callable[[Image.Image], torch.Tensor], classes: list[str]):
+    def __init__(
+        self,
+        cache: ImageCache,
+        transform: Callable[[Image.Image], torch.Tensor],
+        classes: list[str],
+        label: str = "category",
+    ):
         self.cache = cache
         self.transform = transform
         index = {name: i for i, name in enumerate(classes)}
-        self.labels = torch.tensor([index[item.category] for item in cache.items])
+        self.labels = torch.tensor([index[label_of(item, label)] for item in cache.items])
 
     def __len__(self) -> int:
         return len(self.cache.images)

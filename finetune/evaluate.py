@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from finetune.data import ImageCache, split_by_holdout, split_catalogue
+from finetune.data import LABELS, ImageCache, label_of, split_by_holdout, split_catalogue
 from lookalike.catalogue import read_catalogue
 from lookalike.cli import float_list
 from lookalike.colour import colour_histogram
@@ -62,11 +62,16 @@ def fuse(embeddings: np.ndarray, colours: np.ndarray, weight: float) -> np.ndarr
 
 
 def evaluate_candidates(
-    queries: ImageCache, gallery: ImageCache, candidates: Sequence[Candidate], colour_weights: Sequence[float] = ()
+    queries: ImageCache,
+    gallery: ImageCache,
+    candidates: Sequence[Candidate],
+    colour_weights: Sequence[float] = (),
+    label: str = "category",
 ) -> dict:
-    """Scores of every candidate on the same split; the first one also fused with colour at each weight."""
-    query_labels = [item.category for item in queries.items]
-    gallery_labels = [item.category for item in gallery.items]
+    """Scores of every candidate on the same split (relevant = same ``label``); the first one also
+    fused with colour at each weight."""
+    query_labels = [label_of(item, label) for item in queries.items]
+    gallery_labels = [label_of(item, label) for item in gallery.items]
     colours = colour_candidate().embed(queries.images), colour_candidate().embed(gallery.images)
     report = {}
 
@@ -90,13 +95,15 @@ def evaluate_candidates(
     return report
 
 
-def markdown(report: dict, worst: int = 5) -> str:
+def markdown(report: dict, worst: int = 5, per_label: bool = True) -> str:
     """The overall table, then P@4 per category (worst categories of the first model first)."""
     lines = ["| encoder | " + " | ".join(METRICS) + " | head accuracy |", "|---" * (len(METRICS) + 2) + "|"]
     for name, result in report.items():
         values = " | ".join(f"{result['overall'][m]:.3f}" for m in METRICS)
         accuracy = "–" if result["head_accuracy"] is None else f"{result['head_accuracy']:.3f}"
         lines.append(f"| {name} | {values} | {accuracy} |")
+    if not per_label:  # one row per product would bury the table
+        return "\n".join(lines)
     names = list(report)
     first = report[names[0]]["per_category"]
     categories = sorted(first, key=lambda c: first[c]["P@4"])
@@ -152,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output-dir", type=Path, default=Path("reports"), help="where JSON and Markdown go")
     parser.add_argument(
+        "--label",
+        choices=LABELS,
+        default="category",
+        help="relevant = the same category (default) or the same product (product_id); the split follows it",
+    )
+    parser.add_argument(
         "--holdout-categories",
         action="store_true",
         help="leave-categories-out protocol: report retrieval on the held-out categories (queries and gallery "
@@ -176,14 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     results, sections = {}, []
     for title, items in parts.items():
-        split = split_catalogue(items)
+        split = split_catalogue(items, label=args.label)
         queries = ImageCache.load(split.queries, None, settings.max_image_pixels)
         gallery = ImageCache.load(split.gallery, None, settings.max_image_pixels)
-        report = evaluate_candidates(queries, gallery, candidates, args.colour_weights)
+        report = evaluate_candidates(queries, gallery, candidates, args.colour_weights, args.label)
         split_info = {"queries": len(queries.items), "gallery": len(gallery.items)}
         results[title] = {"split": split_info, "models": report}
         heading = f"## {title}: held-out queries {split_info['queries']}, gallery {split_info['gallery']}"
-        sections.append(f"{heading}\n\n{markdown(report)}")
+        sections.append(
+            f"{heading}, relevant = same {args.label}\n\n{markdown(report, per_label=args.label == 'category')}"
+        )
     only = next(iter(results.values())) if len(results) == 1 else {"parts": results}
     (args.output_dir / "evaluation.json").write_text(json.dumps(only, indent=2))
     (args.output_dir / "evaluation.md").write_text("\n\n".join(sections) + "\n")

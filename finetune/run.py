@@ -20,7 +20,7 @@ from torchvision import transforms
 from tqdm import tqdm
 
 from finetune.checkpoint import load_resume_state, save_checkpoint, save_resume_state
-from finetune.data import ImageCache, LabelledImages, catalogue_fingerprint, split_catalogue
+from finetune.data import ImageCache, LabelledImages, catalogue_fingerprint, label_of, split_catalogue
 from finetune.device_data import DeviceBatches, preprocess_on_device
 from finetune.model import RetrievalModel
 from finetune.train import evaluate, train_one_epoch, training_loss, warmup_cosine
@@ -55,6 +55,9 @@ class TrainingConfig:
     max_minutes: float | None = None
     precision: str = "auto"  # "auto" (bf16 on a GPU, measured on a CPU), "bf16" or "fp32"
     progress: bool = True
+    #: What a class is: "category", or "product" (photos sharing a product_id; "the same product"
+    #: then ranks first, and the head predicts products, so the service's category=auto is off).
+    label: str = "category"
     #: Evaluate every N epochs (default: as often as keeps evaluation <= EVAL_SHARE of the time).
     eval_every: int | None = None
     #: Write the resume file at most this often (and after the last epoch).
@@ -93,8 +96,8 @@ def fine_tune(
     torch.manual_seed(config.seed)
     clip, train_transform, val_transform = create_clip(source, aug_cfg=AUGMENTATION)
     train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
-    split = split_catalogue(items)
-    classes = sorted({item.category for item in items})
+    split = split_catalogue(items, label=config.label)
+    classes = sorted({label_of(item, config.label) for item in items})
     side = round(get_model_preprocess_cfg(clip)["size"][0] * CACHE_MARGIN)
     gallery, queries = (
         ImageCache.load(split.gallery, side, max_pixels),
@@ -122,7 +125,7 @@ def fine_tune(
     placement = Placement(device, _training_precision(model, loader, config, device))
     log.info("training on", extra={"placement": placement.describe(), "data": type(loader).__name__})
     loop = EpochLoop(model, loader, config, output, placement)
-    loop.run(lambda: evaluate(model, queries, gallery, val_transform, classes, placement), started)
+    loop.run(lambda: evaluate(model, queries, gallery, val_transform, classes, placement, config.label), started)
 
     model.load_state_dict(loop.best_state)
     if config.wise_alpha is not None:
@@ -132,9 +135,20 @@ def fine_tune(
         ImageCache.load(split.queries, None, max_pixels),
         ImageCache.load(split.gallery, None, max_pixels),
     )
-    scores, accuracy = evaluate(model, queries, gallery, val_transform, classes, Placement(device, FP32))
+    fp32 = Placement(device, FP32)
+    scores, accuracy = evaluate(model, queries, gallery, val_transform, classes, fp32, config.label)
+    by_category = (
+        scores if config.label == "category" else evaluate(model, queries, gallery, val_transform, classes, fp32)[0]
+    )
     model.cpu()
-    metrics = {"overall": scores.overall, "per_category": scores.per_category, "head_accuracy": accuracy}
+    metrics = {
+        "label": config.label,
+        "overall": scores.overall,  # by the training label
+        "per_category": by_category.per_category,
+        "head_accuracy": accuracy,
+    }
+    if config.label != "category":  # "the same product" and "the same kind of thing", side by side
+        metrics["by_label"] = {"category": by_category.overall, config.label: scores.overall}
     info = {
         "version": output.name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -173,7 +187,7 @@ def _training_batches(
         index = {name: i for i, name in enumerate(classes)}
         return DeviceBatches(
             gallery,
-            [index[item.category] for item in gallery.items],
+            [index[label_of(item, config.label)] for item in gallery.items],
             side,
             preprocess_cfg["size"][0],
             preprocess_cfg["mean"],
@@ -185,7 +199,7 @@ def _training_batches(
         )
     workers = default_workers(device) if device.type == "cuda" else 0
     return DataLoader(
-        LabelledImages(gallery, train_transform, classes),
+        LabelledImages(gallery, train_transform, classes, config.label),
         batch_size=config.batch_size,
         shuffle=True,
         drop_last=True,

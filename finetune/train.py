@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from finetune.data import ImageCache
+from finetune.data import ImageCache, label_of
 from finetune.model import RetrievalModel
 from lookalike.device import Placement
 from lookalike.metrics import RetrievalScores, retrieval_scores
@@ -93,14 +93,14 @@ def evaluate(
     preprocess: Callable[[Image.Image], torch.Tensor],
     classes: list[str],
     placement: Placement,
+    label: str = "category",
 ) -> tuple[RetrievalScores, float]:
-    """Held-out retrieval scores, and the head's classification accuracy on the queries."""
+    """Held-out retrieval scores by ``label``, and the head's classification accuracy on the queries."""
     query_embeddings = embed_cache(model, queries, preprocess, placement)
     gallery_embeddings = embed_cache(model, gallery, preprocess, placement)
-    query_labels = [item.category for item in queries.items]
-    scores = retrieval_scores(
-        query_embeddings, query_labels, gallery_embeddings, [item.category for item in gallery.items]
-    )
+    query_labels = [label_of(item, label) for item in queries.items]
+    gallery_labels = [label_of(item, label) for item in gallery.items]
+    scores = retrieval_scores(query_embeddings, query_labels, gallery_embeddings, gallery_labels)
     with torch.inference_mode():
         cosine = model.head.cosine(torch.from_numpy(query_embeddings).to(placement.device))
         predicted = cosine.argmax(dim=1).cpu().numpy()

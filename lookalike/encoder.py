@@ -85,6 +85,13 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _trained_label(checkpoint: Path) -> str:
+    try:
+        return json.loads((checkpoint / CHECKPOINT_INFO).read_text())["training"].get("label", "category")
+    except (OSError, ValueError, KeyError, AttributeError):
+        return "category"
+
+
 @dataclass(frozen=True)
 class CategoryClassifier:
     """A fine-tuned checkpoint's cosine head: the category of an embedding, with its probability."""
@@ -95,7 +102,8 @@ class CategoryClassifier:
 
     @classmethod
     def load(cls, checkpoint: Path) -> CategoryClassifier | None:
-        if not (checkpoint / HEAD_FILE).is_file():
+        """The head of a checkpoint trained on categories (one trained on products has no category head)."""
+        if not (checkpoint / HEAD_FILE).is_file() or _trained_label(checkpoint) != "category":
             return None
         tensors = load_file(checkpoint / HEAD_FILE)
         weight = F.normalize(tensors["weight"].float(), dim=-1).numpy()

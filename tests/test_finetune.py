@@ -262,3 +262,45 @@ def test_leave_categories_out_protocol_trains_and_reports_apart(shapes_dir, tmp_
     parts = json.loads((reports / "evaluation.json").read_text())["parts"]
     unseen_report = parts["unseen categories (never trained on)"]["models"]
     assert set(next(iter(unseen_report.values()))["per_category"]) == set(held_out)
+
+
+def test_products_as_classes_rank_the_same_product_first_and_report_both(tmp_path, monkeypatch, capsys):
+    """Four products per shape, four photos each: a product is one colour, its photos move around."""
+    from lookalike.encoder import CategoryClassifier
+    from tests.conftest import write_manifest
+
+    rng, rows = random.Random(3), []
+    root = tmp_path / "shop"
+    root.mkdir()
+    for shape in SHAPES:
+        for product in range(4):
+            seed = rng.randrange(10**6)
+            for photo in range(4):
+                image = draw_shape(shape, random.Random(seed))  # the product's colour and size ...
+                image = image.transform(
+                    image.size, Image.Transform.AFFINE, (1, 0, photo - 2, 0, 1, 0), fillcolor="white"
+                )
+                name = f"{shape}-{product}-{photo}.png"
+                image.save(root / name)
+                rows.append({"id": name[:-4], "image": name, "category": shape, "product_id": f"{shape}-{product}"})
+    manifest = write_manifest(root, rows)
+    monkeypatch.setenv("MODEL_NAME", TEST_MODEL)
+    monkeypatch.setenv("MODEL_PRETRAINED", "")
+    output = tmp_path / "by-product"
+    args = [str(manifest), "--preset", "model", "--label", "product", "--output", str(output), "--epochs", "30"]
+    assert finetune_main([*args, "--batch-size", "8", "--no-progress"]) == 0
+    assert len(json.loads((output / "classes.json").read_text())) == 12  # one class per product
+    metrics = json.loads((output / "training.json").read_text())["metrics"]
+    assert set(metrics["by_label"]) == {"category", "product"} and metrics["label"] == "product"
+    assert metrics["by_label"]["product"]["P@1"] > 1 / 12 + 0.2  # well above chance among 12 products
+    assert CategoryClassifier.load(output) is None  # a product head is no category=auto head
+    capsys.readouterr()
+    argv = [str(manifest), "--checkpoint", str(output), "--label", "product", "--output-dir", str(tmp_path / "r")]
+    assert evaluate_main(argv) == 0
+    assert "relevant = same product" in capsys.readouterr().out
+
+
+def test_products_as_classes_need_product_ids(shapes_dir, monkeypatch, capsys):
+    monkeypatch.setenv("MODEL_NAME", TEST_MODEL)
+    assert finetune_main([str(shapes_dir), "--preset", "model", "--label", "product", "--no-progress"]) == 2
+    assert "product_id" in capsys.readouterr().err
