@@ -53,6 +53,7 @@ OPTIONS = (
     ("wise_alpha", float_range(0.0, 1.0), "WiSE-FT: weight of the fine-tuned weights against the start"),
     ("max_minutes", positive_float(), "stop training after this many minutes"),
     ("seed", int_range(0, 2**32 - 1), "random seed"),
+    ("instance_weight", float_range(0.0, 10.0), "weight of the instance-discrimination loss (two views an image)"),
 )
 
 

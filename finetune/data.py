@@ -122,9 +122,11 @@ class LabelledImages(Dataset):
         transform: Callable[[Image.Image], torch.Tensor],
         classes: list[str],
         label: str = "category",
+        views: int = 1,
     ):
         self.cache = cache
         self.transform = transform
+        self.views = views
         index = {name: i for i, name in enumerate(classes)}
         self.labels = torch.tensor([index[label_of(item, label)] for item in cache.items])
 
@@ -132,4 +134,8 @@ class LabelledImages(Dataset):
         return len(self.cache.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.cache.images[i]), self.labels[i]
+        """The transformed image, or ``views`` of them stacked (views, 3, H, W), and its class."""
+        image = self.cache.images[i]
+        if self.views == 1:
+            return self.transform(image), self.labels[i]
+        return torch.stack([self.transform(image) for _ in range(self.views)]), self.labels[i]

@@ -58,6 +58,8 @@ class TrainingConfig:
     #: What a class is: "category", or "product" (photos sharing a product_id; "the same product"
     #: then ranks first, and the head predicts products, so the service's category=auto is off).
     label: str = "category"
+    #: Weight of an instance-discrimination loss beside the class loss (two views an image; 0 = off).
+    instance_weight: float = 0.0
     #: Evaluate every N epochs (default: as often as keeps evaluation <= EVAL_SHARE of the time).
     eval_every: int | None = None
     #: Write the resume file at most this often (and after the last epoch).
@@ -183,6 +185,8 @@ def _training_batches(
     """PIL transforms in worker processes beside a GPU, in the main process on a CPU (the model
     needs the cores); or, with `data_on_device`, the gallery held and augmented on the device."""
     if config.holds_data_on(device):
+        if config.instance_weight:
+            raise CatalogueError("instance_weight needs the PIL data path (data_on_device=False)")
         preprocess_cfg = get_model_preprocess_cfg(clip)
         index = {name: i for i, name in enumerate(classes)}
         return DeviceBatches(
@@ -199,7 +203,7 @@ def _training_batches(
         )
     workers = default_workers(device) if device.type == "cuda" else 0
     return DataLoader(
-        LabelledImages(gallery, train_transform, classes, config.label),
+        LabelledImages(gallery, train_transform, classes, config.label, views=2 if config.instance_weight else 1),
         batch_size=config.batch_size,
         shuffle=True,
         drop_last=True,
@@ -216,7 +220,8 @@ def _training_precision(model: RetrievalModel, loader: DataLoader, config: Train
     pixels, labels = next(iter(loader))
 
     def step(bf16: bool) -> None:
-        loss = training_loss(model, pixels, labels, config.label_smoothing, Placement(device, BF16 if bf16 else FP32))
+        placement = Placement(device, BF16 if bf16 else FP32)
+        loss = training_loss(model, pixels, labels, config.label_smoothing, placement, config.instance_weight)
         loss.backward()
         model.zero_grad(set_to_none=True)
 
@@ -282,6 +287,7 @@ class EpochLoop:
                     self.config.label_smoothing,
                     bar,
                     self.placement,
+                    self.config.instance_weight,
                 )
                 train_s = time.perf_counter() - epoch_started
                 if self.epoch % self.eval_every == 0 or self.epoch == self.config.epochs:

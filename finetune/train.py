@@ -17,6 +17,9 @@ from finetune.model import RetrievalModel
 from lookalike.device import Placement
 from lookalike.metrics import RetrievalScores, retrieval_scores
 
+#: Temperature of the instance-discrimination loss (SimCLR's default range).
+INSTANCE_TEMPERATURE = 0.1
+
 
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """LR multiplier: linear warm-up, then cosine decay to zero."""
@@ -38,12 +41,13 @@ def train_one_epoch(
     label_smoothing: float,
     bar: tqdm,
     placement: Placement,
+    instance_weight: float = 0.0,
 ) -> float:
     """Returns the mean training loss."""
     model.train()
     losses = []
     for pixels, labels in loader:
-        loss = training_loss(model, pixels, labels, label_smoothing, placement)
+        loss = training_loss(model, pixels, labels, label_smoothing, placement, instance_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -54,15 +58,43 @@ def train_one_epoch(
 
 
 def training_loss(
-    model: RetrievalModel, pixels: torch.Tensor, labels: torch.Tensor, label_smoothing: float, placement: Placement
+    model: RetrievalModel,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    label_smoothing: float,
+    placement: Placement,
+    instance_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Forward pass and loss of one batch on the placement's device and precision."""
+    """Forward pass and loss of one batch on the placement's device and precision.
+
+    ``pixels`` of shape (B, 2, 3, H, W) are two augmented views of each image: the class loss is
+    taken on the first, and ``instance_weight`` times an instance-discrimination loss (NT-Xent, as
+    SimCLR) asks each view to find its twin among the batch, which keeps apart what one class
+    holds instead of collapsing it onto the class.
+    """
     device = placement.device
-    pixels = pixels.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     labels = labels.to(device, non_blocking=True)
+    two_views = pixels.dim() == 5
+    if two_views:
+        pixels = torch.cat(pixels.unbind(1))
+    pixels = pixels.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     with placement.autocast():
-        logits = model(pixels, labels)
-    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        embeddings = model.embed(pixels)
+        first = embeddings[: len(labels)]
+        logits = model.head(first, labels)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+    if two_views and instance_weight:
+        loss = loss + instance_weight * nt_xent(embeddings.float())
+    return loss
+
+
+def nt_xent(embeddings: torch.Tensor, temperature: float = INSTANCE_TEMPERATURE) -> torch.Tensor:
+    """SimCLR's loss over 2B unit vectors whose i-th and (i+B)-th rows are views of one image."""
+    count = len(embeddings) // 2
+    similarity = embeddings @ embeddings.T / temperature
+    similarity.fill_diagonal_(float("-inf"))
+    twins = torch.cat([torch.arange(count, 2 * count), torch.arange(count)]).to(embeddings.device)
+    return F.cross_entropy(similarity, twins)
 
 
 @torch.inference_mode()

@@ -304,3 +304,20 @@ def test_products_as_classes_need_product_ids(shapes_dir, monkeypatch, capsys):
     monkeypatch.setenv("MODEL_NAME", TEST_MODEL)
     assert finetune_main([str(shapes_dir), "--preset", "model", "--label", "product", "--no-progress"]) == 2
     assert "product_id" in capsys.readouterr().err
+
+
+def test_nt_xent_is_low_when_each_view_finds_its_twin_and_high_when_it_cannot():
+    from finetune.train import nt_xent
+
+    distinct = torch.eye(8)[:4]  # four orthogonal unit vectors
+    assert nt_xent(torch.cat([distinct, distinct])) < 0.01
+    rng = torch.Generator().manual_seed(0)
+    noise = torch.nn.functional.normalize(torch.randn(16, 32, generator=rng), dim=1)
+    assert nt_xent(noise) > 1.0
+
+
+def test_fine_tuning_with_an_instance_loss_runs_two_views_and_learns(shapes_dir, tmp_path):
+    source = resolve_model_source(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
+    config = dataclasses.replace(FAST, epochs=40, instance_weight=0.5)
+    result = fine_tune(read_catalogue(shapes_dir).items, source, tmp_path / "instance", config, max_pixels=10**7)
+    assert result.metrics["overall"]["P@4"] > 0.5
