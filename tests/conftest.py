@@ -107,6 +107,23 @@ def encoder() -> ImageEncoder:
 
 
 @pytest.fixture
+def cli_env(settings: Settings, monkeypatch) -> Settings:
+    """The environment a command-line run (`ingest.__main__.main`) reads, pointing at `settings`."""
+    for name, value in {
+        "QDRANT_PATH": str(settings.qdrant_path),
+        "CATALOGUE_DIR": str(settings.catalogue_dir),
+        "UPLOAD_DIR": str(settings.upload_dir),
+        "MODEL_NAME": TEST_MODEL,
+        "MODEL_PRETRAINED": "",
+        "INGEST_ERROR_REPORT": str(settings.ingest_error_report),
+        "DECODE_WORKERS": "0",
+        "EMBEDDED_ENGINE": settings.embedded_engine,
+    }.items():
+        monkeypatch.setenv(name, value)
+    return settings
+
+
+@pytest.fixture
 def store(settings: Settings) -> Iterator[VectorStore]:
     store = VectorStore.from_settings(settings)
     yield store

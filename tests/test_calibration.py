@@ -14,7 +14,7 @@ from lookalike.looks import Look
 from lookalike.points import StoredItem
 from lookalike.queries import Ranking, SearchFilter
 from service import create_app
-from tests.conftest import ENGINES, TEST_MODEL
+from tests.conftest import ENGINES
 
 CATEGORIES = 6
 PER_CATEGORY = 20
@@ -98,18 +98,7 @@ def test_an_explicit_colour_weight_setting_overrides_the_calibration(settings, s
     resources.inference.close()
 
 
-def test_ingest_prints_the_calibration_and_calibrate_reruns_it(settings, monkeypatch, capsys):
-    for name, value in {
-        "QDRANT_PATH": str(settings.qdrant_path),
-        "CATALOGUE_DIR": str(settings.catalogue_dir),
-        "UPLOAD_DIR": str(settings.upload_dir),
-        "MODEL_NAME": TEST_MODEL,
-        "MODEL_PRETRAINED": "",
-        "INGEST_ERROR_REPORT": str(settings.ingest_error_report),
-        "DECODE_WORKERS": "0",
-        "EMBEDDED_ENGINE": settings.embedded_engine,
-    }.items():
-        monkeypatch.setenv(name, value)
+def test_ingest_prints_the_calibration_and_calibrate_reruns_it(cli_env, capsys):
     assert ingest_main(["--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "calibration: colour_weight=" in out and "leave-one-out" in out

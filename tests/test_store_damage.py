@@ -18,24 +18,7 @@ from lookalike.points import COLOUR, EMBEDDING, point_id
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
 from service import create_app
-from tests.conftest import TEST_MODEL, draw_item, image_bytes
-
-
-@pytest.fixture
-def cli_env(settings: Settings, monkeypatch) -> Settings:
-    for name, value in {
-        "QDRANT_PATH": str(settings.qdrant_path),
-        "CATALOGUE_DIR": str(settings.catalogue_dir),
-        "UPLOAD_DIR": str(settings.upload_dir),
-        "MODEL_NAME": TEST_MODEL,
-        "MODEL_PRETRAINED": "",
-        "INGEST_ERROR_REPORT": str(settings.ingest_error_report),
-        "DECODE_WORKERS": "0",
-        "BATCH_SIZE": "4",  # several writes: a lost id mapping then loses points the WAL does not replay
-        "EMBEDDED_ENGINE": settings.embedded_engine,
-    }.items():
-        monkeypatch.setenv(name, value)
-    return settings
+from tests.conftest import draw_item, image_bytes
 
 
 def segment(settings: Settings) -> Path:
@@ -65,6 +48,12 @@ def close(app) -> None:
     resources = app.extensions["lookalike"]
     resources.inference.close()
     resources.store.close()
+
+
+@pytest.fixture(autouse=True)
+def small_batches(monkeypatch) -> None:
+    """Several writes per ingest: a lost id mapping then loses points the WAL does not replay."""
+    monkeypatch.setenv("BATCH_SIZE", "4")
 
 
 def ingest_all_items(capsys) -> None:
