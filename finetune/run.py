@@ -69,9 +69,6 @@ class TrainingConfig:
     #: to a lower held-out P@4 (0.837 vs 0.865; README, "GPU").
     data_on_device: bool = False
 
-    def holds_data_on(self, device: torch.device) -> bool:
-        return self.data_on_device
-
 
 @dataclass
 class TrainingResult:
@@ -114,7 +111,7 @@ def fine_tune(
     model.to(device, memory_format=torch.channels_last)
     start_state = copy.deepcopy(clip.visual.state_dict())
     loader = _training_batches(clip, gallery, train_transform, classes, side, config, device)
-    if config.holds_data_on(device):  # evaluation images through the val transform once, kept there
+    if config.data_on_device:  # evaluation images through the val transform once, kept there
         queries, gallery = (
             preprocess_on_device(queries, val_transform, device),
             preprocess_on_device(gallery, val_transform, device),
@@ -184,7 +181,7 @@ def _training_batches(
 ) -> DataLoader | DeviceBatches:
     """PIL transforms in worker processes beside a GPU, in the main process on a CPU (the model
     needs the cores); or, with `data_on_device`, the gallery held and augmented on the device."""
-    if config.holds_data_on(device):
+    if config.data_on_device:
         if config.instance_weight:
             raise CatalogueError("instance_weight needs the PIL data path (data_on_device=False)")
         preprocess_cfg = get_model_preprocess_cfg(clip)

@@ -349,13 +349,18 @@ def _stored_item(item: CatalogueItem, sha256: str, model: str) -> StoredItem:
 def _prune(catalogue: Catalogue, store: VectorStore) -> int:
     """Delete items of the catalogue's source no longer listed (failing ones stay; catalogue runs
     keep items added over the API, and the other way round)."""
-    listed = {item.id for item in catalogue.items} | {e.item_id for e in catalogue.errors if e.item_id}
-    mine = catalogue.shard.holds if catalogue.shard else lambda item_id: True  # other workers' items stay
-    gone = [i for i in store.item_ids(image_source=catalogue.source) if i not in listed and mine(i)]
+    gone = _unlisted(catalogue, store)
     store.delete(gone)
     for item_id in gone:
         log.info("item pruned", extra={"item_id": item_id, "source": catalogue.source})
     return len(gone)
+
+
+def _unlisted(catalogue: Catalogue, store: VectorStore) -> list[str]:
+    """Stored items of the catalogue's source (and shard) that the catalogue no longer lists."""
+    listed = {item.id for item in catalogue.items} | {e.item_id for e in catalogue.errors if e.item_id}
+    mine = catalogue.shard.holds if catalogue.shard else lambda item_id: True  # other workers' items stay
+    return [i for i in store.item_ids(image_source=catalogue.source) if i not in listed and mine(i)]
 
 
 def ingest_all(
@@ -465,7 +470,6 @@ def verify(
     points) is rebuilt from scratch under the same name.
     """
     started = time.perf_counter()
-    repaired = 0
     try:
         if not store.collection_exists():
             store.ensure_collection(encoder.dim, encoder.identity, filterable_fields)
@@ -474,25 +478,16 @@ def verify(
         for _, item_id, reason in unsound:
             report.damaged(item_id, reason)
         store.delete_points([point for point, _, _ in unsound])
-        repaired = len(unsound)
-        _report_strays(catalogue, store, report)
+        for item_id in _unlisted(catalogue, store):  # reported; --prune removes them
+            report.stray(item_id)
     except StoreDamaged as e:
         report.damaged(None, e.message)
         _rebuild(store, journal, encoder, filterable_fields)
-        repaired = -1  # the whole collection
+        unsound = None  # the whole collection
     summary = ingest_all(catalogue, journal, encoder, store, report, **options)
-    summary.repaired = summary.ingested if repaired < 0 else repaired
+    summary.repaired = summary.ingested if unsound is None else len(unsound)
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def _report_strays(catalogue: Catalogue, store: VectorStore, report: ErrorReport) -> None:
-    """Catalogue items in the store that the catalogue no longer lists (removed by --prune)."""
-    listed = {item.id for item in catalogue.items} | {e.item_id for e in catalogue.errors if e.item_id}
-    mine = catalogue.shard.holds if catalogue.shard else lambda item_id: True
-    for item_id in store.item_ids(image_source=catalogue.source):
-        if item_id not in listed and mine(item_id):
-            report.stray(item_id)
 
 
 def _rebuild(store: VectorStore, journal: UploadJournal, encoder: ImageEncoder, fields: Sequence[str]) -> None:

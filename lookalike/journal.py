@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from lookalike.catalogue import Catalogue, CatalogueItem, RowError, resolve_inside
@@ -41,19 +41,23 @@ class UploadJournal:
         """True once the journal is the whole truth about API-added items (seeded)."""
         return (self.folder / COMPLETE_MARKER).is_file()
 
-    def record(self, item: StoredItem) -> Callable[[], None]:
-        """Write (or replace) the item's entry; returns a function that undoes exactly this."""
+    @contextlib.contextmanager
+    def recording(self, item: StoredItem) -> Iterator[None]:
+        """Write (or replace) the item's entry before the block (the store write); undone if it fails."""
         path = self._path(item.id)
         previous = path.read_bytes() if path.is_file() else None
         self._write(path, _entry(item))
-        return lambda: self._restore(path, previous)
+        with self._undone_on_failure(path, previous):
+            yield
 
-    def forget(self, item_id: str) -> Callable[[], None]:
-        """Remove the item's entry; returns a function that puts it back."""
+    @contextlib.contextmanager
+    def forgetting(self, item_id: str) -> Iterator[None]:
+        """Remove the item's entry before the block (the store delete); put back if it fails."""
         path = self._path(item_id)
         previous = path.read_bytes() if path.is_file() else None
         path.unlink(missing_ok=True)
-        return lambda: self._restore(path, previous)
+        with self._undone_on_failure(path, previous):
+            yield
 
     def seed(self, stored: Iterable[StoredItem]) -> int:
         """Copy API-added items that only a store knows into the journal (once); returns how many."""
@@ -102,12 +106,17 @@ class UploadJournal:
             json.dump(data, tmp)
         os.replace(tmp.name, path)
 
-    def _restore(self, path: Path, previous: bytes | None) -> None:
-        if previous is None:
-            path.unlink(missing_ok=True)
-            return
-        with contextlib.suppress(OSError):
-            path.write_bytes(previous)
+    @contextlib.contextmanager
+    def _undone_on_failure(self, path: Path, previous: bytes | None) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            if previous is None:
+                path.unlink(missing_ok=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.write_bytes(previous)
+            raise
 
 
 def _entry(item: StoredItem) -> dict:

@@ -248,44 +248,26 @@ class VectorStore:
     def unsound_points(self) -> Iterator[tuple[str, str | None, str]]:
         """Every point whose payload or vectors are not what ingest writes: (point id, item id
         when readable, why). Raises `StoreDamaged` when the collection cannot be read at all."""
-        offset = None
-        while True:
-            with self._call():
-                records, offset = self.client.scroll(
-                    self.collection, limit=SCROLL_PAGE, offset=offset, with_payload=True, with_vectors=True
-                )
-            for record in records:
-                reason = _unsound(record)
-                if reason is not None:
-                    yield str(record.id), (record.payload or {}).get(ITEM_ID), reason
-            if offset is None:
-                return
+        for record in self._records(with_payload=True, with_vectors=True):
+            reason = _unsound(record)
+            if reason is not None:
+                yield str(record.id), (record.payload or {}).get(ITEM_ID), reason
 
     def labelled_vectors(self, limit: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Up to ``limit`` items' embeddings, colours and categories (for calibration), in the
         store's order: by point id, a hash of the item id, so the first ``limit`` are a fair sample."""
         embeddings, colours, labels = [], [], []
-        offset = None
-        while len(labels) < limit:
-            with self._call():
-                records, offset = self.client.scroll(
-                    self.collection,
-                    limit=min(SCROLL_PAGE, limit - len(labels)),
-                    offset=offset,
-                    with_payload=[CATEGORY],
-                    with_vectors=True,
-                )
-            for record in records:
-                vectors, payload = record.vector or {}, record.payload or {}
-                if EMBEDDING in vectors and COLOUR in vectors and CATEGORY in payload:
-                    embeddings.append(vectors[EMBEDDING])
-                    colours.append(vectors[COLOUR])
-                    labels.append(str(payload[CATEGORY]))
-            if offset is None:
-                break
-        as_array = lambda rows, dim: np.asarray(rows, dtype=np.float32).reshape(len(rows), dim)  # noqa: E731
-        embedding_dim = len(embeddings[0]) if embeddings else 0
-        return as_array(embeddings, embedding_dim), as_array(colours, COLOUR_DIM), labels
+        for record in self._records(with_payload=[CATEGORY], with_vectors=True):
+            vectors, payload = record.vector or {}, record.payload or {}
+            if EMBEDDING in vectors and COLOUR in vectors and CATEGORY in payload:
+                embeddings.append(vectors[EMBEDDING])
+                colours.append(vectors[COLOUR])
+                labels.append(str(payload[CATEGORY]))
+                if len(labels) == limit:
+                    break
+        dim = len(embeddings[0]) if embeddings else 0
+        as_rows = np.asarray(embeddings, dtype=np.float32).reshape(len(labels), dim)
+        return as_rows, np.asarray(colours, dtype=np.float32).reshape(len(labels), COLOUR_DIM), labels
 
     def metadata(self) -> dict[str, Any]:
         """The collection's metadata (model, layout, calibration)."""
@@ -358,40 +340,30 @@ class VectorStore:
 
     def item_ids(self, image_source: str | None = None) -> Iterator[str]:
         """Every item id in the collection (of one image source if given), page by page."""
-        source_filter = None
-        if image_source is not None:
-            condition = models.FieldCondition(key=IMAGE_SOURCE, match=models.MatchValue(value=image_source))
-            source_filter = models.Filter(must=[condition])
-        offset = None
-        while True:
-            with self._call():
-                records, offset = self.client.scroll(
-                    self.collection,
-                    scroll_filter=source_filter,
-                    limit=SCROLL_PAGE,
-                    offset=offset,
-                    with_payload=[ITEM_ID],
-                    with_vectors=False,
-                )
-            yield from (record.payload[ITEM_ID] for record in records if record.payload)
-            if offset is None:
-                return
+        records = self._records(_source_filter(image_source), with_payload=[ITEM_ID])
+        yield from (record.payload[ITEM_ID] for record in records if record.payload)
 
     def stored_items(self, image_source: str) -> Iterator[StoredItem]:
         """Every item of one image source ("catalogue" or "upload"), page by page."""
-        condition = models.FieldCondition(key=IMAGE_SOURCE, match=models.MatchValue(value=image_source))
+        records = self._records(_source_filter(image_source), with_payload=True)
+        yield from (StoredItem.from_payload(record.payload) for record in records if record.payload)
+
+    def _records(
+        self, scroll_filter: models.Filter | None = None, *, with_payload: Any = True, with_vectors: bool = False
+    ) -> Iterator[Any]:
+        """Every point (matching the filter), a page of `SCROLL_PAGE` per Qdrant call."""
         offset = None
         while True:
             with self._call():
                 records, offset = self.client.scroll(
                     self.collection,
-                    scroll_filter=models.Filter(must=[condition]),
+                    scroll_filter=scroll_filter,
                     limit=SCROLL_PAGE,
                     offset=offset,
-                    with_payload=True,
-                    with_vectors=False,
+                    with_payload=with_payload,
+                    with_vectors=with_vectors,
                 )
-            yield from (StoredItem.from_payload(record.payload) for record in records if record.payload)
+            yield from records
             if offset is None:
                 return
 
@@ -611,6 +583,12 @@ class VectorStore:
             f"collection {self.collection!r} does not exist yet: run `python -m ingest` "
             "(or add items with PUT /v1/items/<id>)"
         )
+
+
+def _source_filter(image_source: str | None) -> models.Filter | None:
+    if image_source is None:
+        return None
+    return models.Filter(must=[models.FieldCondition(key=IMAGE_SOURCE, match=models.MatchValue(value=image_source))])
 
 
 def _unsound(record: Any) -> str | None:

@@ -109,13 +109,10 @@ def put_item(item_id: str):
         form.product_id,
     )
     journal = UploadJournal(resources.settings.upload_dir)
-    with _saved_upload(resources.settings.upload_dir, upload):  # removed again if the upsert fails
-        undo = journal.record(item)  # first: a reindex running meanwhile replays it into its collection
-        try:
-            store.upsert([item], [look])
-        except BaseException:
-            undo()
-            raise
+    # The file and the journal entry first (a reindex running meanwhile replays the entry into its
+    # collection); both are undone when the store write fails.
+    with _saved_upload(resources.settings.upload_dir, upload, item.image), journal.recording(item):
+        store.upsert([item], [look])
     body = item_detail_json(item)
     if duplicate is not None:
         body["duplicate_of"] = DuplicateOf(
@@ -139,12 +136,8 @@ def _look_alike(resources: Resources, item_id: str, look: Look) -> Hit | None:
 def delete_item(item_id: str):
     resources = get_resources()
     resources.store.get(item_id)
-    undo = UploadJournal(resources.settings.upload_dir).forget(item_id)  # first, as PUT
-    try:
+    with UploadJournal(resources.settings.upload_dir).forgetting(item_id):  # first, as PUT
         resources.store.delete([item_id])
-    except BaseException:
-        undo()
-        raise
     return {"id": item_id, "deleted": True}
 
 
@@ -154,13 +147,13 @@ def _upload_name(upload: Upload) -> str:
 
 
 @contextlib.contextmanager
-def _saved_upload(upload_dir: Path, upload: Upload) -> Iterator[Path]:
+def _saved_upload(upload_dir: Path, upload: Upload, name: str) -> Iterator[Path]:
     """Keep the original bytes (written atomically) for as long as the block succeeds.
 
     A file this request created is removed again when the block fails, so a failed PUT leaves
     no orphan behind; a file that was already there belongs to another item and stays.
     """
-    target = upload_dir / _upload_name(upload)
+    target = upload_dir / name
     created = False
     if not target.exists():
         upload_dir.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from flask import request
@@ -18,13 +19,14 @@ class Upload:
     data: bytes
     image: Image.Image
 
-    @property
+    @functools.cached_property
     def format(self) -> str:
         """As detected from the content, e.g. "JPEG"; only PUT needs it, so searches never pay."""
         return image_format(self.data)
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
+        """Computed once, when first asked for (PUT and hide_duplicates)."""
         return sha256_hex(self.data)
 
 
