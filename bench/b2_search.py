@@ -79,7 +79,7 @@ def bench_size(n: int, rng: np.random.Generator, engine: str, clustered: bool = 
     figures = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "q"
-        store = VectorStore(open_embedded(path, engine), "bench", embedded=True)
+        store = open_embedded(path, engine, "bench")
         store.ensure_collection(DIM, MODEL)
         started = time.perf_counter()
         for start in range(0, n, UPSERT_BATCH):
@@ -123,7 +123,7 @@ def bench_size(n: int, rng: np.random.Generator, engine: str, clustered: bool = 
             )
         store.close()
         started = time.perf_counter()
-        reopened = VectorStore(open_embedded(path, engine), "bench", embedded=True)
+        reopened = open_embedded(path, engine, "bench")
         reopen_s = time.perf_counter() - started
         reopened.close()
     figures.append(

@@ -19,7 +19,7 @@ from lookalike.encoder import ImageEncoder
 from lookalike.looks import Look
 from lookalike.points import StoredItem
 from lookalike.settings import Settings
-from lookalike.store import VectorStore, open_embedded
+from lookalike.store import open_embedded
 
 BATCH = 2000
 
@@ -34,7 +34,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "q"
-        store = VectorStore(open_embedded(path, settings.embedded_engine), settings.collection, embedded=True)
+        store = open_embedded(path, settings.embedded_engine, settings.collection)
         store.ensure_collection(encoder.dim, encoder.identity)
         for start in range(0, args.items, BATCH):
             count = min(BATCH, args.items - start)

@@ -17,6 +17,7 @@ from lookalike.errors import CatalogueError, StoreError
 from lookalike.lockfile import LOCK_FILE
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
+from lookalike.store.qdrant import QdrantStore
 
 log = logging.getLogger(__name__)
 STORE_FOLDER, UPLOADS_FOLDER = "qdrant", "uploads"
@@ -28,12 +29,11 @@ def backup(settings: Settings, destination: Path) -> Path:
     target.mkdir(parents=True)
     store = VectorStore.from_settings(settings)  # holds the lock until closed (embedded)
     try:
-        if settings.embedded:
+        if isinstance(store, QdrantStore) and not store.embedded:
+            (target / "server-snapshot.txt").write_text(f"{store.physical_name()} {store.snapshot()}\n")
+        else:
             store.flush()
             shutil.copytree(settings.qdrant_path, target / STORE_FOLDER, ignore=shutil.ignore_patterns(LOCK_FILE))
-        else:
-            snapshot = store.client.create_snapshot(store.physical_name(), wait=True)
-            (target / "server-snapshot.txt").write_text(f"{store.physical_name()} {snapshot.name}\n")
     finally:
         store.close()
     if settings.upload_dir.is_dir():

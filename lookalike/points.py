@@ -10,8 +10,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from qdrant_client import models
-
 from lookalike.errors import DAMAGED_HINT, StoreDamaged
 
 #: The named vector that holds the encoder's embedding (shape, texture).
@@ -94,7 +92,3 @@ class StoredItem:
 class Hit:
     item: StoredItem
     score: float
-
-
-def hit_of(point: models.ScoredPoint) -> Hit:
-    return Hit(StoredItem.from_payload(point.payload or {}), float(point.score))

@@ -1,19 +1,21 @@
-"""What to ask Qdrant: filters (run inside the search), and how results are scored and grouped.
+"""What to ask the store, in the product's terms: filters (run inside the search) and how results
+are scored, pooled, grouped and paged.
 
-Pure request building with qdrant-client's typed models; `lookalike.store.VectorStore` sends them.
+One query model for every engine: `lookalike.store.qdrant` and `lookalike.store.edge` each
+translate a `Query` into their own requests, so a query feature is described here once and the
+store contract tests (tests/test_store.py) run it on both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-from qdrant_client import models
 
-from lookalike.points import CATEGORY, COLOUR, EMBEDDING, METADATA, SHA256, point_id
+from lookalike.points import COLOUR, EMBEDDING, METADATA
 from lookalike.settings import Settings
 
 #: Filter text that also matches a stored integer: ASCII digits only (`str.isdigit` accepts "²"),
@@ -21,43 +23,43 @@ from lookalike.settings import Settings
 INTEGER = re.compile(r"-?[0-9]{1,18}")
 #: A fused query rescores the union of each vector's nearest candidates, at least this many each.
 FUSION_CANDIDATES = 100
+#: An example of what to look for: a vector, or the id of a stored item (its stored vector).
+Example = np.ndarray | str
 
 
 @dataclass(frozen=True)
 class SearchFilter:
-    """Restrictions applied inside Qdrant's search (never as a post-filter)."""
+    """Restrictions applied inside the engine's search (never as a post-filter)."""
 
     categories: Sequence[str] = ()
     exclude: Sequence[str] = ()  # item ids
     metadata: dict[str, Sequence[str]] = field(default_factory=dict)  # field -> any of these values
     exclude_sha256: Sequence[str] = ()  # hide items whose image bytes are exactly these
+    image_source: str | None = None  # "catalogue" or "upload" (listing and pruning)
 
-    def to_qdrant(self, also_exclude: Sequence[str] = ()) -> models.Filter | None:
-        must: list[models.Condition] = []
-        if self.categories:
-            must.append(models.FieldCondition(key=CATEGORY, match=models.MatchAny(any=list(self.categories))))
-        for name, values in self.metadata.items():
-            must.append(_metadata_condition(name, values))
-        excluded = [point_id(item_id) for item_id in (*self.exclude, *also_exclude)]
-        must_not: list[models.Condition] = [models.HasIdCondition(has_id=excluded)] if excluded else []
-        if self.exclude_sha256:
-            must_not.append(models.FieldCondition(key=SHA256, match=models.MatchAny(any=list(self.exclude_sha256))))
-        if not must and not must_not:
-            return None
-        return models.Filter(must=must or None, must_not=must_not or None)
+    def excluding(self, item_ids: Sequence[str]) -> SearchFilter:
+        return dataclasses.replace(self, exclude=(*self.exclude, *item_ids)) if item_ids else self
 
 
-def _metadata_condition(name: str, values: Sequence[str]) -> models.Filter:
-    """Match a metadata field given as text: "12" also matches the number 12, "true" the boolean."""
-    key = f"{METADATA}.{name}"
-    should: list[models.Condition] = [models.FieldCondition(key=key, match=models.MatchAny(any=list(values)))]
-    integers = [int(v) for v in values if INTEGER.fullmatch(v)]
-    if integers:
-        should.append(models.FieldCondition(key=key, match=models.MatchAny(any=integers)))
-    for value in values:
-        if value.lower() in ("true", "false"):
-            should.append(models.FieldCondition(key=key, match=models.MatchValue(value=value.lower() == "true")))
-    return models.Filter(should=should)
+@dataclass(frozen=True)
+class MetadataMatch:
+    """A metadata field given as text, matched as text, and as the number or boolean it spells:
+    "12" also matches the number 12, "true" the boolean (a stored list matches by any element)."""
+
+    key: str
+    texts: list[str]
+    integers: list[int]
+    booleans: list[bool]
+
+    @classmethod
+    def of(cls, name: str, values: Sequence[str]) -> MetadataMatch:
+        integers = [int(v) for v in values if INTEGER.fullmatch(v)]
+        booleans = [v.lower() == "true" for v in values if v.lower() in ("true", "false")]
+        return cls(f"{METADATA}.{name}", list(values), integers, booleans)
+
+
+def metadata_matches(search_filter: SearchFilter) -> list[MetadataMatch]:
+    return [MetadataMatch.of(name, values) for name, values in search_filter.metadata.items()]
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,79 @@ class Ranking:
     #: 0 = the embedding alone, 1 = colour alone; between, score = (1-w)·embedding + w·colour cosine.
     colour_weight: float = 0.0
     one_per_product: bool = False  # each product once, by its best-scoring photo
+
+
+@dataclass(frozen=True)
+class Term:
+    """Similarity on one named vector: to ``positive[0]``, or (``recommend``) Qdrant's best-score
+    recommendation over positive and negative examples."""
+
+    using: str  # EMBEDDING or COLOUR
+    positive: tuple[Example, ...]
+    negative: tuple[Example, ...] = ()
+    recommend: bool = False
+    weight: float = 1.0  # in a fused score
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Candidates for rescoring: a term's nearest ``limit`` items (above a threshold if given)."""
+
+    term: Term
+    limit: int
+    score_threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class Query:
+    """One search. Score = Σ weight·similarity over ``terms`` (no terms: a random sample), over
+    the union of ``pools`` when given (else the whole collection), inside ``search_filter``."""
+
+    terms: tuple[Term, ...]
+    search_filter: SearchFilter
+    limit: int
+    offset: int = 0
+    score_threshold: float | None = None
+    pools: tuple[Pool, ...] = ()
+    one_per_product: bool = False
+    exact: bool = False  # every stored vector, no index (a probe that reads all of them)
+
+    @property
+    def fused(self) -> bool:
+        return len(self.terms) > 1
+
+    def example_ids(self) -> list[str]:
+        terms = (*self.terms, *(pool.term for pool in self.pools))
+        return sorted({e for t in terms for e in (*t.positive, *t.negative) if isinstance(e, str)})
+
+
+def ranked(search_filter: SearchFilter, ranking: Ranking, embedding: Term, colour: Term) -> Query:
+    """The query that scores by the ranking's colour weight.
+
+    Between 0 and 1 the nearest candidates by each vector are pooled, every pooled candidate is
+    scored by both vectors, and the two scores are added with their weights: exact for every
+    pooled candidate, so the top results equal an exhaustive fused ranking unless an item is
+    outside both candidate lists.
+    """
+    common = {
+        "search_filter": search_filter,
+        "limit": ranking.limit,
+        "offset": ranking.offset,
+        "score_threshold": ranking.score_threshold,
+        "one_per_product": ranking.one_per_product,
+    }
+    weight = ranking.colour_weight
+    if weight <= 0:
+        return Query((embedding,), **common)
+    if weight >= 1:
+        return Query((colour,), **common)
+    depth = max(FUSION_CANDIDATES, 2 * (ranking.offset + ranking.limit))
+    terms = (dataclasses.replace(embedding, weight=1.0 - weight), dataclasses.replace(colour, weight=weight))
+    return Query(terms, pools=(Pool(embedding, depth), Pool(colour, depth)), **common)
+
+
+def nearest(embedding: Example, colour: Example) -> tuple[Term, Term]:
+    return Term(EMBEDDING, (embedding,)), Term(COLOUR, (colour,))
 
 
 @dataclass(frozen=True)
@@ -86,6 +161,16 @@ class NearDuplicateRule:
             return None
         return cls(settings.near_duplicate_similarity, settings.near_duplicate_colour_similarity)
 
+    def query(self, embedding: np.ndarray, colour: np.ndarray, item_id: str) -> Query:
+        """Embedding candidates above the threshold, rescored by colour with its own threshold."""
+        return Query(
+            (Term(COLOUR, (colour,)),),
+            SearchFilter(exclude=[item_id]),
+            limit=1,
+            score_threshold=self.min_colour_similarity,
+            pools=(Pool(Term(EMBEDDING, (embedding,)), 8, self.min_similarity),),
+        )
+
 
 @dataclass(frozen=True)
 class SimilarQuery:
@@ -94,38 +179,3 @@ class SimilarQuery:
     item_id: str
     search_filter: SearchFilter
     ranking: Ranking
-
-
-def vector_of(values: np.ndarray) -> list[float]:
-    return values.astype(np.float32).tolist()
-
-
-def scoring_arguments(embedding_query: Any, colour_query: Any, ranking: Ranking) -> dict[str, Any]:
-    """The ``query``/``using``/``prefetch`` arguments that score by the ranking's colour weight.
-
-    Between 0 and 1 this is one Qdrant query: the nearest candidates by each vector are pooled,
-    every pooled candidate is scored by both vectors (a re-scoring prefetch each), and a formula
-    adds the two scores with their weights. Exact for every pooled candidate, so the top results
-    equal an exhaustive fused ranking unless an item is outside both candidate lists.
-    """
-    weight = ranking.colour_weight
-    if weight <= 0:
-        return {"query": embedding_query, "using": EMBEDDING}
-    if weight >= 1:
-        return {"query": colour_query, "using": COLOUR}
-    depth = max(FUSION_CANDIDATES, 2 * (ranking.offset + ranking.limit))
-    pool = [
-        models.Prefetch(query=embedding_query, using=EMBEDDING, limit=depth),
-        models.Prefetch(query=colour_query, using=COLOUR, limit=depth),
-    ]
-    rescored = [
-        models.Prefetch(query=embedding_query, using=EMBEDDING, limit=2 * depth, prefetch=pool),
-        models.Prefetch(query=colour_query, using=COLOUR, limit=2 * depth, prefetch=pool),
-    ]
-    formula = models.SumExpression(
-        sum=[
-            models.MultExpression(mult=[1.0 - weight, "$score[0]"]),
-            models.MultExpression(mult=[weight, "$score[1]"]),
-        ]
-    )
-    return {"query": models.FormulaQuery(formula=formula), "prefetch": rescored}

@@ -5,6 +5,7 @@ Views reach them through `get_resources()`; nothing is created at import time.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from flask import current_app
@@ -32,6 +33,7 @@ class Resources:
     collection_checked: bool = field(default=False)
     #: The collection's measured best colour weight (read with the collection check).
     calibration: Calibration | None = None
+    _checking: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def colour_weight(self) -> float:
@@ -60,12 +62,12 @@ class Resources:
         """
         if self.collection_checked and not force:
             return
-        self.store.check_model(self.encoder.dim, self.encoder.identity)
-        physical = self.store.resolve()
-        if physical is not None and physical != self.store.collection:
-            self.store = self.store.bound_to(physical)
-        self.calibration = Calibration.from_metadata(self.store.metadata())
-        self.collection_checked = True
+        with self._checking:  # request threads see the old store or the pinned one, never half
+            pinned = self.store.pinned()  # itself, once pinned
+            pinned.check_model(self.encoder.dim, self.encoder.identity)
+            self.calibration = Calibration.from_metadata(pinned.metadata())
+            self.store = pinned
+            self.collection_checked = True
 
 
 def get_resources() -> Resources:

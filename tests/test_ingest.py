@@ -93,9 +93,10 @@ def test_stored_colour_vectors_are_the_colour_histograms(catalogue_dir, encoder,
     from lookalike.points import point_id
 
     run_ingest(catalogue_dir, encoder, store, tmp_path / "r.jsonl")
-    (record,) = store.client.retrieve(store.collection, [point_id("green_square-item2")], with_vectors=True)
+    with store._call():
+        (record,) = store._retrieve([point_id("green_square-item2")], with_vectors=True)
     expected = colour_histogram(Image.open(catalogue_dir / "green_square/item2.jpg"))
-    np.testing.assert_allclose(record.vector["colour"], expected, atol=1e-5)
+    np.testing.assert_allclose(record.vectors["colour"], expected, atol=1e-5)
 
 
 def test_prune_removes_exactly_the_items_that_left(catalogue_dir, encoder, store, tmp_path):

@@ -82,7 +82,7 @@ def test_drop_old_removes_the_previous_collection(encoder, new_encoder, store, c
     old_collection = store.resolve()
     summary = run(reindex, catalogue_dir, new_encoder, store, tmp_path, drop_old=True)
     assert summary.ingested == 12  # nothing reused from the old model's vectors
-    assert not store.client.collection_exists(old_collection)
+    assert not store.bound_to(old_collection).collection_exists()
     again = run(reindex, catalogue_dir, new_encoder, store, tmp_path, drop_old=True)
     assert (again.ingested, again.skipped) == (0, 12)  # same model: nothing to rebuild
     assert store.collection_exists()
@@ -159,7 +159,7 @@ def test_an_api_item_whose_upload_is_missing_is_reported_and_the_old_collection_
     assert summary.failed >= 2  # the broken catalogue file and the missing upload
     lines = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert any(line["item_id"] == "lost-file" and "not found" in line["reason"] for line in lines)
-    assert store.client.collection_exists(old_collection)  # its vector is not dropped with it
+    assert store.bound_to(old_collection).collection_exists()  # its vector is not dropped with it
     assert [item.id for item in UploadJournal(settings.upload_dir).catalogue().items] == ["lost-file"]
 
 

@@ -114,13 +114,13 @@ def test_server_collections_get_the_configured_layout():
 
     from qdrant_client import models
 
-    from lookalike.store import CollectionLayout
+    from lookalike.store.qdrant import CollectionLayout, QdrantStore
 
     client = MagicMock()
     client.get_aliases.return_value = models.CollectionsAliasesResponse(aliases=[])
     client.collection_exists.return_value = False
     layout = CollectionLayout(shard_number=6, replication_factor=2, write_consistency_factor=2, quantize_int8=True)
-    VectorStore(client, "products", embedded=False, layout=layout).ensure_collection(512, MODEL, ["brand"])
+    QdrantStore(client, "products", embedded=False, layout=layout).ensure_collection(512, MODEL, ["brand"])
 
     name, kwargs = client.create_collection.call_args.args[0], client.create_collection.call_args.kwargs
     assert name.startswith("products__test-model")
@@ -203,13 +203,8 @@ def test_one_hit_per_product(store: VectorStore):
 
 
 def test_a_collection_without_colour_vectors_asks_for_a_reindex(store: VectorStore):
-    from qdrant_client import models
-
-    store.client.create_collection(
-        "old",
-        vectors_config={"embedding": models.VectorParams(size=3, distance=models.Distance.COSINE)},
-        metadata={"model": MODEL, "dim": 3},
-    )
+    with store._call():  # as collections were made before colour vectors
+        store._create("old", {"embedding": 3}, {"model": MODEL, "dim": 3}, [])
     with pytest.raises(ModelMismatch, match="--reindex"):
         store.bound_to("old").check_model(3, MODEL)
 
@@ -241,3 +236,108 @@ def test_a_folder_of_the_other_engine_is_refused_in_words(tmp_path):
     open_embedded(tmp_path / "e", "edge").close()
     with pytest.raises(StoreError, match="EMBEDDED_ENGINE=edge"):
         open_embedded(tmp_path / "e", "qdrant-client")
+
+
+# -- the rest of the contract: recommend, batch, look-alikes, browsing, listing, lifecycle ----------
+
+
+def test_recommend_pushes_negative_look_alikes_down_and_leaves_examples_out(filled: VectorStore):
+    plain = ids(filled.similar("a", SearchFilter(), Ranking(3)))
+    assert plain == ["c", "b", "d"]
+    pushed = ids(filled.recommend(["a"], ["c"], SearchFilter(), Ranking(3)))
+    assert "a" not in pushed and "c" not in pushed and pushed[0] == "b"
+    by_look = ids(
+        filled.recommend([look(0, 0, 1)], [], SearchFilter(categories=["bag"]), Ranking(2, colour_weight=0.5))
+    )
+    assert by_look == ["d", "c"]
+    with pytest.raises(ItemNotFound, match="nope"):
+        filled.recommend(["a"], ["nope"], SearchFilter(), Ranking(3))
+
+
+def test_batch_answers_in_order_with_an_error_in_place_of_an_unknown_id(filled: VectorStore):
+    from lookalike.queries import SimilarQuery
+
+    answers = filled.similar_many(
+        [
+            SimilarQuery("a", SearchFilter(), Ranking(2)),
+            SimilarQuery("nope", SearchFilter(), Ranking(2)),
+            SimilarQuery("c", SearchFilter(categories=["shoe"]), Ranking(1, one_per_product=True)),
+            SimilarQuery("b", SearchFilter(), Ranking(1, offset=1, colour_weight=0.4)),
+        ]
+    )
+    assert ids(answers[0]) == ids(filled.similar("a", SearchFilter(), Ranking(2)))
+    assert isinstance(answers[1], ItemNotFound)
+    assert ids(answers[2]) == ids(filled.similar("c", SearchFilter(categories=["shoe"]), Ranking(1))) == ["a"]
+    assert ids(answers[3]) == ids(filled.similar("b", SearchFilter(), Ranking(1, offset=1, colour_weight=0.4)))
+
+
+def test_look_alikes_need_both_vectors_close_and_never_name_the_item_itself(filled: VectorStore):
+    from lookalike.queries import NearDuplicateRule
+
+    rule = NearDuplicateRule(min_similarity=0.999, min_colour_similarity=0.99)  # only "a" is that close
+    hits = filled.look_alikes(
+        [look(1, 0, 0), look(1, 0, 0), Look(unit(1, 0, 0), unit(*[0.0] * 511, 1.0))], ["new", "a", "x"], rule
+    )
+    assert hits[0] is not None and hits[0].item.id == "a"
+    assert hits[1] is None  # "a" itself is left out
+    assert hits[2] is None  # same shape, another colour
+
+
+def test_browsing_counts_samples_and_lists_by_source(filled: VectorStore):
+    assert sorted(filled.categories()) == [("bag", 2), ("shoe", 2)]
+    sample = filled.random_items(SearchFilter(categories=["shoe"]), 10)
+    assert sorted(i.id for i in sample) == ["a", "b"]
+    upload = StoredItem("u", "shoe", "u.jpg", "1" * 64, MODEL, image_source="upload")
+    filled.upsert([upload], [look(1, 1, 0)])
+    assert list(filled.item_ids(image_source="upload")) == ["u"]
+    assert [i.id for i in filled.stored_items("upload")] == ["u"]
+    assert filled.count() == 5
+
+
+def test_identical_photos_can_be_hidden_by_their_bytes(filled: VectorStore):
+    same = StoredItem("copy", "shoe", "copy.jpg", "f" * 64, MODEL)
+    filled.upsert([same], [look(1, 0, 0)])
+    hidden = filled.similar(look(1, 0, 0), SearchFilter(exclude_sha256=["f" * 64]), Ranking(10))
+    assert "copy" not in ids(hidden) and "a" in ids(hidden)
+
+
+def test_an_item_deleted_while_a_query_names_it_is_not_found(filled: VectorStore, monkeypatch):
+    real_query = type(filled)._query
+
+    def delete_first(self, queries):
+        self._delete([point_id("a")])
+        return real_query(self, queries)
+
+    monkeypatch.setattr(type(filled), "_query", delete_first)
+    with pytest.raises(ItemNotFound, match="'a'"):
+        filled.similar("a", SearchFilter(), Ranking(2, colour_weight=0.5))
+
+
+def test_a_missing_collection_is_unavailable_in_words(store: VectorStore):
+    from lookalike.errors import StoreUnavailable
+
+    for call in (store.count, lambda: store.get("a"), lambda: store.similar(look(1, 0, 0), SearchFilter(), Ranking(2))):
+        with pytest.raises(StoreUnavailable, match="python -m ingest"):
+            call()
+
+
+def test_a_pinned_store_stays_on_its_collection_when_the_alias_moves(filled: VectorStore):
+    pinned = filled.pinned()
+    assert pinned.collection == filled.resolve() != filled.collection
+    other = filled.for_model("other-model@1")
+    other.create_physical(3, "other-model@1")
+    assert filled.switch_alias(other.collection) == pinned.collection
+    assert filled.count() == 0 and pinned.count() == 4
+    filled.drop(pinned.collection)
+    assert not pinned.collection_exists()
+
+
+def test_unsound_points_and_labelled_vectors(filled: VectorStore):
+    from lookalike.store import Record
+
+    assert list(filled.unsound_points()) == []
+    embeddings, colours, labels = filled.labelled_vectors(3)
+    assert embeddings.shape == (3, 3) and colours.shape == (3, 512) and len(labels) == 3
+    with filled._call():
+        filled._upsert([Record(point_id("junk"), {"x": 1}, {"embedding": unit(1, 0, 0), "colour": GREY})])
+    assert [(item_id, reason) for _, item_id, reason in filled.unsound_points()] == [(None, "payload unreadable")]

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from qdrant_client import models
 
 from ingest.__main__ import main as ingest_main
 from lookalike.points import COLOUR, EMBEDDING, point_id
 from lookalike.settings import Settings
-from lookalike.store import VectorStore
+from lookalike.store import Record, VectorStore
 from service import create_app
 from tests.conftest import draw_item, image_bytes
 
@@ -102,9 +101,9 @@ def test_plain_ingest_and_reindex_on_a_damaged_store_stop_with_exit_2_and_the_wa
 def test_verify_re_embeds_a_point_with_an_unreadable_payload(cli_env, capsys):
     ingest_all_items(capsys)
     store = VectorStore.from_settings(cli_env)
-    vectors = {EMBEDDING: np.ones(store_dim(store), np.float32).tolist(), COLOUR: np.ones(512, np.float32).tolist()}
-    broken = models.PointStruct(id=point_id("red_round-item2"), vector=vectors, payload={"junk": True})
-    store.client.upsert(store.collection, [broken])
+    vectors = {EMBEDDING: np.ones(store_dim(store), np.float32), COLOUR: np.ones(512, np.float32)}
+    with store._call():
+        store._upsert([Record(point_id("red_round-item2"), {"junk": True}, vectors)])
     store.close()
 
     assert ingest_main(["--verify", "--no-progress"]) == 0
@@ -117,7 +116,7 @@ def test_verify_re_embeds_a_point_with_an_unreadable_payload(cli_env, capsys):
 
 
 def store_dim(store: VectorStore) -> int:
-    return store.client.get_collection(store.collection).config.params.vectors[EMBEDDING].size
+    return store.metadata()["dim"]
 
 
 def test_backup_then_restore_serves_the_backed_up_items(cli_env, encoder, capsys, tmp_path, auth):
