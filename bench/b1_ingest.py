@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from bench.common import report, spread_sample
-from ingest.pipeline import ingest
+from ingest.pipeline import IngestOptions, ingest
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
 from lookalike.encoder import ImageEncoder
@@ -42,17 +42,14 @@ def main() -> None:
         store = VectorStore.from_settings(settings.model_copy(update={"qdrant_path": Path(tmp) / "q"}))
         store.ensure_collection(encoder.dim, encoder.identity)
         report_file = ErrorReport.open(Path(tmp) / "errors.jsonl")
-        summary = ingest(
-            catalogue,
-            encoder,
-            store,
-            report_file,
+        options = IngestOptions(
             batch_size=batch,
             workers=settings.decode_workers,
             max_pixels=settings.max_image_pixels,
             near_duplicates=NearDuplicateRule.from_settings(settings),  # as `python -m ingest` runs it
             progress=False,
         )
+        summary = ingest(catalogue, encoder, store, report_file, options)
         pipeline = summary.ingested / summary.seconds
 
         pixels = torch.stack([encoder.preprocess(decode_image(read_bytes(i.path), 10**8)) for i in items[: batch * 4]])

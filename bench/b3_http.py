@@ -17,7 +17,7 @@ import httpx
 
 from bench.common import percentiles, report, spread_sample, time_calls
 from bench.server import running_service
-from ingest.pipeline import ingest
+from ingest.pipeline import IngestOptions, ingest
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
 from lookalike.encoder import ImageEncoder
@@ -70,7 +70,9 @@ def main() -> None:
         env = {"QDRANT_PATH": str(Path(tmp) / "q"), "INGEST_ERROR_REPORT": str(Path(tmp) / "e.jsonl")}
         store = VectorStore.from_settings(settings.model_copy(update={"qdrant_path": Path(env["QDRANT_PATH"])}))
         store.ensure_collection(encoder.dim, encoder.identity)
-        ingest(catalogue, encoder, store, ErrorReport.open(Path(tmp) / "e.jsonl"), workers=0, progress=False)
+        ingest(
+            catalogue, encoder, store, ErrorReport.open(Path(tmp) / "e.jsonl"), IngestOptions(workers=0, progress=False)
+        )
         ranking = Ranking(10, colour_weight=settings.colour_weight)  # as the service ranks by default
         store_s = time_calls(lambda i: store.similar(ids[i % len(ids)], SearchFilter(), ranking), 50)
         store.close()

@@ -24,7 +24,7 @@ import torch
 
 from finetune.__main__ import PRESETS
 from finetune.run import fine_tune
-from ingest.pipeline import ingest
+from ingest.pipeline import IngestOptions, ingest
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, read_catalogue
 from lookalike.device import Placement, default_workers, describe_device, resolve_device
@@ -155,16 +155,13 @@ def measure_ingest(settings: Settings, checkpoint: Path, catalogue: Catalogue, t
     report = ErrorReport.open(tmp / "errors.jsonl")
     device = encoder.placement.device
     try:
-        summary = ingest(
-            catalogue,
-            encoder,
-            store,
-            report,
+        options = IngestOptions(
             batch_size=run_settings.ingest_batch_size(device.type),
             workers=default_workers(device) if device.type == "cuda" else min(2, cores),
             progress=False,
             near_duplicates=NearDuplicateRule.from_settings(run_settings),
         )
+        summary = ingest(catalogue, encoder, store, report, options)
     finally:
         report.close()
         store.close()

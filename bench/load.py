@@ -19,7 +19,7 @@ import httpx
 
 from bench.common import percentiles, report, spread_sample
 from bench.server import running_service
-from ingest.pipeline import ingest
+from ingest.pipeline import IngestOptions, ingest
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
 from lookalike.encoder import ImageEncoder
@@ -76,7 +76,9 @@ def main() -> None:
         path = Path(tmp) / "q"
         store = VectorStore.from_settings(settings.model_copy(update={"qdrant_path": path}))
         store.ensure_collection(encoder.dim, encoder.identity)
-        ingest(catalogue, encoder, store, ErrorReport.open(Path(tmp) / "e.jsonl"), workers=0, progress=False)
+        ingest(
+            catalogue, encoder, store, ErrorReport.open(Path(tmp) / "e.jsonl"), IngestOptions(workers=0, progress=False)
+        )
         store.close()
         with running_service({"QDRANT_PATH": str(path)}) as (url, _, _):
             started = time.perf_counter()

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ingest.pipeline import ingest_all, reindex, seed_journal, verify
+from ingest.pipeline import IngestOptions, ingest_all, reindex, seed_journal, verify
 from ingest.quality import calibrate_collection, quality_advice
 from ingest.report import ErrorReport
 from lookalike.backup import backup, restore
@@ -116,34 +116,25 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     journal = UploadJournal(settings.upload_dir)  # items added over the API: kept across models
     device = encoder.placement.device
     workers = default_workers(device) if settings.decode_workers is None else settings.decode_workers
-    options = {
-        "batch_size": settings.ingest_batch_size(device.type),
-        "workers": workers,
-        "max_pixels": settings.max_image_pixels,
-        "prune": args.prune,
-        "progress": not args.no_progress,
-        "index_duplicates": not args.skip_duplicates,
-        "near_duplicates": NearDuplicateRule.from_settings(settings),
-    }
+    options = IngestOptions(
+        batch_size=settings.ingest_batch_size(device.type),
+        workers=workers,
+        max_pixels=settings.max_image_pixels,
+        prune=args.prune,
+        progress=not args.no_progress,
+        index_duplicates=not args.skip_duplicates,
+        near_duplicates=NearDuplicateRule.from_settings(settings),
+        filterable_fields=settings.filterable_fields,
+    )
     try:
         if args.reindex:
-            summary = reindex(
-                catalogue,
-                journal,
-                encoder,
-                store,
-                report,
-                drop_old=args.drop_old,
-                filterable_fields=settings.filterable_fields,
-                **options,
-            )
+            summary = reindex(catalogue, journal, encoder, store, report, options, drop_old=args.drop_old)
         elif args.verify:
-            fields = settings.filterable_fields
-            summary = verify(catalogue, journal, encoder, store, report, filterable_fields=fields, **options)
+            summary = verify(catalogue, journal, encoder, store, report, options)
         else:
             store.ensure_collection(encoder.dim, encoder.identity, settings.filterable_fields)
             seed_journal(journal, store)
-            summary = ingest_all(catalogue, journal, encoder, store, report, **options)
+            summary = ingest_all(catalogue, journal, encoder, store, report, options)
         total = store.count()
         calibration = calibrate_collection(store)
     finally:

@@ -18,23 +18,21 @@ from lookalike.queries import NearDuplicateRule
 from lookalike.store import VectorStore
 
 
-def report_exact_duplicates(
-    items: Sequence[CatalogueItem], sha256s: dict[str, str | None], report: ErrorReport, summary: IngestSummary
-) -> set[str]:
-    """Items whose image bytes equal an earlier item's: reported and counted; returns their ids."""
-    first_with: dict[str, str] = {}
-    duplicates: set[str] = set()
-    for item in items:
-        sha256 = sha256s[item.id]
-        if sha256 is None:
-            continue
-        if sha256 in first_with:
-            duplicates.add(item.id)
-            report.duplicate(item, first_with[sha256])
-        else:
-            first_with[sha256] = item.id
-    summary.duplicates = len(duplicates)
-    return duplicates
+class ExactDuplicates:
+    """Items whose image bytes equal an earlier item's, seen in catalogue order: reported and counted."""
+
+    def __init__(self, report: ErrorReport, summary: IngestSummary) -> None:
+        self.report, self.summary = report, summary
+        self._first_with: dict[str, str] = {}  # sha256 -> the first item id with those bytes
+
+    def seen(self, item: CatalogueItem, sha256: str) -> bool:
+        """True (and reported) when an earlier item had these bytes."""
+        original = self._first_with.setdefault(sha256, item.id)
+        if original == item.id:
+            return False
+        self.report.duplicate(item, original)
+        self.summary.duplicates += 1
+        return True
 
 
 def report_near_duplicates(

@@ -1,39 +1,33 @@
-"""Catalogue -> (decode + preprocess in worker processes) -> embed in batches -> upsert.
+"""Catalogue -> (read, hash, decode in worker processes) -> embed in batches -> write.
 
-Incremental: an item whose image bytes (sha256) and model are unchanged is not decoded again;
-if only its category or metadata changed, its payload is rewritten. Every batch is committed
-before the next starts, so a killed run loses at most the batch in flight and a rerun finishes.
+Stages, each timed in the summary: ``lookup`` (what the store holds of these ids), ``read``
+(waiting for the workers, which read every file once and decode only new or changed images),
+``embed``, and on a writer thread ``near_duplicates`` and ``upsert``; then ``prune`` and ``index``.
+Incremental: an item whose image bytes (sha256) and model are unchanged is not decoded again; if
+only its category or metadata changed, its payload is rewritten. Every batch is committed before
+the next starts, so a killed run loses at most the batch in flight and a rerun finishes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
-import functools
 import logging
-import os
 import queue
-import signal
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ingest.duplicates import report_exact_duplicates, report_near_duplicates
+from ingest.decode import Batch, Decoded, iter_batches
+from ingest.duplicates import ExactDuplicates, report_near_duplicates
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, CatalogueItem, Shard, take_shard
-from lookalike.colour import colour_histogram
-from lookalike.encoder import ImageEncoder, Preprocess
-from lookalike.errors import InvalidImage, StoreDamaged, StoreError, StoreUnavailable
-from lookalike.images import decode_image, read_bytes, sha256_hex
+from lookalike.encoder import ImageEncoder
+from lookalike.errors import StoreDamaged, StoreError, StoreUnavailable
 from lookalike.journal import UPLOAD, UploadJournal
 from lookalike.looks import Look
 from lookalike.points import StoredItem
@@ -42,100 +36,35 @@ from lookalike.store import VectorStore
 
 log = logging.getLogger(__name__)
 LOOKUP_CHUNK = 256
-HASH_THREADS = min(16, os.cpu_count() or 1)
 RETRY_ATTEMPTS = 5
 RETRY_FIRST_DELAY_S = 1.0
 
 
 @dataclass(frozen=True)
-class Decoded:
-    """One item after the worker's pass: pixels ready for the model and its colour, or why it failed."""
+class IngestOptions:
+    """How a run reads, embeds and writes (`python -m ingest` fills it from settings and flags)."""
 
-    item: CatalogueItem
-    sha256: str | None
-    pixels: torch.Tensor | None
-    colour: np.ndarray | None
-    error: InvalidImage | None
+    batch_size: int = 32
+    workers: int = 2  # decode processes; 0 reads in this process
+    max_pixels: int = 40_000_000
+    prune: bool = False  # delete items of this source the catalogue no longer lists
+    progress: bool = True
+    index_duplicates: bool = True  # False: duplicates are reported, not stored (--skip-duplicates)
+    near_duplicates: NearDuplicateRule | None = None  # None: only same bytes count as duplicates
+    filterable_fields: Sequence[str] = ()  # metadata fields indexed in a new collection
 
 
 @dataclass
-class Batch:
-    items: list[CatalogueItem]
-    sha256s: list[str]
-    pixels: torch.Tensor | None
-    colours: list[np.ndarray]
-    failed: list[Decoded]
+class _Run:
+    """What every batch of one run writes to."""
 
-
-class DecodeDataset(Dataset):
-    """Reads, hashes, decodes, preprocesses and colour-describes one item; errors are returned, not raised."""
-
-    def __init__(self, items: Sequence[CatalogueItem], preprocess: Preprocess, max_pixels: int) -> None:
-        self.items = items
-        self.preprocess = preprocess
-        self.max_pixels = max_pixels
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> Decoded:
-        item = self.items[index]
-        try:
-            data = read_bytes(item.path)
-            image = decode_image(data, self.max_pixels)
-            return Decoded(item, sha256_hex(data), self.preprocess(image), colour_histogram(image), None)
-        except InvalidImage as e:
-            return Decoded(item, None, None, None, e)
-
-
-def collate(decoded: list[Decoded]) -> Batch:
-    """Stack what decoded; carry the failures along so they are reported, not dropped."""
-    ok = [d for d in decoded if d.error is None]
-    return Batch(
-        items=[d.item for d in ok],
-        sha256s=[d.sha256 for d in ok],  # type: ignore[misc]
-        pixels=torch.stack([d.pixels for d in ok]) if ok else None,  # type: ignore[misc]
-        colours=[d.colour for d in ok],  # type: ignore[misc]
-        failed=[d for d in decoded if d.error is not None],
-    )
-
-
-def iter_batches(
-    items: Sequence[CatalogueItem],
-    preprocess: Preprocess,
-    max_pixels: int,
-    batch_size: int,
-    workers: int,
-    pin_memory: bool = False,
-) -> Iterator[Batch]:
-    """Decode in ``workers`` processes, ahead of the model, in catalogue order."""
-    loader = DataLoader(
-        DecodeDataset(items, preprocess, max_pixels),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=collate,
-        prefetch_factor=4 if workers else None,
-        pin_memory=pin_memory,
-        worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers else None,
-    )
-    yield from loader
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent_pid: int, worker_id: int = 0) -> None:
-    """In a decode worker: have the kernel kill it the moment ingest dies, even by ``kill -9``.
-
-    Without this a worker blocked on a full queue outlives a killed ingest for a while. Linux only
-    (elsewhere torch's own watchdog ends the workers, later); the parent may have died before
-    this ran, which the pid check catches.
-    """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:
-        os._exit(0)
+    encoder: ImageEncoder
+    store: VectorStore
+    report: ErrorReport
+    summary: IngestSummary
+    options: IngestOptions
+    stored: dict[str, StoredItem]
+    bar: tqdm
 
 
 def ingest(
@@ -143,63 +72,47 @@ def ingest(
     encoder: ImageEncoder,
     store: VectorStore,
     report: ErrorReport,
-    *,
-    batch_size: int = 32,
-    workers: int = 2,
-    max_pixels: int = 40_000_000,
-    prune: bool = False,
-    progress: bool = True,
-    index_duplicates: bool = True,
-    near_duplicates: NearDuplicateRule | None = None,
+    options: IngestOptions = IngestOptions(),
 ) -> IngestSummary:
-    """Bring the collection in line with the catalogue; returns what was done.
-
-    ``near_duplicates``: report items that look the same as another (None: only same bytes).
-    """
+    """Bring the collection in line with the catalogue; returns what was done."""
     started = time.perf_counter()
     summary = IngestSummary()
-    stage = summary.stage  # each stage's seconds go into the summary
     for error in catalogue.errors:
         report.row_error(error)
         summary.failed += 1
-    with stage("hash"), ThreadPoolExecutor(HASH_THREADS) as pool:  # file reads and sha256 release the GIL
-        hashes = pool.map(_sha256_or_none, catalogue.items)
-        sha256s = dict(zip([item.id for item in catalogue.items], hashes, strict=True))
-        duplicates = report_exact_duplicates(catalogue.items, sha256s, report, summary)
-    with stage("lookup"):
-        to_embed = _sync_unchanged(catalogue.items, sha256s, encoder.identity, store, summary)
-    if not index_duplicates:
-        to_embed = [item for item in to_embed if item.id not in duplicates]
-    bar = tqdm(total=len(to_embed), unit="img", desc="ingest", disable=not progress)
-    write = functools.partial(
-        _write_batch,
-        encoder=encoder,
-        store=store,
-        report=report,
-        summary=summary,
-        bar=bar,
-        duplicates=duplicates,
-        near_duplicates=near_duplicates,
-        index_duplicates=index_duplicates,
+    with summary.stage("lookup"):
+        stored = _stored(store, catalogue.items)
+    same_model = {item_id: s.sha256 for item_id, s in stored.items() if s.model == encoder.identity}
+    bar = tqdm(total=len(catalogue.items), unit="img", desc="ingest", disable=not options.progress)
+    run = _Run(encoder, store, report, summary, options, stored, bar)
+    duplicates = ExactDuplicates(report, summary)
+    pin = encoder.placement.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
+    batches = iter_batches(
+        catalogue.items,
+        same_model,
+        encoder.preprocess,
+        max_pixels=options.max_pixels,
+        batch_size=options.batch_size,
+        workers=options.workers,
+        pin_memory=pin,
     )
-    with bar, BatchWriter(write) as writer:
-        pin = encoder.placement.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
-        batches = iter(iter_batches(to_embed, encoder.preprocess, max_pixels, batch_size, workers, pin))
+    with bar, BatchWriter(lambda *job: _write(run, *job)) as writer:
         while True:
-            with stage("decode"):  # waiting for the decode workers
+            with summary.stage("read"):  # waiting for the workers
                 batch = next(batches, None)
             if batch is None:
                 break
+            copies = {d.item.id for d in batch.decoded if d.sha256 and duplicates.seen(d.item, d.sha256)}
             embeddings = None
             if batch.pixels is not None:
-                with stage("embed"):
+                with summary.stage("embed"):
                     embeddings = encoder.embed_batch(batch.pixels)
-            writer.put(batch, embeddings)
-    if prune:
-        with stage("prune"):
+            writer.put(batch, embeddings, copies)
+    if options.prune:
+        with summary.stage("prune"):
             summary.pruned = _prune(catalogue, store)
     if summary.ingested or summary.pruned:
-        with stage("index"):
+        with summary.stage("index"):
             store.optimize()
     summary.seconds = time.perf_counter() - started
     return summary
@@ -213,7 +126,7 @@ class BatchWriter:
     next batch handed over (or at the end), with its own exception.
     """
 
-    def __init__(self, write: Callable[[Batch, np.ndarray | None], None], depth: int = 2) -> None:
+    def __init__(self, write: Callable[..., None], depth: int = 2) -> None:
         self._write = write
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
@@ -223,9 +136,9 @@ class BatchWriter:
         self._thread.start()
         return self
 
-    def put(self, batch: Batch, embeddings: np.ndarray | None) -> None:
+    def put(self, *job: object) -> None:
         self._raise_if_failed()
-        self._queue.put((batch, embeddings))
+        self._queue.put(job)
 
     def __exit__(self, kind, error, trace) -> None:
         self._queue.put(None)
@@ -246,38 +159,36 @@ class BatchWriter:
             raise self._error
 
 
-def _write_batch(
-    batch: Batch,
-    embeddings: np.ndarray | None,
-    *,
-    encoder: ImageEncoder,
-    store: VectorStore,
-    report: ErrorReport,
-    summary: IngestSummary,
-    bar: tqdm,
-    duplicates: set[str],
-    near_duplicates: NearDuplicateRule | None,
-    index_duplicates: bool,
-) -> None:
-    """Report a batch's failures, check it for near-duplicates, upsert what is kept."""
-    for failure in batch.failed:
-        report.item_error(failure.item, failure.error)  # type: ignore[arg-type]
-    summary.failed += len(batch.failed)
-    if embeddings is not None:
-        looks = [Look(e, c) for e, c in zip(embeddings, batch.colours, strict=True)]
-        stored = [_stored_item(i, s, encoder.identity) for i, s in zip(batch.items, batch.sha256s, strict=True)]
-        if near_duplicates is not None:
-            with summary.stage("near_duplicates"):
-                alike = report_near_duplicates(batch.items, looks, store, near_duplicates, report, summary, duplicates)
-            if not index_duplicates:
-                kept = [n for n, item in enumerate(stored) if item.id not in alike]
-                stored, looks = [stored[n] for n in kept], [looks[n] for n in kept]
-        if stored:
-            with summary.stage("upsert"):
-                upsert_with_retry(store, stored, looks)
-            summary.ingested += len(stored)
-            log.info("batch upserted", extra={"items": len(stored), "first": stored[0].id})
-    bar.update(len(batch.items) + len(batch.failed))
+def _write(run: _Run, batch: Batch, embeddings: np.ndarray | None, copies: set[str]) -> None:
+    """Report a batch's failures, rewrite changed payloads of unchanged images, check the new
+    images for near-duplicates, upsert what is kept."""
+    vectors = iter(embeddings if embeddings is not None else [])
+    new: list[tuple[Decoded, Look]] = []
+    for decoded in batch.decoded:
+        if decoded.error is not None:
+            run.report.item_error(decoded.item, decoded.error)
+            run.summary.failed += 1
+        elif decoded.unchanged:
+            _sync_payload(run, decoded)
+        else:
+            look = Look(next(vectors), decoded.colour)  # type: ignore[arg-type]
+            if run.options.index_duplicates or decoded.item.id not in copies:
+                new.append((decoded, look))
+    if new and run.options.near_duplicates is not None:
+        with run.summary.stage("near_duplicates"):
+            items, looks = [d.item for d, _ in new], [look for _, look in new]
+            alike = report_near_duplicates(
+                items, looks, run.store, run.options.near_duplicates, run.report, run.summary, copies
+            )
+        if not run.options.index_duplicates:
+            new = [(d, look) for d, look in new if d.item.id not in alike]
+    if new:
+        stored = [_stored_item(d.item, d.sha256, run.encoder.identity) for d, _ in new]  # type: ignore[arg-type]
+        with run.summary.stage("upsert"):
+            upsert_with_retry(run.store, stored, [look for _, look in new])
+        run.summary.ingested += len(stored)
+        log.info("batch upserted", extra={"items": len(stored), "first": stored[0].id})
+    run.bar.update(len(batch.decoded))
 
 
 def upsert_with_retry(
@@ -298,39 +209,23 @@ def upsert_with_retry(
             time.sleep(delay)
 
 
-def _sync_unchanged(
-    items: Sequence[CatalogueItem],
-    sha256s: dict[str, str | None],
-    model: str,
-    store: VectorStore,
-    summary: IngestSummary,
-) -> list[CatalogueItem]:
-    """Skip items already stored with the same bytes and model; return those to embed."""
-    to_embed: list[CatalogueItem] = []
+def _stored(store: VectorStore, items: Sequence[CatalogueItem]) -> dict[str, StoredItem]:
+    """What the store holds of these items' ids, asked a chunk at a time."""
+    stored: dict[str, StoredItem] = {}
     for start in range(0, len(items), LOOKUP_CHUNK):
-        chunk = items[start : start + LOOKUP_CHUNK]
-        stored = store.get_many([item.id for item in chunk])
-        for item in chunk:
-            existing = stored.get(item.id)
-            sha256 = sha256s[item.id]
-            if existing is None or sha256 is None or existing.sha256 != sha256 or existing.model != model:
-                to_embed.append(item)  # new, changed, or unreadable (the decode pass reports why)
-                continue
-            wanted = _stored_item(item, sha256, model)
-            if wanted != existing:
-                store.replace_payload(wanted)
-                summary.updated += 1
-                log.info("payload updated", extra={"item_id": item.id})
-            else:
-                summary.skipped += 1
-    return to_embed
+        stored.update(store.get_many([item.id for item in items[start : start + LOOKUP_CHUNK]]))
+    return stored
 
 
-def _sha256_or_none(item: CatalogueItem) -> str | None:
-    try:
-        return sha256_hex(read_bytes(item.path))
-    except InvalidImage:
-        return None
+def _sync_payload(run: _Run, decoded: Decoded) -> None:
+    """An image stored with the same bytes and model: rewrite its payload if that changed."""
+    wanted = _stored_item(decoded.item, decoded.sha256, run.encoder.identity)  # type: ignore[arg-type]
+    if wanted != run.stored[decoded.item.id]:
+        run.store.replace_payload(wanted)
+        run.summary.updated += 1
+        log.info("payload updated", extra={"item_id": decoded.item.id})
+    else:
+        run.summary.skipped += 1
 
 
 def _stored_item(item: CatalogueItem, sha256: str, model: str) -> StoredItem:
@@ -369,7 +264,7 @@ def ingest_all(
     encoder: ImageEncoder,
     store: VectorStore,
     report: ErrorReport,
-    **options,
+    options: IngestOptions = IngestOptions(),
 ) -> IngestSummary:
     """The catalogue, then the items added over the API (`sync_uploads`), into one collection.
 
@@ -379,8 +274,8 @@ def ingest_all(
     uploads = _uploads_of(journal, catalogue.shard)
     replaced = {item.id for item in uploads.items}
     own = dataclasses.replace(catalogue, items=[item for item in catalogue.items if item.id not in replaced])
-    summary = ingest(own, encoder, store, report, **options)
-    summary.add(sync_uploads(uploads, journal, encoder, store, report, **options))
+    summary = ingest(own, encoder, store, report, options)
+    summary.add(sync_uploads(uploads, journal, encoder, store, report, options))
     return summary
 
 
@@ -396,14 +291,14 @@ def sync_uploads(
     encoder: ImageEncoder,
     store: VectorStore,
     report: ErrorReport,
-    **options,
+    options: IngestOptions = IngestOptions(),
 ) -> IngestSummary:
     """Bring the collection's API-added items in line with the upload journal (re-embedding
     those it lacks or holds from another model). An upload whose image is missing fails its
     item in the report; its journal entry stays, so it is never silently lost."""
     prune = journal.complete and not uploads.errors  # an unreadable entry must not delete its item
-    options = {**options, "prune": prune, "index_duplicates": True, "near_duplicates": None}
-    return ingest(uploads, encoder, store, report, **options)
+    options = dataclasses.replace(options, prune=prune, index_duplicates=True, near_duplicates=None)
+    return ingest(uploads, encoder, store, report, options)
 
 
 def _uploads_of(journal: UploadJournal, shard: Shard | None) -> Catalogue:
@@ -417,10 +312,9 @@ def reindex(
     encoder: ImageEncoder,
     store: VectorStore,
     report: ErrorReport,
+    options: IngestOptions = IngestOptions(),
     *,
     drop_old: bool,
-    filterable_fields: Sequence[str] = (),
-    **options,
 ) -> IngestSummary:
     """Build this model's own collection from the catalogue and the API-added items, then switch
     the alias to it in one call.
@@ -435,10 +329,10 @@ def reindex(
         raise store.plain_collection_error()  # before any work is done
     seed_journal(journal, store)  # from the serving collection, before anything replaces it
     target = store.for_model(encoder.identity)
-    target.create_physical(encoder.dim, encoder.identity, filterable_fields)
-    summary = ingest_all(catalogue, journal, encoder, target, report, **{**options, "prune": True})
+    target.create_physical(encoder.dim, encoder.identity, options.filterable_fields)
+    summary = ingest_all(catalogue, journal, encoder, target, report, dataclasses.replace(options, prune=True))
     previous = store.switch_alias(target.collection, replace_plain=drop_old)
-    replay = sync_uploads(_uploads_of(journal, catalogue.shard), journal, encoder, target, report, **options)
+    replay = sync_uploads(_uploads_of(journal, catalogue.shard), journal, encoder, target, report, options)
     summary.add(replay)
     log.info("api items replayed after the switch", extra={"ingested": replay.ingested, "failed": replay.failed})
     if drop_old and previous not in (None, target.collection):
@@ -458,9 +352,7 @@ def verify(
     encoder: ImageEncoder,
     store: VectorStore,
     report: ErrorReport,
-    *,
-    filterable_fields: Sequence[str] = (),
-    **options,
+    options: IngestOptions = IngestOptions(),
 ) -> IngestSummary:
     """Check every stored item and repair what is damaged; then bring the collection in line with
     the catalogue and the API-added items (which re-embeds whatever was missing or removed here).
@@ -472,7 +364,7 @@ def verify(
     started = time.perf_counter()
     try:
         if not store.collection_exists():
-            store.ensure_collection(encoder.dim, encoder.identity, filterable_fields)
+            store.ensure_collection(encoder.dim, encoder.identity, options.filterable_fields)
         store.check_model(encoder.dim, encoder.identity)
         unsound = list(store.unsound_points())
         for _, item_id, reason in unsound:
@@ -482,9 +374,9 @@ def verify(
             report.stray(item_id)
     except StoreDamaged as e:
         report.damaged(None, e.message)
-        _rebuild(store, journal, encoder, filterable_fields)
+        _rebuild(store, journal, encoder, options.filterable_fields)
         unsound = None  # the whole collection
-    summary = ingest_all(catalogue, journal, encoder, store, report, **options)
+    summary = ingest_all(catalogue, journal, encoder, store, report, options)
     summary.repaired = summary.ingested if unsound is None else len(unsound)
     summary.seconds = time.perf_counter() - started
     return summary

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from ingest.pipeline import ingest
+from ingest.pipeline import IngestOptions, ingest
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
 from lookalike.encoder import ImageEncoder
@@ -160,6 +160,12 @@ def ingested(settings, encoder, store, catalogue_dir, tmp_path):
     rows[0]["colour"] = "crimson"
     store.ensure_collection(encoder.dim, encoder.identity)
     report = ErrorReport.open(tmp_path / "r.jsonl")
-    ingest(read_catalogue(write_manifest(catalogue_dir, rows)), encoder, store, report, workers=0, progress=False)
+    ingest(
+        read_catalogue(write_manifest(catalogue_dir, rows)),
+        encoder,
+        store,
+        report,
+        IngestOptions(workers=0, progress=False),
+    )
     report.close()
     return store

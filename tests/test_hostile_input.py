@@ -197,14 +197,20 @@ def test_an_image_named_html_is_served_as_an_image_with_nosniff(client, settings
     # A real PNG named .html inside the catalogue (what a careless upload to the catalogue folder does).
     (catalogue_dir / "red_round" / "evil.html").write_bytes(image_bytes(draw_item("red_round", 1), "PNG"))
     rows = [{"id": "evil", "image": "red_round/evil.html", "category": "red_round"}]
-    from ingest.pipeline import ingest
+    from ingest.pipeline import IngestOptions, ingest
     from ingest.report import ErrorReport
 
     store = client.application.extensions["lookalike"].store
     encoder = client.application.extensions["lookalike"].encoder
     store.ensure_collection(encoder.dim, encoder.identity)
     report = ErrorReport.open(settings.ingest_error_report)
-    ingest(read_catalogue(write_manifest(catalogue_dir, rows)), encoder, store, report, workers=0, progress=False)
+    ingest(
+        read_catalogue(write_manifest(catalogue_dir, rows)),
+        encoder,
+        store,
+        report,
+        IngestOptions(workers=0, progress=False),
+    )
     report.close()
     response = client.get("/v1/items/evil/image")
     assert response.status_code == 200

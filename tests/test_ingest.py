@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from ingest.__main__ import main as ingest_main
-from ingest.pipeline import BatchWriter, ingest
+from ingest.pipeline import BatchWriter, IngestOptions, ingest
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
 from lookalike.encoder import ImageEncoder
@@ -35,8 +35,8 @@ def run_ingest(source: Path, encoder: ImageEncoder, store: VectorStore, report_p
     store.ensure_collection(encoder.dim, encoder.identity)
     report = ErrorReport.open(report_path)
     try:
-        options = {"batch_size": 4, "workers": 0, "progress": False, **options}
-        return ingest(read_catalogue(source), encoder, store, report, **options)
+        options = IngestOptions(**{"batch_size": 4, "workers": 0, "progress": False, **options})
+        return ingest(read_catalogue(source), encoder, store, report, options)
     finally:
         report.close()
 
@@ -220,9 +220,8 @@ def test_sigkill_mid_run_then_rerun_finishes_without_duplicates(settings: Settin
 def test_decoding_in_worker_processes_gives_the_same_result(catalogue_dir, encoder, store, tmp_path, workers):
     store.ensure_collection(encoder.dim, encoder.identity)
     report = ErrorReport.open(tmp_path / "r.jsonl")
-    summary = ingest(
-        read_catalogue(catalogue_dir), encoder, store, report, batch_size=3, workers=workers, progress=False
-    )
+    options = IngestOptions(batch_size=3, workers=workers, progress=False)
+    summary = ingest(read_catalogue(catalogue_dir), encoder, store, report, options)
     report.close()
     assert (summary.ingested, summary.failed) == (12, 1)
 
@@ -236,7 +235,7 @@ def test_shards_split_the_catalogue_and_prune_only_their_own(catalogue_dir, enco
     store.ensure_collection(encoder.dim, encoder.identity)
     for part in slices:
         report = ErrorReport.open(tmp_path / "r.jsonl")
-        ingest(part, encoder, store, report, workers=0, progress=False, prune=True)
+        ingest(part, encoder, store, report, IngestOptions(workers=0, progress=False, prune=True))
         report.close()
     assert store.count() == 12  # no worker pruned another's items
 
@@ -358,3 +357,24 @@ def test_batch_writer_keeps_order_and_hands_a_failure_to_the_caller():
         for batch in ["a", "b", "boom", "c", "d", "e", "f"]:
             writer.put(batch, None)
     assert written == ["a", "b"]  # nothing after the failure is written
+
+
+def test_every_file_is_read_once_and_unchanged_images_are_not_decoded(
+    catalogue_dir, encoder, store, tmp_path, monkeypatch
+):
+    from collections import Counter
+
+    import ingest.decode as decode
+
+    reads, decodes = Counter(), Counter()
+    real_read, real_decode = decode.read_bytes, decode.decode_image
+    monkeypatch.setattr(decode, "read_bytes", lambda path: reads.update([str(path)]) or real_read(path))
+    monkeypatch.setattr(decode, "decode_image", lambda data, limit: decodes.update(["x"]) or real_decode(data, limit))
+
+    first = run_ingest(catalogue_dir, encoder, store, tmp_path / "r1.jsonl")
+    assert first.ingested == 12 and set(reads.values()) == {1} and len(reads) == 13  # 12 photos + the broken one
+    assert decodes["x"] == 13
+    reads.clear(), decodes.clear()
+    second = run_ingest(catalogue_dir, encoder, store, tmp_path / "r2.jsonl")
+    assert (second.ingested, second.skipped) == (0, 12) and set(reads.values()) == {1}
+    assert decodes["x"] == 1  # only the broken file, never stored, is tried again

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from ingest.pipeline import ingest
+from ingest.pipeline import IngestOptions, ingest
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
 from service.recommend import MARGIN, TILE, main
@@ -16,7 +16,7 @@ def test_contact_sheet_by_id_and_by_file(settings, encoder, catalogue_dir, tmp_p
     store = VectorStore.from_settings(settings)
     store.ensure_collection(encoder.dim, encoder.identity)
     report = ErrorReport.open(tmp_path / "r.jsonl")
-    ingest(read_catalogue(catalogue_dir), encoder, store, report, workers=0, progress=False)
+    ingest(read_catalogue(catalogue_dir), encoder, store, report, IngestOptions(workers=0, progress=False))
     report.close()
     store.close()  # the command opens the embedded store itself
     for name, value in {

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from ingest.pipeline import ingest, reindex
+from ingest.pipeline import IngestOptions, ingest, reindex
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
 from lookalike.encoder import ImageEncoder
@@ -37,7 +37,9 @@ def run(function, catalogue_dir, encoder, store, tmp_path, **options):
     catalogue = read_catalogue(catalogue_dir)
     journal = (UploadJournal(tmp_path / "uploads"),) if function is reindex else ()
     try:
-        return function(catalogue, *journal, encoder, store, report, workers=0, progress=False, **options)
+        return function(
+            catalogue, *journal, encoder, store, report, IngestOptions(workers=0, progress=False), **options
+        )
     finally:
         report.close()
 

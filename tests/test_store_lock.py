@@ -58,7 +58,7 @@ def env_of(settings: Settings, **extra: str) -> dict[str, str]:
 SLOW_INGEST = textwrap.dedent(
     """
     import sys, time
-    from ingest.pipeline import DecodeDataset
+    from ingest.decode import DecodeDataset
     from ingest.__main__ import main
 
     original = DecodeDataset.__getitem__
@@ -156,6 +156,7 @@ def test_a_lock_whose_recorded_holder_is_gone_is_named_as_such(settings: Setting
 KILL_AT = textwrap.dedent(
     """
     import os, signal, sys
+    import ingest.decode as decode
     import ingest.pipeline as pipeline
     from lookalike.store import VectorStore
     from ingest.__main__ import main
@@ -180,12 +181,12 @@ KILL_AT = textwrap.dedent(
     if moment == "collection-created":
         after(VectorStore, "ensure_collection")
     elif moment == "decoding":  # a decode worker kills ingest while the workers are busy
-        original = pipeline.DecodeDataset.__getitem__
+        original = decode.DecodeDataset.__getitem__
         def getitem(self, index):
             if index == 6:
                 os.kill(os.getppid(), signal.SIGKILL)
             return original(self, index)
-        pipeline.DecodeDataset.__getitem__ = getitem
+        decode.DecodeDataset.__getitem__ = getitem
     elif moment == "first-batch":
         after(VectorStore, "upsert", lambda calls: calls == 1)
     elif moment == "index-build":

@@ -1,0 +1,121 @@
+"""Ingest's read stage, in worker processes: every file is read once, hashed, and decoded only
+when its bytes are not already stored for this model.
+
+A worker's result is one `Decoded` per item: unchanged (hash only), pixels ready for the model
+with the photo's colour, or the reason the image failed, which fails that item, not the batch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import signal
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lookalike.catalogue import CatalogueItem
+from lookalike.colour import colour_histogram
+from lookalike.encoder import Preprocess
+from lookalike.errors import InvalidImage
+from lookalike.images import decode_image, read_bytes, sha256_hex
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One item after the worker's pass."""
+
+    item: CatalogueItem
+    sha256: str | None
+    pixels: torch.Tensor | None = None  # None: unchanged (not decoded), or failed
+    colour: np.ndarray | None = None
+    error: InvalidImage | None = None
+
+    @property
+    def unchanged(self) -> bool:
+        return self.error is None and self.pixels is None
+
+
+@dataclass
+class Batch:
+    """Decoded items in catalogue order; ``pixels`` stacks those that were decoded, in order."""
+
+    decoded: list[Decoded]
+    pixels: torch.Tensor | None
+
+
+class DecodeDataset(Dataset):
+    """Reads, hashes and (unless ``stored`` holds the same bytes) decodes, preprocesses and
+    colour-describes one item; errors are returned, not raised."""
+
+    def __init__(
+        self, items: Sequence[CatalogueItem], stored: Mapping[str, str], preprocess: Preprocess, max_pixels: int
+    ) -> None:
+        self.items, self.stored, self.preprocess, self.max_pixels = items, stored, preprocess, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Decoded:
+        item = self.items[index]
+        try:
+            data = read_bytes(item.path)
+            sha256 = sha256_hex(data)
+            if self.stored.get(item.id) == sha256:
+                return Decoded(item, sha256)
+            image = decode_image(data, self.max_pixels)
+            return Decoded(item, sha256, self.preprocess(image), colour_histogram(image))
+        except InvalidImage as e:
+            return Decoded(item, None, error=e)
+
+
+def collate(decoded: list[Decoded]) -> Batch:
+    with_pixels = [d.pixels for d in decoded if d.pixels is not None]
+    return Batch(decoded, torch.stack(with_pixels) if with_pixels else None)
+
+
+def iter_batches(
+    items: Sequence[CatalogueItem],
+    stored: Mapping[str, str],
+    preprocess: Preprocess,
+    *,
+    max_pixels: int,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool = False,
+) -> Iterator[Batch]:
+    """Read and decode in ``workers`` processes, ahead of the model, in catalogue order.
+
+    ``stored``: item id -> sha256 of the bytes already stored for this model (not decoded again).
+    """
+    loader = DataLoader(
+        DecodeDataset(items, stored, preprocess, max_pixels),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        prefetch_factor=4 if workers else None,
+        pin_memory=pin_memory,
+        worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers else None,
+    )
+    yield from loader
+
+
+def die_with_parent(parent_pid: int, worker_id: int = 0) -> None:
+    """In a decode worker: have the kernel kill it the moment ingest dies, even by ``kill -9``.
+
+    Without this a worker blocked on a full queue outlives a killed ingest for a while. Linux only
+    (elsewhere torch's own watchdog ends the workers, later); the parent may have died before
+    this ran, which the pid check catches.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(0)
