@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from ingest.pipeline import IngestOptions, ingest
-from ingest.report import ErrorReport
-from lookalike.catalogue import read_catalogue
 from lookalike.encoder import ImageEncoder
+from lookalike.images import sha256_hex
+from lookalike.looks import looks_of
+from lookalike.points import StoredItem
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
 from service import create_app
@@ -149,23 +149,19 @@ def auth() -> dict[str, str]:
 
 
 @pytest.fixture
-def ingested(settings, encoder, store, catalogue_dir, tmp_path):
-    """The generated catalogue, via a manifest that carries a `colour` metadata column."""
-    rows = []
+def ingested(encoder, store, catalogue_dir):
+    """The generated catalogue stored directly (no ingest run: the HTTP tests do not depend on
+    ingest), with a `colour` metadata field."""
+    items, images = [], []
     for category, colour in (("red_round", "red"), ("green_square", "green"), ("blue_bar", "blue")):
-        rows += [
-            {"id": f"{category}-{i}", "image": f"{category}/item{i}.jpg", "category": category, "colour": colour}
-            for i in range(4)
-        ]
-    rows[0]["colour"] = "crimson"
-    store.ensure_collection(encoder.dim, encoder.identity)
-    report = ErrorReport.open(tmp_path / "r.jsonl")
-    ingest(
-        read_catalogue(write_manifest(catalogue_dir, rows)),
-        encoder,
-        store,
-        report,
-        IngestOptions(workers=0, progress=False),
-    )
-    report.close()
+        for i in range(4):
+            data = (catalogue_dir / category / f"item{i}.jpg").read_bytes()
+            metadata = {"colour": "crimson" if not items else colour}
+            image = f"{category}/item{i}.jpg"
+            items.append(
+                StoredItem(f"{category}-{i}", category, image, sha256_hex(data), encoder.identity, metadata=metadata)
+            )
+            images.append(Image.open(io.BytesIO(data)).convert("RGB"))
+    store.ensure_collection(encoder.dim, encoder.identity, ["colour"])
+    store.upsert(items, looks_of(encoder, images))
     return store

@@ -12,12 +12,7 @@ from PIL import Image, ImageDraw
 
 from lookalike.settings import Settings
 from service import create_app
-from tests.conftest import ENGINES, draw_item, image_bytes
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request) -> str:
-    return request.param
+from tests.conftest import draw_item, image_bytes
 
 
 def upload(image: Image.Image | bytes, name: str = "photo.jpg") -> dict:
