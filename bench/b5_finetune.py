@@ -21,7 +21,8 @@ from finetune.run import AUGMENTATION, TrainingConfig, _training_precision
 from finetune.train import train_one_epoch, training_loss
 from lookalike.catalogue import read_catalogue
 from lookalike.device import Placement
-from lookalike.encoder import create_clip, resolve_model_source
+from lookalike.encoder import create_clip
+from lookalike.model_source import ModelSource
 from lookalike.settings import Settings
 
 
@@ -32,7 +33,7 @@ def main() -> None:
     settings = Settings(model_name="lookalike-small", model_pretrained="", model_checkpoint=None)
     items = split_catalogue(read_catalogue(settings.catalogue_source()).items).gallery
     items = spread_sample(items, args.images)
-    clip, train_transform, _ = create_clip(resolve_model_source(settings), aug_cfg=AUGMENTATION)
+    clip, train_transform, _ = create_clip(ModelSource.from_settings(settings), aug_cfg=AUGMENTATION)
     train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
     cache = ImageCache.load(items, 129, settings.max_image_pixels)
     classes = sorted({item.category for item in cache.items})

@@ -28,8 +28,9 @@ from ingest.pipeline import IngestOptions, ingest
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, read_catalogue
 from lookalike.device import Placement, default_workers, describe_device, resolve_device
-from lookalike.encoder import ImageEncoder, create_clip, load_visual, resolve_model_source
+from lookalike.encoder import ImageEncoder, create_clip, load_visual
 from lookalike.images import decode_image, read_bytes
+from lookalike.model_source import ModelSource
 from lookalike.queries import NearDuplicateRule
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
@@ -100,12 +101,12 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    vit = create_clip(resolve_model_source(Settings(model_name="ViT-B-32", model_pretrained="")))[0].visual
+    vit = create_clip(ModelSource.from_settings(Settings(model_name="ViT-B-32", model_pretrained="")))[0].visual
     for precision in ("fp32", "bf16"):
         rate = forward_rate(vit, 224, batch, steps, Placement(device, precision))
         emit("vit_b32_224_forward", precision=precision, batch=batch, images_per_s=round(rate, 1))
     small_settings = Settings(model_name="lookalike-small", model_pretrained="")
-    resnet18 = load_visual(resolve_model_source(small_settings))[0]
+    resnet18 = load_visual(ModelSource.from_settings(small_settings))[0]
     rate = forward_rate(resnet18, 112, batch, steps, Placement(device, "bf16"))
     emit("resnet18_112_forward", precision="bf16", batch=batch, images_per_s=round(rate, 1))
 
@@ -116,7 +117,7 @@ def main() -> None:
             if args.quick:
                 config = dataclasses.replace(config, epochs=1, batch_size=16, max_minutes=None)
             config = dataclasses.replace(config, progress=False, data_on_device=args.data_on_device)
-            source = resolve_model_source(Settings(model_name=model_name, model_pretrained=""))
+            source = ModelSource.from_settings(Settings(model_name=model_name, model_pretrained=""))
             output = Path(tmp) / preset
             result = fine_tune(items, source, output, config, settings.max_image_pixels, device)
             overall = result.metrics["overall"]

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 
-from finetune.checkpoint import is_complete
 from finetune.data import LABELS, catalogue_fingerprint, split_by_holdout
 from finetune.run import TrainingConfig, fine_tune
 from lookalike.catalogue import read_catalogue
+from lookalike.checkpoint import RESUME_FILE, is_complete
 from lookalike.cli import float_range, int_range, positive_float
 from lookalike.device import resolve_device
-from lookalike.encoder import ModelSource, resolve_model_source
 from lookalike.errors import CatalogueError, LookalikeError
 from lookalike.logs import configure_logging
+from lookalike.model_source import ModelSource
 from lookalike.settings import Settings
 
 log = logging.getLogger("finetune")
@@ -105,11 +105,11 @@ def choose_recipe(
     preset = preset_for(args.preset, settings, device)
     if preset:
         model_name, config = PRESETS[preset]
-        source = resolve_model_source(
+        source = ModelSource.from_settings(
             settings.model_copy(update={"model_name": model_name, "model_pretrained": "", "model_checkpoint": None})
         )
     else:
-        source = resolve_model_source(settings)
+        source = ModelSource.from_settings(settings)
         config = TrainingConfig(epochs=30, lr=2e-3, patience=6) if source.random_init else PRETRAINED_RECIPE
     overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainingConfig)}
     overrides = {name: value for name, value in overrides.items() if value is not None}
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             raise CatalogueError("--label product needs a catalogue with a product_id column (a manifest)")
         device = resolve_device(settings.device)
         source, config = choose_recipe(args, settings, device)
-        name = source.label.split("/")[0].replace("checkpoint:", "")
+        name = source.short_name
         suffix = ("-seen" if args.holdout_categories else "") + ("-product" if args.label == "product" else "")
         output = args.output or Path("models") / f"{name}-{catalogue_fingerprint(catalogue.items)[:10]}{suffix}"
         if is_complete(output) and not args.force:
@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.print_checkpoint:
                 print(message, file=sys.stderr)
             return 0
+        if args.force:
+            (output / RESUME_FILE).unlink(missing_ok=True)  # start over, whatever an earlier run left
         result = fine_tune(items, source, output, config, settings.max_image_pixels, device)
     except LookalikeError as e:
         print(f"finetune: error: {e.message}", file=sys.stderr)

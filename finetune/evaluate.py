@@ -21,12 +21,14 @@ from PIL import Image
 
 from finetune.data import LABELS, ImageCache, label_of, split_by_holdout, split_catalogue
 from lookalike.catalogue import read_catalogue
+from lookalike.checkpoint import read_base_source, read_classes, read_info
 from lookalike.cli import float_list
 from lookalike.colour import colour_histogram
-from lookalike.encoder import CHECKPOINT_INFO, CLASSES_FILE, CategoryClassifier, ImageEncoder, ModelSource, load_visual
-from lookalike.errors import LookalikeError
+from lookalike.encoder import CategoryClassifier, ImageEncoder, load_visual
+from lookalike.errors import LookalikeError, ModelLoadError
 from lookalike.logs import configure_logging
 from lookalike.metrics import COLOUR_K, KS, retrieval_scores
+from lookalike.model_source import ModelSource
 from lookalike.settings import Settings
 
 METRICS = [*(f"P@{k}" for k in KS), "mAP@R", f"colour@{COLOUR_K}"]
@@ -127,8 +129,8 @@ def build_candidates(args: argparse.Namespace, settings: Settings) -> list[Candi
     if checkpoint is not None:
         tuned = ImageEncoder.from_settings(settings.model_copy(update={"model_checkpoint": checkpoint}))
         candidates.append(encoder_candidate(f"fine-tuned ({Path(checkpoint).name})", tuned))
-        base = json.loads((Path(checkpoint) / CHECKPOINT_INFO).read_text())["base_model"]
-        candidates.append(encoder_candidate(f"untuned ({base})", untuned_encoder(base)))
+        base = untuned_source(Path(checkpoint))
+        candidates.append(encoder_candidate(f"untuned ({base.label})", untuned_encoder(base)))
     else:
         encoder = ImageEncoder.from_settings(settings)
         candidates.append(encoder_candidate(f"untuned ({encoder.identity.split('@')[0]})", encoder))
@@ -137,13 +139,22 @@ def build_candidates(args: argparse.Namespace, settings: Settings) -> list[Candi
     return candidates
 
 
-def untuned_encoder(base_label: str) -> ImageEncoder:
-    """The encoder a checkpoint started from, rebuilt from its recorded label."""
-    name, _, weights = base_label.partition("/")
-    pretrained = None if weights in ("", "random-init") else weights
-    source = ModelSource(name, pretrained, base_label)
+def untuned_source(checkpoint: Path) -> ModelSource:
+    """What a checkpoint started from: recorded as a structure since this version; older
+    checkpoints recorded only the label of an open_clip architecture and its weights."""
+    recorded = read_base_source(checkpoint)
+    if recorded is not None:
+        return recorded
+    name, _, weights = read_info(checkpoint).get("base_model", "").partition("/")
+    if not name or not weights or ":" in name:
+        raise ModelLoadError(f"{checkpoint} does not record the model it was trained from: retrain it to compare")
+    return ModelSource("random-init", name) if weights == "random-init" else ModelSource("tag", name, weights)
+
+
+def untuned_encoder(source: ModelSource) -> ImageEncoder:
+    """The encoder a checkpoint started from (random-init weights are seeded: the same as then)."""
     visual, preprocess = load_visual(source)
-    return ImageEncoder(visual, preprocess, base_label)
+    return ImageEncoder(visual, preprocess, source.label)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,9 +221,8 @@ def _warn_if_trained_on(checkpoint: Path | None, unseen: set[str]) -> None:
     """A checkpoint trained on every category makes the 'unseen' table meaningless: say so."""
     if checkpoint is None:
         return
-    try:
-        classes = json.loads((Path(checkpoint) / CLASSES_FILE).read_text())
-    except (OSError, ValueError):
+    classes = read_classes(Path(checkpoint))
+    if classes is None:
         return
     overlap = set(classes) & unseen
     if overlap:

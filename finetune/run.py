@@ -19,15 +19,16 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from tqdm import tqdm
 
-from finetune.checkpoint import load_resume_state, save_checkpoint, save_resume_state
 from finetune.data import ImageCache, LabelledImages, catalogue_fingerprint, label_of, split_catalogue
 from finetune.device_data import DeviceBatches, preprocess_on_device
 from finetune.model import RetrievalModel
 from finetune.train import evaluate, train_one_epoch, training_loss, warmup_cosine
 from lookalike.catalogue import CatalogueItem
+from lookalike.checkpoint import load_resume_state, model_config, save_checkpoint, save_resume_state
 from lookalike.device import BF16, FP32, Placement, default_workers, fastest_training_precision
-from lookalike.encoder import ModelSource, create_clip
+from lookalike.encoder import create_clip
 from lookalike.errors import CatalogueError
+from lookalike.model_source import ModelSource
 
 log = logging.getLogger(__name__)
 #: Colour jitter leaves hue alone: colour is part of "looks alike", so a red shoe stays red.
@@ -152,6 +153,7 @@ def fine_tune(
         "version": output.name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "base_model": source.label,
+        "base_source": source.to_dict(),
         "catalogue_fingerprint": catalogue_fingerprint(items),
         "training": dataclasses.asdict(config),
         "epochs_run": loop.epoch,
@@ -160,10 +162,8 @@ def fine_tune(
         "seconds": round(time.perf_counter() - started, 1),
         "metrics": metrics,
     }
-    model_cfg = open_clip.get_model_config(source.open_clip_name)
-    save_checkpoint(
-        output, clip, model.head.weight, config.head_scale, classes, model_cfg, get_model_preprocess_cfg(clip), info
-    )
+    head = (model.head.weight, config.head_scale, classes)
+    save_checkpoint(output, clip, head, model_config(source), get_model_preprocess_cfg(clip), info)
     return TrainingResult(
         output,
         loop.epoch,
@@ -330,12 +330,12 @@ class EpochLoop:
                 "best_epoch": self.best_epoch,
                 "stale": self.stale,
                 "history": self.history,
-                "config": dataclasses.asdict(self.config),
             },
+            dataclasses.asdict(self.config),
         )
 
     def _resume(self) -> None:
-        state = load_resume_state(self.output)
+        state = load_resume_state(self.output, dataclasses.asdict(self.config))
         if state is None:
             return
         self.model.load_state_dict(state["model"])

@@ -8,7 +8,6 @@ models are never mixed in one collection.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,54 +19,20 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file
 
+from lookalike.checkpoint import read_head
 from lookalike.device import FP32, Placement, inference_placement
 from lookalike.errors import ModelLoadError
+from lookalike.model_source import ModelSource
 from lookalike.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-#: Files of a fine-tuned checkpoint directory that the encoder reads besides open_clip's own.
-HEAD_FILE = "head.safetensors"
-CLASSES_FILE = "classes.json"
-CHECKPOINT_INFO = "training.json"
 #: Seed for random-init weights, so every process (ingest, each API worker) builds the same model.
 RANDOM_INIT_SEED = 0
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the weights come from, resolved from settings in one documented order."""
-
-    open_clip_name: str  # what open_clip.create_model_and_transforms takes as model_name
-    pretrained: str | None  # a tag or a weights file; None for schemas and random init
-    label: str  # human-readable, e.g. "ViT-B-32/laion2b_s34b_b79k"
-
-    @property
-    def random_init(self) -> bool:
-        return self.pretrained is None and not self.open_clip_name.startswith(("hf-hub:", "local-dir:"))
-
-
-def resolve_model_source(settings: Settings) -> ModelSource:
-    """MODEL_CHECKPOINT wins; else MODEL_PRETRAINED (`hf-hub:` id, tag or file) on MODEL_NAME."""
-    if settings.model_checkpoint is not None:
-        checkpoint = settings.model_checkpoint.resolve()
-        if not (checkpoint / "open_clip_config.json").is_file():
-            raise ModelLoadError(
-                f"MODEL_CHECKPOINT={settings.model_checkpoint} is not a checkpoint directory "
-                "(no open_clip_config.json); point it at a folder written by `python -m finetune`"
-            )
-        return ModelSource(f"local-dir:{checkpoint}", None, f"checkpoint:{checkpoint.name}")
-    pretrained = settings.model_pretrained
-    if pretrained.startswith("hf-hub:"):
-        return ModelSource(pretrained, None, pretrained)
-    if not pretrained:
-        return ModelSource(settings.model_name, None, f"{settings.model_name}/random-init")
-    return ModelSource(settings.model_name, pretrained, f"{settings.model_name}/{Path(pretrained).name}")
 
 
 def register_model_configs() -> None:
@@ -85,13 +50,6 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _trained_label(checkpoint: Path) -> str:
-    try:
-        return json.loads((checkpoint / CHECKPOINT_INFO).read_text())["training"].get("label", "category")
-    except (OSError, ValueError, KeyError, AttributeError):
-        return "category"
-
-
 @dataclass(frozen=True)
 class CategoryClassifier:
     """A fine-tuned checkpoint's cosine head: the category of an embedding, with its probability."""
@@ -103,12 +61,11 @@ class CategoryClassifier:
     @classmethod
     def load(cls, checkpoint: Path) -> CategoryClassifier | None:
         """The head of a checkpoint trained on categories (one trained on products has no category head)."""
-        if not (checkpoint / HEAD_FILE).is_file() or _trained_label(checkpoint) != "category":
+        head = read_head(checkpoint)
+        if head is None:
             return None
-        tensors = load_file(checkpoint / HEAD_FILE)
-        weight = F.normalize(tensors["weight"].float(), dim=-1).numpy()
-        classes = json.loads((checkpoint / CLASSES_FILE).read_text())
-        return cls(classes, weight, float(tensors["scale"]))
+        classes, weight, scale = head
+        return cls(classes, F.normalize(weight, dim=-1).numpy(), scale)
 
     def predict(self, embedding: np.ndarray) -> tuple[str, float]:
         logits = self.scale * (self.weight @ embedding)
@@ -140,7 +97,7 @@ class ImageEncoder:
     def from_settings(cls, settings: Settings) -> ImageEncoder:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        source = resolve_model_source(settings)
+        source = ModelSource.from_settings(settings)
         visual, preprocess = load_visual(source)
         classifier = CategoryClassifier.load(settings.model_checkpoint) if settings.model_checkpoint else None
         placement = inference_placement(settings.device, settings.precision)
@@ -180,9 +137,8 @@ def create_clip(source: ModelSource, aug_cfg: Any = None) -> tuple[torch.nn.Modu
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
-            return open_clip.create_model_and_transforms(
-                source.open_clip_name, pretrained=source.pretrained, aug_cfg=aug_cfg
-            )
+            name, pretrained = source.open_clip_arguments
+            return open_clip.create_model_and_transforms(name, pretrained=pretrained, aug_cfg=aug_cfg)
     except Exception as e:  # open_clip and the hub raise many kinds; one clear message for all
         raise ModelLoadError(
             f"could not load the encoder {source.label}: {e}. Check MODEL_NAME (one of "

@@ -25,7 +25,8 @@ from lookalike.device import (
     inference_placement,
     resolve_device,
 )
-from lookalike.encoder import ImageEncoder, load_visual, resolve_model_source
+from lookalike.encoder import ImageEncoder, load_visual
+from lookalike.model_source import ModelSource
 from lookalike.settings import Settings
 from tests.conftest import TEST_MODEL, draw_item
 
@@ -68,7 +69,7 @@ def test_inference_precision_is_bf16_only_on_a_gpu_unless_set():
 
 
 def test_the_encoder_on_the_cpu_placement_gives_the_same_vectors(settings):
-    source = resolve_model_source(Settings(_env_file=None, model_name=TEST_MODEL, model_pretrained=""))
+    source = ModelSource.from_settings(Settings(_env_file=None, model_name=TEST_MODEL, model_pretrained=""))
     visual, preprocess = load_visual(source)
     images = [draw_item("red_round", i) for i in range(4)]
     default = ImageEncoder(visual, preprocess, source.label).embed_images(images)

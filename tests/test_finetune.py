@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,13 @@ from PIL import Image, ImageDraw
 from finetune.__main__ import main as finetune_main
 from finetune.data import ImageCache, split_catalogue
 from finetune.device_data import DeviceBatches
-from finetune.evaluate import encoder_candidate, evaluate_candidates, untuned_encoder
+from finetune.evaluate import encoder_candidate, evaluate_candidates, untuned_encoder, untuned_source
 from finetune.evaluate import main as evaluate_main
 from finetune.run import TrainingConfig, fine_tune
 from lookalike.catalogue import read_catalogue
-from lookalike.encoder import ImageEncoder, resolve_model_source
+from lookalike.checkpoint import ResumeRefused
+from lookalike.encoder import ImageEncoder
+from lookalike.model_source import ModelSource
 from lookalike.settings import Settings
 from tests.conftest import TEST_MODEL
 
@@ -58,7 +61,7 @@ def shapes_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(shapes_dir, tmp_path_factory) -> tuple[Path, dict]:
     output = tmp_path_factory.mktemp("models") / "tiny-v1"
-    source = resolve_model_source(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
+    source = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
     result = fine_tune(read_catalogue(shapes_dir).items, source, output, FAST, max_pixels=10**7)
     return output, result.metrics
 
@@ -78,7 +81,8 @@ def test_split_is_fixed_and_disjoint(shapes_dir):
 def test_training_beats_its_own_random_init(trained, shapes_dir):
     output, metrics = trained
     queries, gallery = held_out(shapes_dir)
-    base = json.loads((output / "training.json").read_text())["base_model"]
+    base = untuned_source(output)
+    assert base == ModelSource("random-init", TEST_MODEL)  # recorded as a structure, not a label
     before = evaluate_candidates(queries, gallery, [encoder_candidate("init", untuned_encoder(base))])["init"]
     assert metrics["overall"]["P@4"] > before["overall"]["P@4"] + 0.1
 
@@ -114,7 +118,7 @@ def test_classifier_head_predicts_shapes(trained, shapes_dir):
 def test_interrupted_training_resumes_from_its_last_epoch(shapes_dir, tmp_path, monkeypatch):
     import finetune.run as run
 
-    source = resolve_model_source(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
+    source = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
     items = read_catalogue(shapes_dir).items
     config = dataclasses.replace(FAST, epochs=4)
     save = run.EpochLoop._save_resume_state
@@ -130,10 +134,13 @@ def test_interrupted_training_resumes_from_its_last_epoch(shapes_dir, tmp_path, 
     assert (tmp_path / "run" / "resume.pt").exists() and not (tmp_path / "run" / "training.json").exists()
 
     monkeypatch.setattr(run.EpochLoop, "_save_resume_state", save)
+    with pytest.raises(ResumeRefused, match=re.escape("lr: 0.003 -> 0.01")):  # another recipe never continues it
+        fine_tune(items, source, tmp_path / "run", dataclasses.replace(config, lr=1e-2), max_pixels=10**7)
     epochs_trained = []
     train = run.train_one_epoch
     monkeypatch.setattr(run, "train_one_epoch", lambda *a: epochs_trained.append(1) or train(*a))
-    result = fine_tune(items, source, tmp_path / "run", config, max_pixels=10**7)
+    longer = dataclasses.replace(config, max_minutes=60)  # a budget is not a recipe: it resumes
+    result = fine_tune(items, source, tmp_path / "run", longer, max_pixels=10**7)
     assert (result.epochs_run, len(epochs_trained)) == (4, 2)  # epochs 3 and 4 only
     assert [h["epoch"] for h in json.loads((tmp_path / "run" / "training.json").read_text())["history"]] == [1, 2, 3, 4]
 
@@ -176,11 +183,11 @@ def test_fused_vectors_score_as_the_weighted_sum():
 
 
 def test_linear_probe_epochs_leave_the_tower_untouched(shapes_dir, tmp_path):
-    source = resolve_model_source(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
+    source = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
     config = dataclasses.replace(FAST, epochs=1, lp_epochs=1)
     fine_tune(read_catalogue(shapes_dir).items, source, tmp_path / "lp", config, max_pixels=10**7)
     tuned = ImageEncoder.from_settings(Settings(model_checkpoint=tmp_path / "lp"))
-    untouched = untuned_encoder("lookalike-tiny/random-init")
+    untouched = untuned_encoder(ModelSource("random-init", TEST_MODEL))
     assert tuned.identity.split("@")[1] == untouched.identity.split("@")[1]  # same weights fingerprint
     assert tuned.classifier is not None
 
@@ -230,7 +237,7 @@ def test_device_batches_crops_differ_between_images_and_epochs():
 
 
 def test_fine_tuning_with_the_data_on_the_device_learns(shapes_dir, tmp_path):
-    source = resolve_model_source(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
+    source = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
     config = dataclasses.replace(FAST, epochs=60, data_on_device=True)
     result = fine_tune(read_catalogue(shapes_dir).items, source, tmp_path / "on-device", config, max_pixels=10**7)
     assert result.metrics["overall"]["P@4"] > 0.5  # random init is ~1/3 on three shapes
@@ -317,7 +324,24 @@ def test_nt_xent_is_low_when_each_view_finds_its_twin_and_high_when_it_cannot():
 
 
 def test_fine_tuning_with_an_instance_loss_runs_two_views_and_learns(shapes_dir, tmp_path):
-    source = resolve_model_source(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
+    source = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
     config = dataclasses.replace(FAST, epochs=40, instance_weight=0.5)
     result = fine_tune(read_catalogue(shapes_dir).items, source, tmp_path / "instance", config, max_pixels=10**7)
     assert result.metrics["overall"]["P@4"] > 0.5
+
+
+def test_a_checkpoint_trained_from_a_checkpoint_records_and_rebuilds_its_base(trained, shapes_dir, tmp_path):
+    first, _ = trained
+    source = ModelSource.from_settings(Settings(model_checkpoint=first))
+    assert source.base == ModelSource("random-init", TEST_MODEL)
+    config = dataclasses.replace(FAST, epochs=1)
+    fine_tune(read_catalogue(shapes_dir).items, source, tmp_path / "second", config, max_pixels=10**7)
+
+    second = ModelSource.from_settings(Settings(model_checkpoint=tmp_path / "second"))
+    assert second.base == source and second.base.base == ModelSource("random-init", TEST_MODEL)
+    assert ImageEncoder.from_settings(Settings(model_checkpoint=tmp_path / "second")).dim > 0  # it loads
+    rebuilt = untuned_encoder(untuned_source(tmp_path / "second"))
+    assert (
+        rebuilt.identity.split("@")[1]
+        == ImageEncoder.from_settings(Settings(model_checkpoint=first)).identity.split("@")[1]
+    )

@@ -1,0 +1,150 @@
+"""A fine-tuned checkpoint folder, both halves of its format: what `finetune` writes and what the
+encoder, `finetune.evaluate` and a resumed run read. open_clip's ``local-dir:`` format plus ours:
+
+    open_clip_config.json        model_cfg + preprocess_cfg (loads with open_clip's factory)
+    open_clip_model.safetensors  the weights
+    head.safetensors             the cosine classifier (category=auto in the service)
+    classes.json                 class names, in head order
+    training.json                version, base model (label and structured source), arguments, metrics
+    resume.pt                    only while training: the state to resume from
+
+``training.json`` is written last: its presence means the checkpoint is complete.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lookalike.errors import LookalikeError, ModelLoadError
+from lookalike.model_source import ModelSource
+
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+HEAD_FILE = "head.safetensors"
+CLASSES_FILE = "classes.json"
+INFO_FILE = "training.json"
+RESUME_FILE = "resume.pt"
+#: Training settings a resumed run may change: how long and how visibly it runs, not what it learns.
+RESUMABLE_CHANGES = frozenset(
+    {"max_minutes", "progress", "precision", "eval_every", "resume_every_s", "patience", "data_on_device"}
+)
+
+
+class ResumeRefused(LookalikeError):
+    code = "resume_refused"
+
+
+def is_complete(directory: Path) -> bool:
+    return (directory / INFO_FILE).is_file()
+
+
+def require_checkpoint(directory: Path) -> None:
+    if not (directory / CONFIG_FILE).is_file():
+        raise ModelLoadError(
+            f"MODEL_CHECKPOINT={directory} is not a checkpoint directory "
+            f"(no {CONFIG_FILE}); point it at a folder written by `python -m finetune`"
+        )
+
+
+def read_info(directory: Path) -> dict[str, Any]:
+    """training.json, or {} when it is missing or unreadable (an unfinished or foreign folder)."""
+    try:
+        return json.loads((directory / INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def read_base_source(directory: Path) -> ModelSource | None:
+    """What the checkpoint was trained from (None for checkpoints written before it was recorded)."""
+    require_checkpoint(directory)
+    base = read_info(directory).get("base_source")
+    return ModelSource.from_dict(base) if base else None
+
+
+def trained_label(directory: Path) -> str:
+    """What the head's classes are: "category" or "product"."""
+    return (read_info(directory).get("training") or {}).get("label", "category")
+
+
+def read_classes(directory: Path) -> list[str] | None:
+    try:
+        return json.loads((directory / CLASSES_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_head(directory: Path) -> tuple[list[str], torch.Tensor, float] | None:
+    """The category head (classes, weight, scale); None without one, or when it predicts products."""
+    classes = read_classes(directory)
+    if classes is None or not (directory / HEAD_FILE).is_file() or trained_label(directory) != "category":
+        return None
+    tensors = load_file(directory / HEAD_FILE)
+    return classes, tensors["weight"].float(), float(tensors["scale"])
+
+
+def model_config(source: ModelSource) -> dict[str, Any] | None:
+    """The open_clip model config a checkpoint trained from ``source`` records."""
+    if source.kind == "checkpoint":
+        return json.loads((Path(source.name) / CONFIG_FILE).read_text())["model_cfg"]
+    import open_clip
+
+    return open_clip.get_model_config(source.open_clip_arguments[0])
+
+
+def save_checkpoint(
+    directory: Path,
+    clip: torch.nn.Module,
+    head: tuple[torch.Tensor, float, list[str]],
+    model_cfg: dict[str, Any],
+    preprocess_cfg: dict[str, Any],
+    info: dict[str, Any],
+) -> None:
+    """Write every file, ``training.json`` last; ``head`` is (weight, scale, classes)."""
+    weight, scale, classes = head
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": _jsonable(preprocess_cfg)}
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    save_file({k: v.detach().contiguous().clone() for k, v in clip.state_dict().items()}, directory / WEIGHTS_FILE)
+    save_file({"weight": weight.detach().contiguous(), "scale": torch.tensor(scale)}, directory / HEAD_FILE)
+    (directory / CLASSES_FILE).write_text(json.dumps(classes, indent=2))
+    (directory / RESUME_FILE).unlink(missing_ok=True)
+    (directory / INFO_FILE).write_text(json.dumps(info, indent=2))
+
+
+def save_resume_state(directory: Path, state: dict[str, Any], config: dict[str, Any]) -> None:
+    """The training state (tensors, numbers, lists) and the config that produced it, atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f"{RESUME_FILE}.tmp"
+    torch.save({**state, "config": _jsonable(config)}, tmp)
+    tmp.replace(directory / RESUME_FILE)
+
+
+def load_resume_state(directory: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The state to resume from, loaded with ``weights_only`` (no code runs from the file);
+    `ResumeRefused` when it was written by a run that learns differently."""
+    path = directory / RESUME_FILE
+    if not path.is_file():
+        return None
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    saved, wanted = state.get("config") or {}, _jsonable(config)
+    keys = (wanted.keys() | saved.keys()) - RESUMABLE_CHANGES
+    changed = [f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in sorted(keys) if saved.get(k) != wanted.get(k)]
+    if changed:
+        raise ResumeRefused(
+            f"{path} was written by a run with other settings ({', '.join(changed)}): "
+            "rerun with the same options to resume, or pass --force to start over"
+        )
+    return state
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
