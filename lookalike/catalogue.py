@@ -2,7 +2,8 @@
 
 A manifest has the columns ``id``, ``image`` (a path relative to the manifest's folder) and
 ``category``, optionally ``product_id`` (photos of one product share it); every other column
-becomes filterable metadata. A row that cannot be used (no
+becomes filterable metadata: text, unless a CSV header declares a type (``price:number``,
+``stock:int``, ``on_sale:bool``; a cell that is not one fails its row). A row that cannot be used (no
 image, a path outside the catalogue root, a duplicate id, ...) becomes a `RowError`, reported
 by ingest, and never stops the others. Nothing outside the catalogue root is ever read.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +26,8 @@ MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 #: Ids appear in URL paths (`/v1/items/<id>`), so they are one path segment of safe characters.
 ITEM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}$")
 RESERVED_COLUMNS = ("id", "image", "category", "product_id")
+NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,8 @@ def _manifest_rows(manifest: Path) -> Iterator[dict[str, Any]]:
 
 def _csv_rows(manifest: Path, text: str) -> Iterator[dict[str, Any]]:
     reader = csv.DictReader(text.splitlines())
-    columns = reader.fieldnames or []
+    columns, types = _typed_header(reader.fieldnames or [])
+    reader.fieldnames = columns
     image_column = "image" if "image" in columns else "path" if "path" in columns else None
     if image_column is None or "category" not in columns:
         raise CatalogueError(f"manifest {manifest} needs the columns id, image, category; it has {', '.join(columns)}")
@@ -142,7 +147,47 @@ def _csv_rows(manifest: Path, text: str) -> Iterator[dict[str, Any]]:
         values = {k: v for k, v in row.items() if v not in (None, "")}
         values["image"] = values.pop(image_column, None)
         values["_line"] = line
+        try:
+            values.update({k: CELL_TYPES[types[k]](v) for k, v in values.items() if k in types})
+        except ValueError as e:  # the row fails, named by its id and image
+            values = {"_error": f"line {line}: {e}", "id": values.get("id"), "image": values["image"]}
         yield values
+
+
+def _typed_header(header: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Column names without their type suffix, and the declared types: ``price:number``,
+    ``stock:int``, ``on_sale:bool`` (a column without one is text)."""
+    columns, types = [], {}
+    for column in header:
+        name, _, kind = column.partition(":")
+        if kind and kind not in CELL_TYPES:
+            raise CatalogueError(f"column {column!r}: the type after ':' is one of {', '.join(CELL_TYPES)}")
+        columns.append(name if kind else column)
+        if kind:
+            types[name] = kind
+    return columns, types
+
+
+def _number(text: str) -> float:
+    if not NUMBER.fullmatch(text.strip()) or not math.isfinite(value := float(text)):
+        raise ValueError(f"{text!r} is not a number")
+    return value
+
+
+def _integer(text: str) -> int:
+    if not INTEGER.fullmatch(text.strip()):
+        raise ValueError(f"{text!r} is not an integer")
+    return int(text)
+
+
+def _boolean(text: str) -> bool:
+    if text.strip().lower() not in ("true", "false"):
+        raise ValueError(f"{text!r} is not true or false")
+    return text.strip().lower() == "true"
+
+
+#: Declared CSV column types and how a cell becomes one (JSONL values are typed already).
+CELL_TYPES = {"text": str, "number": _number, "int": _integer, "bool": _boolean}
 
 
 def _jsonl_rows(text: str) -> Iterator[dict[str, Any]]:

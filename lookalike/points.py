@@ -7,6 +7,7 @@ writes and reads points) and the queries (which filter on payload keys and name 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,16 @@ PRODUCT_ID = "product_id"  # the item's product (several photos, one product); i
 LAYOUT = "v2"
 #: Namespace of the UUIDv5 point ids: the same item id always maps to the same point.
 POINT_NAMESPACE = uuid.UUID("6f1c4f0e-4b4e-5b8a-9a57-6c6f6f6b616c")
+
+
+def payload_indexes(filterable_fields: Sequence[str]) -> dict[str, str]:
+    """Payload key -> index kind ("keyword" or "number"): the item keys, then each filterable
+    metadata field (``name`` is a keyword, ``name:number`` a numeric one, for range filters)."""
+    indexes = {CATEGORY: "keyword", ITEM_ID: "keyword", PRODUCT_ID: "keyword"}
+    for entry in filterable_fields:
+        name, _, kind = entry.partition(":")
+        indexes[f"{METADATA}.{name}"] = kind or "keyword"
+    return indexes
 
 
 def point_id(item_id: str) -> str:

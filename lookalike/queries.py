@@ -28,6 +28,16 @@ Example = np.ndarray | str
 
 
 @dataclass(frozen=True)
+class Range:
+    """Bounds on a numeric metadata field (any left None is open)."""
+
+    gte: float | None = None
+    gt: float | None = None
+    lte: float | None = None
+    lt: float | None = None
+
+
+@dataclass(frozen=True)
 class SearchFilter:
     """Restrictions applied inside the engine's search (never as a post-filter)."""
 
@@ -36,6 +46,11 @@ class SearchFilter:
     metadata: dict[str, Sequence[str]] = field(default_factory=dict)  # field -> any of these values
     exclude_sha256: Sequence[str] = ()  # hide items whose image bytes are exactly these
     image_source: str | None = None  # "catalogue" or "upload" (listing and pruning)
+    ranges: dict[str, Range] = field(default_factory=dict)  # numeric field -> its bounds
+
+    def range_keys(self) -> list[tuple[str, Range]]:
+        """(payload key, bounds) of every range condition."""
+        return [(f"{METADATA}.{name}", bounds) for name, bounds in self.ranges.items()]
 
     def excluding(self, item_ids: Sequence[str]) -> SearchFilter:
         return dataclasses.replace(self, exclude=(*self.exclude, *item_ids)) if item_ids else self

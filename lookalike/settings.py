@@ -22,6 +22,10 @@ DEFAULT_BATCH_SIZE = {"cpu": 32, "cuda": 256}
 SHARED_CATALOGUE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "catalogue"
 
 
+#: A FILTERABLE_FIELDS entry: a metadata field name, optionally ":keyword" or ":number".
+FILTERABLE_FIELD = r"^[A-Za-z0-9_-]{1,64}(:(keyword|number))?$"
+
+
 def default_catalogue_dir() -> Path | None:
     """The shared demo catalogue when it exists beside the checkout, else nothing."""
     for candidate in (Path("../shared/data/catalogue"), SHARED_CATALOGUE):
@@ -51,7 +55,8 @@ class Settings(BaseSettings):
     qdrant_quantize_int8: bool = False
     collection: str = Field("products", pattern=r"^[A-Za-z0-9_.-]{1,200}$")
     #: Extra payload fields to index for filtering (comma-separated); `category` always is.
-    filterable_fields: Annotated[list[str], NoDecode] = []
+    #: ``name`` gets a keyword index, ``name:number`` a numeric one (range filters, boosts).
+    filterable_fields: Annotated[list[Annotated[str, Field(pattern=FILTERABLE_FIELD)]], NoDecode] = []
 
     # Catalogue: a folder of category folders, or a CSV/JSONL manifest.
     catalogue_dir: Path | None = Field(default_factory=default_catalogue_dir)

@@ -114,8 +114,8 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     properties = model.model_json_schema(ref_template=REF)["properties"]
     parameters = []
     for name, info in model.model_fields.items():
-        if name == "filters":
-            continue  # documented in the operation's description: `filter.<field>=<value>`
+        if name in ("filters", "ranges"):
+            continue  # documented in the operation's description: `filter.<field>=<value>`, `filter.<field>.gte=`
         schema = {k: v for k, v in properties[name].items() if k not in ("title", "description")}
         parameter = {"name": name, "in": "query", "required": info.is_required(), "schema": schema}
         if info.description:

@@ -23,17 +23,30 @@ from pydantic import (
 from werkzeug.datastructures import MultiDict
 
 from lookalike.errors import InvalidRequest
-from lookalike.queries import Ranking, SearchFilter
+from lookalike.queries import Range, Ranking, SearchFilter
 
 FILTER_PREFIX = "filter."
 AUTO = "auto"
 Params = TypeVar("Params", bound=BaseModel)
 FILTER_NOTE = (
     "Metadata filters: `filter.<field>=<value>` (repeat for any of; `12` also matches the number 12, "
-    "`true` the boolean). Filters run inside the nearest-neighbour search."
+    "`true` the boolean); numeric ranges: `filter.<field>.gte|gt|lte|lt=<number>` (items whose field "
+    "is a number in range). Filters run inside the nearest-neighbour search."
 )
+RANGE_OPERATORS = ("gte", "gt", "lte", "lt")
 FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Value = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class Bounds(BaseModel):
+    """`filter.<field>.gte|gt|lte|lt`: bounds on a numeric metadata field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gte: float | None = Field(None, allow_inf_nan=False)
+    gt: float | None = Field(None, allow_inf_nan=False)
+    lte: float | None = Field(None, allow_inf_nan=False)
+    lt: float | None = Field(None, allow_inf_nan=False)
 
 
 class SearchParams(BaseModel):
@@ -45,6 +58,7 @@ class SearchParams(BaseModel):
     score_threshold: float | None = Field(None, ge=-1.0, le=1.0, description="minimum cosine similarity")
     offset: int = Field(0, ge=0, le=10_000, description="results to skip (paging)")
     filters: dict[FieldName, list[Value]] = Field(default_factory=dict, description="filter.<field>=<value>")
+    ranges: dict[FieldName, Bounds] = Field(default_factory=dict, description="filter.<field>.gte=<number>, ...")
     hide_duplicates: bool = Field(
         False,
         description="leave out items whose image bytes equal the query's (for recommend: any example's; "
@@ -85,7 +99,8 @@ class SearchParams(BaseModel):
         """
         chosen = self.category if categories is None else categories
         hidden = sorted({s for s in query_sha256s if s}) if self.hide_duplicates else []
-        return SearchFilter(categories=chosen, exclude=self.exclude, metadata=self.filters, exclude_sha256=hidden)
+        ranges = {name: Range(**bounds.model_dump()) for name, bounds in self.ranges.items()}
+        return SearchFilter(chosen, self.exclude, self.filters, hidden, ranges=ranges)
 
 
 class RecommendParams(SearchParams):
@@ -171,7 +186,10 @@ def parse_params(model: type[Params], values: MultiDict[str, str]) -> Params:
     for key in values:
         if not key:  # a multipart part without a name
             raise InvalidRequest("invalid parameters: a form field without a name")
-        if key.startswith(FILTER_PREFIX) and "filters" in model.model_fields:
+        name, _, operator = key[len(FILTER_PREFIX) :].rpartition(".")
+        if key.startswith(FILTER_PREFIX) and name and operator in RANGE_OPERATORS and "ranges" in model.model_fields:
+            raw.setdefault("ranges", {}).setdefault(name, {})[operator] = values.get(key)  # type: ignore[union-attr]
+        elif key.startswith(FILTER_PREFIX) and "filters" in model.model_fields:
             raw.setdefault("filters", {})[key[len(FILTER_PREFIX) :]] = values.getlist(key)  # type: ignore[index]
         else:
             raw[key] = values.getlist(key) if key in list_fields else values.get(key)
@@ -188,8 +206,8 @@ def parse_search_params(values: MultiDict[str, str]) -> SearchParams:
 
 def _describe(error: dict) -> str:
     location = error["loc"]
-    if location and location[0] == "filters" and len(location) > 1:
-        name = f"{FILTER_PREFIX}{location[1]}"
+    if location and location[0] in ("filters", "ranges") and len(location) > 1:
+        name = FILTER_PREFIX + ".".join(str(part) for part in location[1:3])
     else:
         name = str(location[0]) if location else "request"
     if error["type"] == "extra_forbidden":

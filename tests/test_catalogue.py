@@ -99,3 +99,24 @@ def test_product_ids_are_text_or_numbers(catalogue_dir: Path):
     catalogue = read_catalogue(write_manifest(catalogue_dir, rows, name="items.jsonl"))
     assert {item.id: item.product_id for item in catalogue.items} == {"a": "7", "b": "sku-1", "e": None}
     assert sorted(error.item_id for error in catalogue.errors) == ["c", "d"]
+
+
+def test_csv_columns_declare_their_type_and_a_bad_cell_fails_its_row(catalogue_dir: Path):
+    header = "id,image,category,price:number,stock:int,on_sale:bool,sku\n"
+    rows = [
+        "a,red_round/item0.jpg,red_round,22.11,3,TRUE,007\n",
+        "b,red_round/item1.jpg,red_round,1e3,-2,false,\n",
+        "c,red_round/item2.jpg,red_round,cheap,1,true,x\n",
+        "d,red_round/item3.jpg,red_round,,,,\n",
+    ]
+    (catalogue_dir / "typed.csv").write_text(header + "".join(rows))
+    catalogue = read_catalogue(catalogue_dir / "typed.csv")
+    items = {item.id: item.metadata for item in catalogue.items}
+    assert items["a"] == {"price": 22.11, "stock": 3, "on_sale": True, "sku": "007"}  # undeclared stays text
+    assert items["b"] == {"price": 1000.0, "stock": -2, "on_sale": False}
+    assert items["d"] == {}  # an empty cell is no value
+    (error,) = catalogue.errors
+    assert error.item_id == "c" and "line 4" in error.reason and "'cheap' is not a number" in error.reason
+    (catalogue_dir / "bad.csv").write_text("id,image,category,price:money\n")
+    with pytest.raises(CatalogueError, match="price:money"):
+        read_catalogue(catalogue_dir / "bad.csv")

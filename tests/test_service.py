@@ -67,6 +67,21 @@ def test_metadata_filter_and_exclude(client, ingested):
     ]
 
 
+def test_range_filters_by_query_string_and_in_a_batch(client, ingested, store, encoder):
+    from lookalike.looks import looks_of
+    from lookalike.points import StoredItem
+
+    prices = (5, 15, 25)
+    priced = [StoredItem(f"p{n}", "priced", "x.jpg", "0" * 64, encoder.identity, metadata={"price": n}) for n in prices]
+    store.upsert(priced, looks_of(encoder, [draw_item("red_round", 0)] * 3))
+    in_range = client.get("/v1/items/red_round-0/similar?k=20&filter.price.gte=10&filter.price.lt=25")
+    assert result_ids(in_range) == ["p15"]
+    batch = client.post("/v1/similar:batch", json={"queries": [{"id": "red_round-0", "ranges": {"price": {"gt": 10}}}]})
+    assert sorted(r["id"] for r in batch.get_json()["results"][0]["results"]) == ["p15", "p25"]
+    message = client.get("/v1/items/red_round-0/similar?filter.price.gte=cheap").get_json()["error"]["message"]
+    assert "filter.price.gte" in message
+
+
 def test_upload_search_finds_the_same_photo_first(client, ingested, catalogue_dir):
     data = (catalogue_dir / "green_square/item2.jpg").read_bytes()
     response = client.post("/v1/search?k=5", data=upload(data), content_type="multipart/form-data")
@@ -96,7 +111,10 @@ def test_score_threshold(client, ingested):
 
 @pytest.mark.parametrize(
     "query",
-    ["k=0", "k=101", "k=abc", "offset=-1", "score_threshold=2", "categroy=shoes", "filter.b%20d=x", "filter.colour="],
+    [
+        *("k=0", "k=101", "k=abc", "offset=-1", "score_threshold=2", "categroy=shoes", "filter.b%20d=x"),
+        *("filter.colour=", "filter.price.gte=cheap", "filter.price.lt=nan", "filter.b%20d.gte=1"),
+    ],
 )
 def test_bad_parameters_are_400(client, ingested, query):
     assert_error(client.get(f"/v1/items/red_round-0/similar?{query}"), 400, "invalid_request")

@@ -120,7 +120,9 @@ def test_server_collections_get_the_configured_layout():
     client.get_aliases.return_value = models.CollectionsAliasesResponse(aliases=[])
     client.collection_exists.return_value = False
     layout = CollectionLayout(shard_number=6, replication_factor=2, write_consistency_factor=2, quantize_int8=True)
-    QdrantStore(client, "products", embedded=False, layout=layout).ensure_collection(512, MODEL, ["brand"])
+    QdrantStore(client, "products", embedded=False, layout=layout).ensure_collection(
+        512, MODEL, ["brand", "price:number"]
+    )
 
     name, kwargs = client.create_collection.call_args.args[0], client.create_collection.call_args.kwargs
     assert name.startswith("products__test-model")
@@ -128,8 +130,10 @@ def test_server_collections_get_the_configured_layout():
     assert kwargs["quantization_config"].scalar.type == models.ScalarType.INT8
     assert kwargs["vectors_config"]["embedding"].on_disk is True
     assert kwargs["vectors_config"]["colour"].size == 512
-    indexed = {call.args[1] for call in client.create_payload_index.call_args_list}
-    assert indexed == {"category", "item_id", "product_id", "metadata.brand"}
+    indexed = {call.args[1]: call.args[2] for call in client.create_payload_index.call_args_list}
+    assert set(indexed) == {"category", "item_id", "product_id", "metadata.brand", "metadata.price"}
+    assert indexed["metadata.brand"] == models.PayloadSchemaType.KEYWORD
+    assert indexed["metadata.price"] == models.PayloadSchemaType.FLOAT  # range filters use it
     alias = client.update_collection_aliases.call_args.kwargs["change_aliases_operations"][-1].create_alias
     assert (alias.alias_name, alias.collection_name) == ("products", name)
 
@@ -204,7 +208,7 @@ def test_one_hit_per_product(store: VectorStore):
 
 def test_a_collection_without_colour_vectors_asks_for_a_reindex(store: VectorStore):
     with store._call():  # as collections were made before colour vectors
-        store._create("old", {"embedding": 3}, {"model": MODEL, "dim": 3}, [])
+        store._create("old", {"embedding": 3}, {"model": MODEL, "dim": 3}, {})
     with pytest.raises(ModelMismatch, match="--reindex"):
         store.bound_to("old").check_model(3, MODEL)
 
@@ -341,3 +345,22 @@ def test_unsound_points_and_labelled_vectors(filled: VectorStore):
     with filled._call():
         filled._upsert([Record(point_id("junk"), {"x": 1}, {"embedding": unit(1, 0, 0), "colour": GREY})])
     assert [(item_id, reason) for _, item_id, reason in filled.unsound_points()] == [(None, "payload unreadable")]
+
+
+def test_range_filters_run_inside_the_query_on_numbers_only(store: VectorStore):
+    from lookalike.queries import Range
+
+    store.ensure_collection(3, MODEL, ["price:number"])
+    prices = {"cheap": 9.5, "mid": 20, "dear": 120.0, "text": "20", "none": None}
+    items = [item(name, "x", **({} if price is None else {"price": price})) for name, price in prices.items()]
+    store.upsert(items, [look(1, 0, 0)] * len(items))
+
+    def within(**bounds) -> list[str]:
+        return sorted(ids(store.similar(look(1, 0, 0), SearchFilter(ranges={"price": Range(**bounds)}), Ranking(10))))
+
+    assert within(gte=10, lte=100) == ["mid"]  # a number stored as text is not in any range
+    assert within(gt=20) == ["dear"]
+    assert within(lt=20) == ["cheap"]
+    assert within(gte=9.5, lt=121) == ["cheap", "dear", "mid"]
+    both = SearchFilter(categories=["x"], metadata={"colour": ["red"]}, ranges={"price": Range(gte=0)})
+    assert store.similar(look(1, 0, 0), both, Ranking(10)) == []  # combined with the other filters

@@ -15,6 +15,7 @@ is stripped from every answer.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ FLOOR_FILE = "points.json"
 #: Payloads stay in RAM (Memory.Pinned, ~300 B an item): every hit reads one (bench/b2: rare-category
 #: filter at 100k, 0.78 -> 0.62 ms; unfiltered 0.89 -> 0.62 ms).
 HNSW = edge.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000)
+INDEX_KINDS = {"keyword": edge.PayloadSchemaType.Keyword, "number": edge.PayloadSchemaType.Float}
 #: Private payload key: a keyword per boolean in the payload (see the module docstring).
 BOOLEANS = "_edge_booleans"
 
@@ -104,7 +106,7 @@ class EdgeStore(VectorStore):
             raise StoreDamaged(f"collection {collection!r} has lost its {COLLECTION_FILE}; {DAMAGED_HINT}")
         return False
 
-    def _create(self, collection: str, vector_sizes: dict[str, int], metadata: dict, keyword_keys: list[str]) -> None:
+    def _create(self, collection: str, vector_sizes: dict[str, int], metadata: dict, indexes: dict[str, str]) -> None:
         directory = self.folder.directory(collection)
         directory.mkdir(parents=True)
         vectors = {
@@ -112,8 +114,8 @@ class EdgeStore(VectorStore):
         }
         config = edge.EdgeConfig(vectors=vectors, payload_memory=edge.Memory.Pinned, hnsw_config=HNSW)
         shard = self.folder.shards[collection] = edge.EdgeShard.create(str(directory / SHARD), config)
-        for key in (BOOLEANS, *keyword_keys):
-            shard.update(edge.UpdateOperation.create_field_index(key, edge.PayloadSchemaType.Keyword))
+        for key, kind in {BOOLEANS: "keyword", **indexes}.items():
+            shard.update(edge.UpdateOperation.create_field_index(key, INDEX_KINDS[kind]))
         _write_json(directory / COLLECTION_FILE, {"vectors": vector_sizes, "metadata": metadata})
 
     def _describe(self, collection: str) -> CollectionInfo:
@@ -320,6 +322,8 @@ def _filter(search_filter: SearchFilter) -> edge.Filter | None:
         must.append(edge.FieldCondition(CATEGORY, match=edge.MatchAny(list(search_filter.categories))))
     if search_filter.image_source is not None:
         must.append(edge.FieldCondition(IMAGE_SOURCE, match=edge.MatchValue(search_filter.image_source)))
+    for key, bounds in search_filter.range_keys():
+        must.append(edge.FieldCondition(key, range=edge.RangeFloat(**dataclasses.asdict(bounds))))
     must += [edge.Filter(should=_metadata_conditions(match)) for match in metadata_matches(search_filter)]
     must_not: list[Any] = []
     if search_filter.exclude:

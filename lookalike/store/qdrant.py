@@ -7,6 +7,7 @@ a server. Queries (`lookalike.queries`) become qdrant-client's typed models here
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import pickle
 import sqlite3
@@ -27,6 +28,7 @@ from lookalike.store.base import Record, VectorStore
 from lookalike.store.rollout import CollectionInfo
 
 log = logging.getLogger(__name__)
+INDEX_KINDS = {"keyword": models.PayloadSchemaType.KEYWORD, "number": models.PayloadSchemaType.FLOAT}
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class QdrantStore(VectorStore):
     def _exists(self, collection: str) -> bool:
         return self.client.collection_exists(collection)
 
-    def _create(self, collection: str, vector_sizes: dict[str, int], metadata: dict, keyword_keys: list[str]) -> None:
+    def _create(self, collection: str, vector_sizes: dict[str, int], metadata: dict, indexes: dict[str, str]) -> None:
         on_disk = self.layout.quantize_int8 and not self.embedded  # originals on disk, int8 in RAM
         self.client.create_collection(
             collection,
@@ -107,8 +109,8 @@ class QdrantStore(VectorStore):
             **({} if self.embedded else self.layout.create_arguments()),
         )
         if not self.embedded:  # local mode scans everything and ignores payload indexes
-            for key in keyword_keys:
-                self.client.create_payload_index(collection, key, models.PayloadSchemaType.KEYWORD)
+            for key, kind in indexes.items():
+                self.client.create_payload_index(collection, key, INDEX_KINDS[kind])
 
     def _describe(self, collection: str) -> CollectionInfo:
         config = self.client.get_collection(collection).config
@@ -230,6 +232,8 @@ def _filter(search_filter: SearchFilter) -> models.Filter | None:
         must.append(models.FieldCondition(key=CATEGORY, match=models.MatchAny(any=list(search_filter.categories))))
     if search_filter.image_source is not None:
         must.append(models.FieldCondition(key=IMAGE_SOURCE, match=models.MatchValue(value=search_filter.image_source)))
+    for key, bounds in search_filter.range_keys():
+        must.append(models.FieldCondition(key=key, range=models.Range(**dataclasses.asdict(bounds))))
     for match in metadata_matches(search_filter):
         should: list[models.Condition] = [models.FieldCondition(key=match.key, match=models.MatchAny(any=match.texts))]
         if match.integers:

@@ -18,7 +18,7 @@ from typing import Any, Self
 
 from lookalike.colour import DIM as COLOUR_DIM
 from lookalike.errors import ModelMismatch, StoreError, StoreUnavailable
-from lookalike.points import CATEGORY, COLOUR, EMBEDDING, ITEM_ID, LAYOUT, METADATA, MODEL, PRODUCT_ID
+from lookalike.points import COLOUR, EMBEDDING, LAYOUT, MODEL, payload_indexes
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,9 @@ class CollectionLifecycle(ABC):
             if self._exists(self.collection):
                 self.check_model(dim, model)
                 return
-            keys = [CATEGORY, ITEM_ID, PRODUCT_ID, *(f"{METADATA}.{name}" for name in filterable_fields)]
             metadata = {MODEL: model, "dim": dim, "layout": LAYOUT}
-            self._create(self.collection, {EMBEDDING: dim, COLOUR: COLOUR_DIM}, metadata, keys)
+            indexes = payload_indexes(filterable_fields)
+            self._create(self.collection, {EMBEDDING: dim, COLOUR: COLOUR_DIM}, metadata, indexes)
         log.info("collection created", extra={"collection": self.collection, "model": model, "dim": dim})
 
     def check_model(self, dim: int, model: str) -> None:
@@ -170,8 +170,8 @@ class CollectionLifecycle(ABC):
     def _exists(self, collection: str) -> bool: ...
 
     @abstractmethod
-    def _create(self, collection: str, vector_sizes: dict[str, int], metadata: dict, keyword_keys: list[str]) -> None:
-        """Create a collection of cosine vectors, with keyword indexes on ``keyword_keys``."""
+    def _create(self, collection: str, vector_sizes: dict[str, int], metadata: dict, indexes: dict[str, str]) -> None:
+        """Create a collection of cosine vectors, with payload ``indexes`` (key -> "keyword"/"number")."""
 
     @abstractmethod
     def _describe(self, collection: str) -> CollectionInfo:
