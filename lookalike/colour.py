@@ -8,11 +8,34 @@ distributions properly. Used as the evaluation baseline and as a colour signal f
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageColor
 
 BINS = 8
 DIM = BINS**3
 THUMBNAIL = 64
+
+
+def colour_of(name: str) -> np.ndarray:
+    """The colour vector of a colour given as ``#rrggbb`` or a CSS name, built as an item's is
+    (the histogram of a photo of that colour alone). ValueError for an unknown colour."""
+    return colour_histogram(Image.new("RGB", (THUMBNAIL, THUMBNAIL), ImageColor.getrgb(name)))
+
+
+def recoloured(colour: np.ndarray, name: str) -> np.ndarray:
+    """ "This photo, but in <name>": the colour vector with its chromatic part (saturation and value
+    bins >= 2) moved to the target's hue, keeping saturation and value; whites, greys and blacks
+    (a product photo's background) stay. A neutral target takes the chromatic part in its own bin."""
+    target = int(colour_of(name).argmax())
+    _, saturation, value = np.indices((BINS, BINS, BINS)).reshape(3, -1)
+    chromatic = (saturation >= 2) & (value >= 2)
+    mass = colour.astype(np.float64) ** 2  # Hellinger -> proportions
+    if chromatic[target]:
+        destination = (target // BINS**2 * BINS + saturation[chromatic]) * BINS + value[chromatic]
+    else:
+        destination = np.full(int(chromatic.sum()), target)
+    moved = np.where(chromatic, 0.0, mass)
+    np.add.at(moved, destination, mass[chromatic])
+    return np.sqrt(moved / moved.sum()).astype(np.float32)
 
 
 def colour_histogram(image: Image.Image) -> np.ndarray:

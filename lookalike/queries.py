@@ -87,6 +87,8 @@ class Ranking:
     #: 0 = the embedding alone, 1 = colour alone; between, score = (1-w)·embedding + w·colour cosine.
     colour_weight: float = 0.0
     one_per_product: bool = False  # each product once, by its best-scoring photo
+    #: "Like this, but in <colour>" (#rrggbb or a CSS name): the query's colour, hue-shifted (`recoloured`).
+    colour_target: str | None = None
 
 
 @dataclass(frozen=True)

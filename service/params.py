@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TypeVar, get_origin
 
+from PIL import ImageColor
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -34,6 +35,8 @@ FILTER_NOTE = (
     "is a number in range). Filters run inside the nearest-neighbour search."
 )
 RANGE_OPERATORS = ("gte", "gt", "lte", "lt")
+#: The colour weight of a search that names a colour (`colour=`) but no weight: colour counts as much as shape.
+COLOUR_TARGET_WEIGHT = 0.5
 FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Value = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
@@ -72,11 +75,26 @@ class SearchParams(BaseModel):
         "1 = colour only; default COLOUR_WEIGHT",
     )
     group_by: Literal["product_id"] | None = Field(None, description="`product_id`: each product once, its best photo")
+    colour: Annotated[str, StringConstraints(max_length=40)] | None = Field(
+        None,
+        description="'like this, but in this colour': `#rrggbb` or a CSS colour name replaces the query's colour; "
+        f"with no colour_weight given, the weight is {COLOUR_TARGET_WEIGHT}",
+    )
 
     @property
     def auto_category(self) -> bool:
         """`category=auto`: let the fine-tuned head choose the category."""
         return AUTO in self.category
+
+    @field_validator("colour")
+    @classmethod
+    def _known_colour(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ImageColor.getrgb(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a colour: give #rrggbb or a CSS colour name") from None
+        return value
 
     @model_validator(mode="after")
     def _auto_alone(self) -> SearchParams:
@@ -86,8 +104,12 @@ class SearchParams(BaseModel):
 
     def ranking(self, default_colour_weight: float) -> Ranking:
         """How Qdrant scores, groups and pages the results."""
-        weight = default_colour_weight if self.colour_weight is None else self.colour_weight
-        return Ranking(self.k, self.offset, self.score_threshold, weight, self.group_by == "product_id")
+        if self.colour_weight is not None:
+            weight = self.colour_weight
+        else:
+            weight = default_colour_weight if self.colour is None else COLOUR_TARGET_WEIGHT
+        one_per_product = self.group_by == "product_id"
+        return Ranking(self.k, self.offset, self.score_threshold, weight, one_per_product, self.colour)
 
     def search_filter(
         self, categories: list[str] | None = None, query_sha256s: Sequence[str | None] = ()

@@ -84,3 +84,17 @@ def test_colour_slider_reruns_the_search_with_its_weight(page, live_url):
     expect(page.locator("#status")).to_contain_text("results")
     similar = [url for url in requests if "/similar?" in url]
     assert "colour_weight=0.2" in similar[0] and "colour_weight=1" in similar[-1] and len(similar) == 2
+
+
+def test_the_colour_picker_searches_like_this_but_in_that_colour(page, live_url):
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(live_url)
+    page.click("#random")
+    page.locator("#results li").first.wait_for()
+    page.fill("#target-colour", "#1ec83c")
+    page.check("#in-colour")
+    expect(page.locator("#status")).to_contain_text("results")
+    page.wait_for_timeout(300)
+    last = [url for url in requests if "/similar?" in url][-1]
+    assert "colour=%231ec83c" in last and "colour_weight=0.2" in last

@@ -631,3 +631,22 @@ def test_a_re_uploaded_photo_is_reported_as_a_duplicate_of_the_stored_one(settin
     assert again["duplicate_of"]["id"] == "first" and again["duplicate_of"]["colour_similarity"] >= 0.99
     assert "duplicate_of" not in put("other", draw_item("blue_bar", 3))
     assert client.get("/v1/items/again").status_code == 200  # stored either way
+
+
+def test_a_colour_target_moves_the_results_toward_that_colour(client, ingested):
+    def categories(query: str) -> list[str]:
+        response = client.get(f"/v1/items/blue_bar-0/similar?k=4&{query}")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return [r["category"] for r in response.get_json()["results"]]
+
+    plain = categories("")
+    assert plain.count("blue_bar") == 3  # its own kind first
+    assert categories("colour=red").count("red_round") > plain.count("red_round")  # "like this, but in red"
+    assert categories("colour=%23dc1e1e&colour_weight=1") == ["red_round"] * 4  # colour alone: red items only
+    assert categories("colour=green&colour_weight=1") == ["green_square"] * 4
+    assert categories("colour=red&colour_weight=0") == plain  # no weight, no effect
+    form = {**upload(draw_item("blue_bar", 1)), "colour": "red", "k": "2"}
+    by_photo = client.post("/v1/search", data=form, content_type="multipart/form-data").get_json()["results"]
+    assert [r["category"] for r in by_photo].count("red_round") >= 1
+    bad = client.get("/v1/items/blue_bar-0/similar?colour=rouge")
+    assert bad.status_code == 400 and "colour" in bad.get_json()["error"]["message"]

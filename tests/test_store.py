@@ -364,3 +364,19 @@ def test_range_filters_run_inside_the_query_on_numbers_only(store: VectorStore):
     assert within(gte=9.5, lt=121) == ["cheap", "dear", "mid"]
     both = SearchFilter(categories=["x"], metadata={"colour": ["red"]}, ranges={"price": Range(gte=0)})
     assert store.similar(look(1, 0, 0), both, Ranking(10)) == []  # combined with the other filters
+
+
+def test_a_colour_target_shifts_the_query_colour_to_that_hue_on_both_engines(store: VectorStore):
+    from lookalike.colour import colour_of
+
+    store.ensure_collection(3, MODEL)
+    paints = {"red": colour_of("#dc1e1e"), "blue": colour_of("#283cdc"), "green": colour_of("#1ec83c")}
+    store.upsert([item(name, "x") for name in paints], [Look(unit(1, 0, 0), c) for c in paints.values()])
+    by_id = store.similar("blue", SearchFilter(), Ranking(2, colour_weight=1.0, colour_target="red"))
+    by_look = store.similar(
+        Look(unit(1, 0, 0), paints["blue"]), SearchFilter(), Ranking(1, colour_weight=1.0, colour_target="red")
+    )
+    assert ids(by_id)[0] == "red" and ids(by_look) == ["red"]
+    assert ids(store.recommend(["blue"], [], SearchFilter(), Ranking(1, colour_weight=1.0, colour_target="green"))) == [
+        "green"
+    ]

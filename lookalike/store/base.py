@@ -9,6 +9,7 @@ module knows nothing about torch or about either engine's types: vectors come in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from lookalike.colour import DIM as COLOUR_DIM
+from lookalike.colour import recoloured
 from lookalike.errors import DAMAGED_HINT, ItemNotFound, StoreDamaged, StoreError
 from lookalike.looks import Look
 from lookalike.points import CATEGORY, COLOUR, EMBEDDING, ITEM_ID, Hit, StoredItem, point_id
@@ -169,8 +171,10 @@ class VectorStore(CollectionLifecycle):
         """
         if isinstance(query, str):
             self.get(query)  # a clear 404 before any engine error
-            return self._hits(ranked(search_filter.excluding([query]), ranking, *nearest(query, query)))
-        return self._hits(ranked(search_filter, ranking, *nearest(query.embedding, query.colour)))
+            colour = self._colour_examples([query], ranking)[0]
+            return self._hits(ranked(search_filter.excluding([query]), ranking, *nearest(query, colour)))
+        colour = self._colour_examples([query], ranking)[0]
+        return self._hits(ranked(search_filter, ranking, *nearest(query.embedding, colour)))
 
     def recommend(
         self,
@@ -192,7 +196,8 @@ class VectorStore(CollectionLifecycle):
 
             return Term(using, tuple(map(example, positive)), tuple(map(example, negative)), recommend=True)
 
-        return self._hits(ranked(search_filter.excluding(ids), ranking, term(EMBEDDING), term(COLOUR)))
+        colour = dataclasses.replace(term(COLOUR), positive=tuple(self._colour_examples(positive, ranking)))
+        return self._hits(ranked(search_filter.excluding(ids), ranking, term(EMBEDDING), colour))
 
     def similar_many(self, queries: Sequence[SimilarQuery]) -> list[list[Hit] | ItemNotFound]:
         """Look-alikes of several stored items in one batch; answers keep the order.
@@ -209,7 +214,9 @@ class VectorStore(CollectionLifecycle):
         known = self.get_many([q.item_id for q in queries])
         asked = [q for q in queries if q.item_id in known]
         searches = [
-            ranked(q.search_filter.excluding([q.item_id]), q.ranking, *nearest(q.item_id, q.item_id)) for q in asked
+            ranked(q.search_filter.excluding([q.item_id]), q.ranking, *nearest(q.item_id, colour))
+            for q in asked
+            for colour in self._colour_examples([q.item_id], q.ranking)
         ]
         answers = iter(self._search(searches))
 
@@ -254,6 +261,21 @@ class VectorStore(CollectionLifecycle):
             if vector is None:
                 raise StoreDamaged(f"a stored item has no {name} vector; {DAMAGED_HINT}")
             self._search([Query((Term(name, (np.asarray(vector),)),), SearchFilter(), 1, exact=thorough)])
+
+    def _colour_examples(self, examples: Sequence[Look | str], ranking: Ranking) -> list[Any]:
+        """The colour side of each example: its colour (an item's by id), or with the ranking's
+        colour target that colour hue-shifted to the target (an item's stored colour read first)."""
+        if ranking.colour_target is None:
+            return [e if isinstance(e, str) else e.colour for e in examples]
+        ids = [e for e in examples if isinstance(e, str)]
+        with self._call():
+            records = self._retrieve([point_id(i) for i in ids], with_vectors=True) if ids else []
+        stored = {r.payload.get(ITEM_ID): np.asarray(r.vectors[COLOUR], np.float32) for r in records}
+        missing = sorted(set(ids) - set(stored))
+        if missing:
+            raise ItemNotFound(f"no item with id {missing[0]!r}")
+        colours = [stored[e] if isinstance(e, str) else e.colour for e in examples]
+        return [recoloured(colour, ranking.colour_target) for colour in colours]
 
     def _hits(self, query: Query) -> list[Hit]:
         (records,) = self._search([query])

@@ -10,6 +10,7 @@ function params() {
   const query = new URLSearchParams({ k: $("k").value || "8", colour_weight: $("colour").value });
   if ($("category").value) query.append("category", $("category").value);
   if ($("per-product").checked) query.append("group_by", "product_id");
+  if ($("in-colour").checked) query.append("colour", $("target-colour").value);
   return query;
 }
 
@@ -127,7 +128,13 @@ drop.addEventListener("drop", (event) => {
   if (event.dataTransfer.files[0]) searchByUpload(event.dataTransfer.files[0]);
 });
 $("colour").addEventListener("input", () => { $("colour-value").textContent = $("colour").value; });
-for (const control of ["colour", "per-product", "category", "k"]) {
+$("in-colour").addEventListener("change", () => {  // a colour target needs some weight on colour
+  if ($("in-colour").checked && Number($("colour").value) === 0) {
+    $("colour").value = "0.5";
+    $("colour-value").textContent = "0.5";
+  }
+});
+for (const control of ["colour", "per-product", "category", "k", "in-colour", "target-colour"]) {
   $(control).addEventListener("change", () => { if (lastSearch) lastSearch(); });
 }
 if (!hasHead) $("category").title = "category=auto needs a fine-tuned checkpoint";
