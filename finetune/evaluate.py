@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from finetune.data import LABELS, ImageCache, label_of, split_by_holdout, split_catalogue
@@ -52,6 +54,27 @@ def encoder_candidate(name: str, encoder: ImageEncoder) -> Candidate:
         )
 
     return Candidate(name, embed, encoder.classifier)
+
+
+def trunk_candidate(name: str, encoder: ImageEncoder, mix: float) -> Candidate:
+    """The cosine (1 - mix)·projection + mix·trunk, where the trunk's features are those before the
+    projection the class loss trains (a timm tower with a projection head: the small and large presets)."""
+    trunk, projection = getattr(encoder.visual, "trunk", None), getattr(encoder.visual, "head", None)
+    if trunk is None or projection is None:
+        raise ModelLoadError(f"{encoder.identity} has no timm trunk with a projection head: --trunk-mix needs one")
+
+    def embed(images: Sequence[Image.Image]) -> np.ndarray:
+        parts = []
+        for start in range(0, len(images), EMBED_BATCH):
+            batch = [encoder.preprocess(image) for image in images[start : start + EMBED_BATCH]]
+            pixels = torch.stack(batch).to(encoder.placement.device)
+            with torch.inference_mode():
+                pooled = trunk(pixels).float()
+                both = F.normalize(projection(pooled).float(), dim=-1), F.normalize(pooled, dim=-1)
+            parts.append(torch.cat([(1 - mix) ** 0.5 * both[0], mix**0.5 * both[1]], dim=1).cpu().numpy())
+        return np.concatenate(parts)
+
+    return Candidate(name, embed)
 
 
 def colour_candidate() -> Candidate:
@@ -129,6 +152,7 @@ def build_candidates(args: argparse.Namespace, settings: Settings) -> list[Candi
     if checkpoint is not None:
         tuned = ImageEncoder.from_settings(settings.model_copy(update={"model_checkpoint": checkpoint}))
         candidates.append(encoder_candidate(f"fine-tuned ({Path(checkpoint).name})", tuned))
+        candidates += [trunk_candidate(f"fine-tuned, trunk mix {mix:g}", tuned, mix) for mix in args.trunk_mix]
         base = untuned_source(Path(checkpoint))
         candidates.append(encoder_candidate(f"untuned ({base.label})", untuned_encoder(base)))
     else:
@@ -169,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
         help="colour weights of the fused rows, comma-separated (empty: none)",
     )
     parser.add_argument("--output-dir", type=Path, default=Path("reports"), help="where JSON and Markdown go")
+    parser.add_argument(
+        "--trunk-mix",
+        type=float_list(0.0, 1.0),
+        default=[],
+        help="also rank the checkpoint by its trunk's features (before the projection), mixed m with the "
+        "projection's cosine, for each comma-separated m (issue 18's candidate for unseen categories)",
+    )
     parser.add_argument(
         "--label",
         choices=LABELS,

@@ -345,3 +345,26 @@ def test_a_checkpoint_trained_from_a_checkpoint_records_and_rebuilds_its_base(tr
         rebuilt.identity.split("@")[1]
         == ImageEncoder.from_settings(Settings(model_checkpoint=first)).identity.split("@")[1]
     )
+
+
+def test_trunk_mix_ranks_by_the_features_before_the_projection(shapes_dir):
+    from finetune.evaluate import trunk_candidate
+    from lookalike.errors import ModelLoadError
+
+    small = ImageEncoder.from_settings(
+        Settings(model_name="lookalike-small", model_pretrained="", model_checkpoint=None)
+    )
+    images = [Image.open(path).convert("RGB") for path in sorted(shapes_dir.glob("*/0[0-2].png"))]
+    projected = small.embed_images(images)
+    alone = trunk_candidate("projection", small, 0.0).embed(images)
+    np.testing.assert_allclose(alone[:, : small.dim], projected, atol=1e-5)  # mix 0: the shipped embedding
+    trunk = trunk_candidate("trunk", small, 1.0).embed(images)[:, small.dim :]
+    assert trunk.shape == (len(images), 512) and np.allclose(np.linalg.norm(trunk, axis=1), 1, atol=1e-5)
+    mixed = trunk_candidate("mix", small, 0.5).embed(images)
+    np.testing.assert_allclose(mixed @ mixed.T, 0.5 * projected @ projected.T + 0.5 * trunk @ trunk.T, atol=1e-5)
+    with pytest.raises(ModelLoadError, match="trunk"):
+        trunk_candidate(
+            "vit",
+            ImageEncoder.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None)),
+            1.0,
+        )
