@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lookalike.diversity import candidates_for
 from lookalike.points import COLOUR, EMBEDDING, METADATA
 from lookalike.settings import Settings
 
@@ -89,6 +90,8 @@ class Ranking:
     one_per_product: bool = False  # each product once, by its best-scoring photo
     #: "Like this, but in <colour>" (#rrggbb or a CSS name): the query's colour, hue-shifted (`recoloured`).
     colour_target: str | None = None
+    #: 0 = by relevance alone; up to 1 = maximal marginal relevance with that much weight on novelty.
+    diversity: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ class Query:
     pools: tuple[Pool, ...] = ()
     one_per_product: bool = False
     exact: bool = False  # every stored vector, no index (a probe that reads all of them)
+    with_vectors: bool = False  # the hits' vectors too (for re-ranking by diversity)
 
     @property
     def fused(self) -> bool:
@@ -143,12 +147,14 @@ def ranked(search_filter: SearchFilter, ranking: Ranking, embedding: Term, colou
     pooled candidate, so the top results equal an exhaustive fused ranking unless an item is
     outside both candidate lists.
     """
+    diverse = ranking.diversity > 0  # candidates with their vectors, re-ranked by the store
     common = {
         "search_filter": search_filter,
-        "limit": ranking.limit,
-        "offset": ranking.offset,
+        "limit": candidates_for(ranking.limit, ranking.offset) if diverse else ranking.limit,
+        "offset": 0 if diverse else ranking.offset,
         "score_threshold": ranking.score_threshold,
         "one_per_product": ranking.one_per_product,
+        "with_vectors": diverse,
     }
     weight = ranking.colour_weight
     if weight <= 0:

@@ -75,6 +75,13 @@ class SearchParams(BaseModel):
         "1 = colour only; default COLOUR_WEIGHT",
     )
     group_by: Literal["product_id"] | None = Field(None, description="`product_id`: each product once, its best photo")
+    diversity: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="0 = by similarity alone; up to 1 = re-ranked by maximal marginal relevance, so near-identical "
+        "items (one product's variants) do not fill the page",
+    )
     colour: Annotated[str, StringConstraints(max_length=40)] | None = Field(
         None,
         description="'like this, but in this colour': `#rrggbb` or a CSS colour name replaces the query's colour; "
@@ -109,7 +116,7 @@ class SearchParams(BaseModel):
         else:
             weight = default_colour_weight if self.colour is None else COLOUR_TARGET_WEIGHT
         one_per_product = self.group_by == "product_id"
-        return Ranking(self.k, self.offset, self.score_threshold, weight, one_per_product, self.colour)
+        return Ranking(self.k, self.offset, self.score_threshold, weight, one_per_product, self.colour, self.diversity)
 
     def search_filter(
         self, categories: list[str] | None = None, query_sha256s: Sequence[str | None] = ()

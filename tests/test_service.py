@@ -78,6 +78,8 @@ def test_range_filters_by_query_string_and_in_a_batch(client, ingested, store, e
     assert result_ids(in_range) == ["p15"]
     batch = client.post("/v1/similar:batch", json={"queries": [{"id": "red_round-0", "ranges": {"price": {"gt": 10}}}]})
     assert sorted(r["id"] for r in batch.get_json()["results"][0]["results"]) == ["p15", "p25"]
+    diverse = client.post("/v1/similar:batch", json={"queries": [{"id": "red_round-0", "k": 6, "diversity": 0.9}]})
+    assert len(diverse.get_json()["results"][0]["results"]) == 6
     message = client.get("/v1/items/red_round-0/similar?filter.price.gte=cheap").get_json()["error"]["message"]
     assert "filter.price.gte" in message
 
@@ -113,7 +115,7 @@ def test_score_threshold(client, ingested):
     "query",
     [
         *("k=0", "k=101", "k=abc", "offset=-1", "score_threshold=2", "categroy=shoes", "filter.b%20d=x"),
-        *("filter.colour=", "filter.price.gte=cheap", "filter.price.lt=nan", "filter.b%20d.gte=1"),
+        *("filter.colour=", "filter.price.gte=cheap", "filter.price.lt=nan", "filter.b%20d.gte=1", "diversity=1.5"),
     ],
 )
 def test_bad_parameters_are_400(client, ingested, query):

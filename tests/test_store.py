@@ -380,3 +380,21 @@ def test_a_colour_target_shifts_the_query_colour_to_that_hue_on_both_engines(sto
     assert ids(store.recommend(["blue"], [], SearchFilter(), Ranking(1, colour_weight=1.0, colour_target="green"))) == [
         "green"
     ]
+
+
+def test_diversity_keeps_one_products_near_identical_variants_from_filling_the_page(store: VectorStore):
+    store.ensure_collection(3, MODEL)
+    variants = [StoredItem(f"a{n}", "x", "a.jpg", "0", MODEL, product_id="a") for n in range(4)]
+    others = [item(f"o{n}", "x") for n in range(3)]
+    looks = [look(1, 0.01 * n, 0) for n in range(4)] + [look(0.8, 0.6 * (-1) ** n, 0.3 * n) for n in range(3)]
+    store.upsert(variants + others, looks)
+
+    def products(diversity: float, limit: int = 4, **ranking) -> list[str]:
+        hits = store.similar(look(1, 0, 0), SearchFilter(), Ranking(limit, diversity=diversity, **ranking))
+        return [hit.item.product for hit in hits]
+
+    assert products(0.0) == ["a"] * 4
+    assert products(0.6).count("a") <= 2 and products(0.6)[0] == "a"  # the best hit still leads
+    paged, whole = products(0.6, colour_weight=0.5, offset=1), products(0.6, limit=5, colour_weight=0.5)
+    assert paged == whole[1:]  # pages of one diverse ranking
+    assert products(0.6, one_per_product=True).count("a") == 1

@@ -20,6 +20,7 @@ import numpy as np
 
 from lookalike.colour import DIM as COLOUR_DIM
 from lookalike.colour import recoloured
+from lookalike.diversity import most_relevant_and_diverse
 from lookalike.errors import DAMAGED_HINT, ItemNotFound, StoreDamaged, StoreError
 from lookalike.looks import Look
 from lookalike.points import CATEGORY, COLOUR, EMBEDDING, ITEM_ID, Hit, StoredItem, point_id
@@ -172,9 +173,9 @@ class VectorStore(CollectionLifecycle):
         if isinstance(query, str):
             self.get(query)  # a clear 404 before any engine error
             colour = self._colour_examples([query], ranking)[0]
-            return self._hits(ranked(search_filter.excluding([query]), ranking, *nearest(query, colour)))
+            return self._hits(ranked(search_filter.excluding([query]), ranking, *nearest(query, colour)), ranking)
         colour = self._colour_examples([query], ranking)[0]
-        return self._hits(ranked(search_filter, ranking, *nearest(query.embedding, colour)))
+        return self._hits(ranked(search_filter, ranking, *nearest(query.embedding, colour)), ranking)
 
     def recommend(
         self,
@@ -197,7 +198,7 @@ class VectorStore(CollectionLifecycle):
             return Term(using, tuple(map(example, positive)), tuple(map(example, negative)), recommend=True)
 
         colour = dataclasses.replace(term(COLOUR), positive=tuple(self._colour_examples(positive, ranking)))
-        return self._hits(ranked(search_filter.excluding(ids), ranking, term(EMBEDDING), colour))
+        return self._hits(ranked(search_filter.excluding(ids), ranking, term(EMBEDDING), colour), ranking)
 
     def similar_many(self, queries: Sequence[SimilarQuery]) -> list[list[Hit] | ItemNotFound]:
         """Look-alikes of several stored items in one batch; answers keep the order.
@@ -223,7 +224,7 @@ class VectorStore(CollectionLifecycle):
         def answer(q: SimilarQuery) -> list[Hit] | ItemNotFound:
             if q.item_id not in known:
                 return ItemNotFound(f"no item with id {q.item_id!r}")
-            return [record.hit() for record in next(answers)]
+            return _page(next(answers), q.ranking)
 
         return [answer(q) for q in queries]
 
@@ -277,9 +278,9 @@ class VectorStore(CollectionLifecycle):
         colours = [stored[e] if isinstance(e, str) else e.colour for e in examples]
         return [recoloured(colour, ranking.colour_target) for colour in colours]
 
-    def _hits(self, query: Query) -> list[Hit]:
+    def _hits(self, query: Query, ranking: Ranking) -> list[Hit]:
         (records,) = self._search([query])
-        return [record.hit() for record in records]
+        return _page(records, ranking)
 
     def _search(self, queries: Sequence[Query]) -> list[list[Record]]:
         """Run queries (one engine batch where it can); an item named as an example but deleted
@@ -338,6 +339,15 @@ class VectorStore(CollectionLifecycle):
     @abstractmethod
     def _query(self, queries: list[Query]) -> list[list[Record]]:
         """Each query's records with scores, in order; an engine error is a `StoreError`."""
+
+
+def _page(records: list[Record], ranking: Ranking) -> list[Hit]:
+    """The page the ranking asks for: as the engine ranked it, or re-ranked for diversity first."""
+    if ranking.diversity > 0:
+        wanted = ranking.offset + ranking.limit
+        order = most_relevant_and_diverse(records, wanted, ranking.diversity, ranking.colour_weight)
+        records = [records[i] for i in order][ranking.offset :]
+    return [record.hit() for record in records]
 
 
 def _unsound(record: Record) -> str | None:

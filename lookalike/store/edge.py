@@ -213,6 +213,7 @@ class EdgeStore(VectorStore):
             filter=_filter(query.search_filter),
             score_threshold=query.score_threshold,
             with_payload=True,
+            with_vector=query.with_vectors,
             params=edge.SearchParams(exact=True) if query.exact else None,
         )
 

@@ -173,7 +173,10 @@ class QdrantStore(VectorStore):
         """Flat queries in one batch request; grouped ones one by one (Qdrant has no grouped batch)."""
         flat = [q for q in queries if not q.one_per_product]
         requests = [
-            models.QueryRequest(**_arguments(q), limit=q.limit, offset=q.offset, with_payload=True) for q in flat
+            models.QueryRequest(
+                **_arguments(q), limit=q.limit, offset=q.offset, with_payload=True, with_vector=q.with_vectors
+            )
+            for q in flat
         ]
         answers = iter(self.client.query_batch_points(self.collection, requests) if requests else [])
         return [self._grouped(q) if q.one_per_product else [_record(p) for p in next(answers).points] for q in queries]
@@ -187,6 +190,7 @@ class QdrantStore(VectorStore):
             group_size=1,
             limit=query.offset + query.limit,  # grouped queries have no offset: page here
             with_payload=True,
+            with_vectors=query.with_vectors,
             **arguments,
         ).groups
         return [_record(group.hits[0]) for group in groups[query.offset :]]
