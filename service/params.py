@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TypeVar, get_origin
 
-from PIL import ImageColor
+from PIL import Image, ImageColor
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -132,7 +132,42 @@ class SearchParams(BaseModel):
         return SearchFilter(chosen, self.exclude, self.filters, hidden, ranges=ranges)
 
 
-class RecommendParams(SearchParams):
+#: A box narrower or lower than this many pixels of the photo is refused (nothing to recognise).
+MIN_BOX_PIXELS = 8
+
+
+class PhotoSearchParams(SearchParams):
+    """Searches with uploaded photos: the search parameters and a region of the photo."""
+
+    box: str | None = Field(
+        None,
+        pattern=r"^\s*[0-9.]+\s*(,\s*[0-9.]+\s*){3}$",
+        description="`x0,y0,x1,y1`, fractions (0..1) of the photo's width and height: search with that region "
+        "of the photo only (cropped before the model and the colour histogram)",
+    )
+
+    @field_validator("box")
+    @classmethod
+    def _box_inside_the_photo(cls, value: str | None) -> str | None:
+        if value is not None:
+            x0, y0, x1, y1 = (float(part) for part in value.split(","))
+            if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+                raise ValueError("box is x0,y0,x1,y1 with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+        return value
+
+    def crop(self, image: Image.Image) -> Image.Image:
+        """The photo, or its ``box`` region (400 when that region is a few pixels only)."""
+        if self.box is None:
+            return image
+        x0, y0, x1, y1 = (float(part) for part in self.box.split(","))
+        width, height = image.size
+        region = (round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height))
+        if min(region[2] - region[0], region[3] - region[1]) < MIN_BOX_PIXELS:
+            raise InvalidRequest(f"box {self.box} is under {MIN_BOX_PIXELS} pixels of this {width}x{height} photo")
+        return image.crop(region)
+
+
+class RecommendParams(PhotoSearchParams):
     """``POST /v1/recommend``: example item ids besides the search parameters (images come as files)."""
 
     positive: list[Value] = Field(default_factory=list, max_length=50, description="more like these item ids")

@@ -9,7 +9,7 @@ from flask import Blueprint, request
 
 from lookalike.errors import InvalidRequest
 from service.openapi import Operation, documented
-from service.params import FILTER_NOTE, RecommendParams, SearchParams, parse_params, parse_search_params
+from service.params import FILTER_NOTE, PhotoSearchParams, RecommendParams, parse_params
 from service.resources import Resources, get_resources
 from service.schemas import PredictedCategory, RecommendImages, SearchResults
 from service.serialise import results_json
@@ -23,7 +23,7 @@ bp = Blueprint("search", __name__, url_prefix="/v1")
     Operation(
         "Look-alikes of an uploaded photo",
         {200: SearchResults},
-        query=SearchParams,
+        query=PhotoSearchParams,
         upload="required",
         errors=(400, 413, 415, 422, 503),
         description=FILTER_NOTE
@@ -34,10 +34,10 @@ bp = Blueprint("search", __name__, url_prefix="/v1")
 def search_by_upload():
     started = time.perf_counter()
     resources = get_resources()
-    params = parse_search_params(request.values)
+    params = parse_params(PhotoSearchParams, request.values)
     upload = read_upload(resources.settings.max_image_pixels)
     resources.check_collection()
-    (look,) = resources.looks([upload.image])
+    (look,) = resources.looks([params.crop(upload.image)])
     categories, prediction = None, None
     if params.auto_category:
         prediction = predict_category(resources, look.embedding)
@@ -95,7 +95,7 @@ def recommend():
     if params.auto_category:
         raise InvalidRequest("category=auto is for single-photo searches; pass the categories to recommend")
     resources.check_collection()
-    images = [upload.image for upload in (*positive_images, *negative_images)]
+    images = [params.crop(upload.image) for upload in (*positive_images, *negative_images)]
     looks = resources.looks(images) if images else []
     positive = [*params.positive, *looks[: len(positive_images)]]
     negative = [*params.negative, *looks[len(positive_images) :]]

@@ -652,3 +652,26 @@ def test_a_colour_target_moves_the_results_toward_that_colour(client, ingested):
     assert [r["category"] for r in by_photo].count("red_round") >= 1
     bad = client.get("/v1/items/blue_bar-0/similar?colour=rouge")
     assert bad.status_code == 400 and "colour" in bad.get_json()["error"]["message"]
+
+
+def test_a_box_searches_with_that_region_of_the_photo(client, ingested):
+    from PIL import Image
+
+    photo = Image.new("RGB", (128, 48), "white")  # two products side by side
+    photo.paste(draw_item("red_round", 1), (0, 0))
+    photo.paste(draw_item("blue_bar", 1), (64, 0))
+
+    def first_category(box: str) -> str:
+        form = {**upload(photo), "box": box, "k": "1"}
+        response = client.post("/v1/search", data=form, content_type="multipart/form-data")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return response.get_json()["results"][0]["category"]
+
+    assert first_category("0,0,0.5,1") == "red_round"
+    assert first_category("0.5,0,1,1") == "blue_bar"
+    for bad in ("0.5,0,0.4,1", "0,0,1", "a,b,c,d", "0,0,1.5,1", "0,0,0.01,1"):
+        response = client.post("/v1/search", data={**upload(photo), "box": bad}, content_type="multipart/form-data")
+        assert response.status_code == 400, bad
+    recommend = {"positive_image": (io.BytesIO(image_bytes(photo)), "p.jpg"), "box": "0.5,0,1,1", "k": "1"}
+    answer = client.post("/v1/recommend", data=recommend, content_type="multipart/form-data").get_json()
+    assert answer["results"][0]["category"] == "blue_bar"
