@@ -56,6 +56,7 @@ bench: venv
 	$(PY) -m bench.b3_http
 	$(PY) -m bench.b4_coldstart
 	$(PY) -m bench.b5_finetune
+	$(PY) -m bench.b6_queries
 
 # Issue 13's machine figures on whatever DEVICE resolves to (decode rate, forward throughput,
 # fine-tuning the small and large presets, ingest vs decode). --quick checks it on a CPU.
