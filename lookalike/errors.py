@@ -51,6 +51,11 @@ class InvalidRequest(LookalikeError):
     code = "invalid_request"
 
 
+class UnsupportedMediaType(InvalidRequest):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class ItemNotFound(LookalikeError):
     status = 404
     code = "item_not_found"
@@ -79,6 +84,12 @@ class ModelMismatch(StoreError):
 
 class StoreUnavailable(StoreError):
     code = "store_unavailable"
+
+
+class CollectionMissing(StoreUnavailable):
+    """The store answers, but the collection was never built (run ingest, or PUT an item)."""
+
+    code = "collection_missing"
 
 
 class StoreDamaged(StoreError):

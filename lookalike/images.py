@@ -154,6 +154,12 @@ def image_format(data: bytes) -> str:
         return image.format or "unknown"
 
 
+def image_mimetypes() -> tuple[str, ...]:
+    """The MIME types of every accepted format."""
+    Image.init()  # registers every plugin's MIME type
+    return tuple(sorted({Image.MIME[fmt] for fmt in ALLOWED_FORMATS if fmt in Image.MIME}))
+
+
 def image_mimetype(path: Path) -> str | None:
     """The MIME type of an image file judged by its content (never its name), or None when it is
     not an image of an accepted format."""

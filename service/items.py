@@ -14,7 +14,7 @@ from flask import Blueprint, request, send_file
 
 from lookalike.catalogue import ITEM_ID_PATTERN, resolve_inside
 from lookalike.errors import CatalogueError, InvalidRequest, ItemNotFound
-from lookalike.images import image_mimetype
+from lookalike.images import image_mimetype, image_mimetypes
 from lookalike.journal import UploadJournal
 from lookalike.looks import Look
 from lookalike.points import Hit, StoredItem
@@ -31,6 +31,9 @@ from service.uploads import Upload, read_upload
 log = logging.getLogger(__name__)
 bp = Blueprint("items", __name__, url_prefix="/v1/items")
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
+
+#: What the image endpoint answers with: the type of the stored file, by its content.
+IMAGE_TYPES = image_mimetypes()
 
 
 @bp.get("/<item_id>")
@@ -64,7 +67,7 @@ def similar_items(item_id: str):
 
 
 @bp.get("/<item_id>/image")
-@documented(Operation("The item's image file", {}, file_response="image/*", errors=(404, 503)))
+@documented(Operation("The item's image file", {}, file_response=IMAGE_TYPES, errors=(404, 503)))
 def image(item_id: str):
     resources = get_resources()
     item = resources.store.get(item_id)

@@ -39,7 +39,7 @@ class Operation:
     query: type[BaseModel] | None = None
     form: type[BaseModel] | None = None  # multipart fields besides the image
     upload: str | None = None  # "required" or "optional": a multipart `image` field
-    file_response: str | None = None  # media type of a 200 that is a file, e.g. "image/*"
+    file_response: tuple[str, ...] = ()  # media types of a 200 that is a file, e.g. ("image/jpeg", ...)
     json_body: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
     auth: bool = False
@@ -100,7 +100,8 @@ def _operation(operation: Operation, rule, schemas: dict[str, dict]) -> dict[str
         result["requestBody"] = {"required": True, "content": {"application/json": {"schema": body_ref}}}
     if operation.file_response:
         binary = {"schema": {"type": "string", "format": "binary"}}
-        result["responses"]["200"] = {"description": "the file", "content": {operation.file_response: binary}}
+        content = {media_type: binary for media_type in operation.file_response}
+        result["responses"]["200"] = {"description": "the file", "content": content}
     for status, model in operation.responses.items():
         result["responses"][str(status)] = _response("OK" if status < 300 else "", model, schemas)
     for status in operation.errors:
@@ -116,7 +117,7 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     for name, info in model.model_fields.items():
         if name in ("filters", "ranges"):
             continue  # documented in the operation's description: `filter.<field>=<value>`, `filter.<field>.gte=`
-        schema = {k: v for k, v in properties[name].items() if k not in ("title", "description")}
+        schema = {k: v for k, v in _absent_not_null(properties[name]).items() if k not in ("title", "description")}
         parameter = {"name": name, "in": "query", "required": info.is_required(), "schema": schema}
         if info.description:
             parameter["description"] = info.description
@@ -134,12 +135,22 @@ def _multipart(operation: Operation, schemas: dict[str, dict]) -> dict[str, Any]
         required += ["image"] if operation.upload == "required" else []
     if operation.form is not None:
         form_schema = operation.form.model_json_schema(ref_template=REF)
-        properties |= form_schema["properties"]
         required += form_schema.get("required", [])
+        properties |= {name: _absent_not_null(schema) for name, schema in form_schema["properties"].items()}
     schema: dict[str, Any] = {"type": "object", "properties": properties}
     if required:
         schema["required"] = required
     return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+
+
+def _absent_not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional form field or query parameter may be left out, never sent as null: pydantic's
+    ``X | None`` reads "X or null", which generated clients send as the text "None"."""
+    variants = [s for s in schema.get("anyOf", []) if s != {"type": "null"}]
+    if len(variants) == len(schema.get("anyOf", [])):
+        return schema
+    rest = {k: v for k, v in schema.items() if k != "anyOf" and not (k == "default" and v is None)}
+    return {**rest, **variants[0]} if len(variants) == 1 else {**rest, "anyOf": variants}
 
 
 def _response(description: str, model: type[BaseModel], schemas: dict[str, dict]) -> dict[str, Any]:

@@ -63,6 +63,7 @@ def local_tiles(query: str, category: list[str], k: int, settings: Settings) -> 
             hits = store.similar(looks_of(encoder, [original])[0], search_filter, ranking)
             first = Tile(original, ("ORIGINAL", Path(query).name))
         else:
+            _refuse_missing_file(query)
             item = store.get(query)
             hits = store.similar(query, search_filter, ranking)
             first = Tile(_stored_image(settings, item), ("ORIGINAL", item.category, item.id))
@@ -80,16 +81,33 @@ def api_tiles(query: str, category: list[str], k: int, api: str) -> list[Tile]:
             response = client.post("/v1/search", params=params, files={"image": (Path(query).name, data)})
             first = Tile(decode_image(data, 10**9), ("ORIGINAL", Path(query).name))
         else:
+            _refuse_missing_file(query)
             response = client.get(f"/v1/items/{query}/similar", params=params)
-            item = client.get(f"/v1/items/{query}").json()
+            item = _answer(client.get(f"/v1/items/{query}"))
             first = Tile(_fetch(client, item["image_url"]), ("ORIGINAL", item["category"], query))
-        if response.status_code != 200:
-            raise LookalikeError(f"the API answered {response.status_code}: {response.text}")
+        _answer(response)
         tiles = [first]
         for rank, result in enumerate(response.json()["results"], start=1):
             lines = _caption(rank, result["category"], result["score"])
             tiles.append(Tile(_fetch(client, result["image_url"]), lines))
         return tiles
+
+
+def _answer(response: httpx.Response) -> dict:
+    """The JSON of a 200, or the API's own error message."""
+    if response.status_code != 200:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        raise LookalikeError(f"the API answered {response.status_code}: {message}")
+    return response.json()
+
+
+def _refuse_missing_file(query: str) -> None:
+    """A query with a path separator meant a file (item ids hold none): say it is missing."""
+    if "/" in query or "\\" in query:
+        raise LookalikeError(f"{query}: no such file (and not an item id: ids hold no '/')")
 
 
 def _caption(rank: int, category: str, score: float) -> tuple[str, ...]:

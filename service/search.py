@@ -7,7 +7,7 @@ import time
 import numpy as np
 from flask import Blueprint, request
 
-from lookalike.errors import InvalidRequest
+from lookalike.errors import InvalidRequest, UnsupportedMediaType
 from service.openapi import Operation, documented
 from service.params import FILTER_NOTE, PhotoSearchParams, RecommendParams, parse_params
 from service.resources import Resources, get_resources
@@ -87,6 +87,11 @@ POSITIVE_IMAGES, NEGATIVE_IMAGES = "positive_image", "negative_image"
 def recommend():
     started = time.perf_counter()
     resources = get_resources()
+    if request.is_json:  # a JSON body would be silently ignored: say what this takes
+        raise UnsupportedMediaType(
+            "POST /v1/recommend takes multipart/form-data (or a query string): `positive`/`negative` item ids "
+            "and `positive_image`/`negative_image` files, not a JSON body"
+        )
     params = parse_params(RecommendParams, request.values)
     positive_images = read_uploads(POSITIVE_IMAGES, resources.settings.max_image_pixels)
     negative_images = read_uploads(NEGATIVE_IMAGES, resources.settings.max_image_pixels)

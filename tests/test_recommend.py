@@ -38,3 +38,22 @@ def test_contact_sheet_by_id_and_by_file(settings, encoder, catalogue_dir, tmp_p
 
     assert main(["no-such-item", "-o", str(tmp_path / "x.png")]) == 2
     assert "no item with id" in capsys.readouterr().err
+
+
+def test_contact_sheet_through_the_api_says_what_went_wrong(tmp_path, capsys, monkeypatch):
+    import httpx
+
+    from service import recommend
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        error = {"error": {"code": "item_not_found", "message": "no item with id 'nope'"}}
+        return httpx.Response(404, json=error)
+
+    real_client = httpx.Client
+    monkeypatch.setattr(
+        recommend.httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(answer), **kw)
+    )
+    assert main(["nope", "--api", "http://api", "-o", str(tmp_path / "x.png")]) == 2
+    assert "404: no item with id 'nope'" in capsys.readouterr().err
+    assert main(["photos/missing.jpg", "--api", "http://api", "-o", str(tmp_path / "x.png")]) == 2
+    assert "no such file" in capsys.readouterr().err

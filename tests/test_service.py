@@ -238,12 +238,12 @@ def test_health_and_readiness(client, ingested, encoder, store):
 
 def test_not_ready_without_a_collection(client):
     response = client.get("/readyz")
-    assert_error(response, 503, "store_unavailable")
+    assert_error(response, 503, "collection_missing")  # the store answers; only the collection is missing
     assert "python -m ingest" in response.get_json()["error"]["message"]
     assert response.headers["Retry-After"]
     assert client.get("/healthz").status_code == 200
     for path in ("/v1/items/red_round-0/similar", "/v1/items/red_round-0", "/v1/items/red_round-0/image"):
-        assert_error(client.get(path), 503, "store_unavailable")
+        assert_error(client.get(path), 503, "collection_missing")
 
 
 def test_a_collection_of_another_model_is_refused(settings: Settings, store, ingested):
@@ -675,3 +675,9 @@ def test_a_box_searches_with_that_region_of_the_photo(client, ingested):
     recommend = {"positive_image": (io.BytesIO(image_bytes(photo)), "p.jpg"), "box": "0.5,0,1,1", "k": "1"}
     answer = client.post("/v1/recommend", data=recommend, content_type="multipart/form-data").get_json()
     assert answer["results"][0]["category"] == "blue_bar"
+
+
+def test_recommend_with_a_json_body_is_a_415_saying_what_it_takes(client, ingested):
+    response = client.post("/v1/recommend", json={"positive": ["red_round-0"]})
+    assert_error(response, 415, "unsupported_media_type")
+    assert "multipart/form-data" in response.get_json()["error"]["message"]

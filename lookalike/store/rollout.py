@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from lookalike.colour import DIM as COLOUR_DIM
-from lookalike.errors import ModelMismatch, StoreError, StoreUnavailable
+from lookalike.errors import CollectionMissing, ModelMismatch, StoreError
 from lookalike.points import COLOUR, EMBEDDING, LAYOUT, MODEL, payload_indexes
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,8 @@ class CollectionLifecycle(ABC):
             self._delete_collection(collection)
         log.info("collection dropped", extra={"collection": collection})
 
-    def _missing_collection(self) -> StoreUnavailable:
-        return StoreUnavailable(
+    def _missing_collection(self) -> CollectionMissing:
+        return CollectionMissing(
             f"collection {self.collection!r} does not exist yet: run `python -m ingest` "
             "(or add items with PUT /v1/items/<id>)"
         )
