@@ -16,6 +16,7 @@ from apispec import APISpec
 from flask import Blueprint, Flask, current_app
 from pydantic import BaseModel
 
+from service.params import FILTER_PREFIX, RANGE_OPERATORS
 from service.schemas import ErrorResponse
 
 bp = Blueprint("openapi", __name__)
@@ -64,24 +65,58 @@ def build_spec(app: Flask) -> dict[str, Any]:
     )
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     schemas: dict[str, dict] = {}
+    settings = app.extensions["lookalike"].settings
+    deployment = Deployment(settings.protect_reads, tuple(settings.filterable_fields))
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         operation = getattr(app.view_functions[rule.endpoint], "openapi", None)
         if operation is None:
             continue
         path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
         methods = sorted(rule.methods - {"HEAD", "OPTIONS"})
-        spec.path(path=path, operations={m.lower(): _operation(operation, rule, schemas) for m in methods})
+        operations = {m.lower(): _operation(operation, rule, schemas, deployment) for m in methods}
+        spec.path(path=path, operations=operations)
     for name, schema in sorted(schemas.items()):
         spec.components.schema(name, schema)
     return spec.to_dict()
 
 
-def _operation(operation: Operation, rule, schemas: dict[str, dict]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Deployment:
+    """What the document depends on besides the code: who may read, and which fields are filterable."""
+
+    protect_reads: bool
+    filterable_fields: tuple[str, ...]
+
+    def secured(self, operation: Operation, path: str) -> bool:
+        return operation.auth or (self.protect_reads and path.startswith("/v1/"))
+
+    def filter_parameters(self) -> list[dict[str, Any]]:
+        """`filter.<field>` (any of, repeatable) for each filterable field, and the range bounds of
+        numeric ones, as declared parameters a generated client can pass (others work the same)."""
+        parameters = []
+        for entry in self.filterable_fields:
+            name, _, kind = entry.partition(":")
+            text = {"type": "array", "items": {"type": "string"}}
+            parameters.append(
+                {"name": f"{FILTER_PREFIX}{name}", "in": "query", "required": False, "schema": text}
+                | {"style": "form", "explode": True, "description": f"any of these values of `{name}`"}
+            )
+            for bound in RANGE_OPERATORS if kind == "number" else ():
+                parameters.append(
+                    {"name": f"{FILTER_PREFIX}{name}.{bound}", "in": "query", "required": False}
+                    | {"schema": {"type": "number"}, "description": f"`{name}` {bound} this number"}
+                )
+        return parameters
+
+
+def _operation(operation: Operation, rule, schemas: dict[str, dict], deployment: Deployment) -> dict[str, Any]:
     parameters = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in rule.arguments
     ]
     if operation.query is not None:
         parameters += _query_parameters(operation.query)
+        if "filters" in operation.query.model_fields:
+            parameters += deployment.filter_parameters()
     result: dict[str, Any] = {
         "summary": operation.summary,
         "operationId": rule.endpoint.replace(".", "_"),
@@ -106,8 +141,10 @@ def _operation(operation: Operation, rule, schemas: dict[str, dict]) -> dict[str
         result["responses"][str(status)] = _response("OK" if status < 300 else "", model, schemas)
     for status in operation.errors:
         result["responses"][str(status)] = _response(ERROR_TEXT[status], ErrorResponse, schemas)
-    if operation.auth:
-        result["security"] = [{"bearer": []}]
+    secured = deployment.secured(operation, rule.rule)
+    result["security"] = [{"bearer": []}] if secured else []  # an explicit "public" for linters
+    if secured:
+        result["responses"].setdefault("401", _response(ERROR_TEXT[401], ErrorResponse, schemas))
     return result
 
 

@@ -22,8 +22,8 @@ def test_document_is_valid_openapi_and_covers_every_route(app, client):
 def test_search_parameters_come_from_the_validating_model(client):
     document = client.get("/openapi.json").get_json()
     operation = document["paths"]["/v1/items/{item_id}/similar"]["get"]
-    names = {p["name"] for p in operation["parameters"] if p["in"] == "query"}
-    assert names == set(SearchParams.model_fields) - {"filters", "ranges"}  # both in the description
+    names = {p["name"] for p in operation["parameters"] if p["in"] == "query" and not p["name"].startswith("filter.")}
+    assert names == set(SearchParams.model_fields) - {"filters", "ranges"}  # declared per field, below
     k = next(p for p in operation["parameters"] if p["name"] == "k")
     assert (k["schema"]["minimum"], k["schema"]["maximum"], k["schema"]["default"]) == (1, 100, 4)
     assert "filter.<field>" in operation["description"]
@@ -56,3 +56,26 @@ def test_the_image_endpoint_lists_its_real_media_types(client):
     document = client.get("/openapi.json").get_json()
     content = document["paths"]["/v1/items/{item_id}/image"]["get"]["responses"]["200"]["content"]
     assert {"image/jpeg", "image/png", "image/webp"} <= set(content) and "image/*" not in content
+
+
+def test_filters_of_the_filterable_fields_and_read_security_are_declared(settings, encoder, store, ingested):
+    from service import create_app
+
+    numeric = settings.model_copy(update={"filterable_fields": ["colour", "price:number"], "protect_reads": True})
+    app = create_app(numeric, encoder=encoder, store=store)
+    try:
+        document = app.test_client().get("/openapi.json").get_json()
+    finally:
+        app.extensions["lookalike"].inference.close()
+    validate(document)
+    similar = document["paths"]["/v1/items/{item_id}/similar"]["get"]
+    declared = {p["name"]: p for p in similar["parameters"]}
+    assert declared["filter.colour"]["schema"] == {"type": "array", "items": {"type": "string"}}
+    assert declared["filter.price.gte"]["schema"] == {"type": "number"} and "filter.colour.gte" not in declared
+    assert similar["security"] == [{"bearer": []}] and "401" in similar["responses"]  # reads need the key
+    assert document["paths"]["/healthz"]["get"]["security"] == []  # public, and says so
+
+
+def test_reads_are_public_in_the_document_unless_protected(client):
+    document = client.get("/openapi.json").get_json()
+    assert document["paths"]["/v1/items/{item_id}/similar"]["get"]["security"] == []
