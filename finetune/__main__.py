@@ -19,7 +19,7 @@ from finetune.data import LABELS, catalogue_fingerprint, split_by_holdout
 from finetune.run import TrainingConfig, fine_tune
 from lookalike.catalogue import read_catalogue
 from lookalike.checkpoint import RESUME_FILE, is_complete
-from lookalike.cli import float_range, int_range, positive_float
+from lookalike.cli import description, float_range, int_range, positive_float, program
 from lookalike.device import resolve_device
 from lookalike.errors import CatalogueError, LookalikeError
 from lookalike.logs import configure_logging
@@ -58,7 +58,7 @@ OPTIONS = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m finetune", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program("finetune"), description=description(__doc__))
     parser.add_argument("catalogue", nargs="?", type=Path, help="catalogue folder or manifest (default CATALOGUE_DIR)")
     parser.add_argument(
         "--preset",
@@ -71,7 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, help="checkpoint directory (default models/<model>-<catalogue hash>)")
     parser.add_argument("--force", action="store_true", help="train even if the output holds a finished checkpoint")
     for field, kind, meaning in OPTIONS:
-        parser.add_argument(f"--{field.replace('_', '-')}", type=kind, dest=field, help=meaning)
+        recipes = ", ".join(f"{name} {getattr(config, field)}" for name, (_, config) in sorted(PRESETS.items()))
+        help_text = f"{meaning} (default: the preset's; {recipes})"
+        parser.add_argument(f"--{field.replace('_', '-')}", type=kind, dest=field, help=help_text)
     parser.add_argument(
         "--label",
         choices=LABELS,
@@ -83,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="train without the leave-categories-out protocol's held-out categories (see finetune.evaluate)",
     )
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     parser.add_argument(
         "--print-checkpoint", action="store_true", help="print only the checkpoint path on stdout (for scripts)"
     )

@@ -24,7 +24,7 @@ from PIL import Image
 from finetune.data import LABELS, ImageCache, label_of, split_by_holdout, split_catalogue
 from lookalike.catalogue import read_catalogue
 from lookalike.checkpoint import read_base_source, read_classes, read_info
-from lookalike.cli import float_list
+from lookalike.cli import description, float_list, program
 from lookalike.colour import colour_histogram
 from lookalike.encoder import CategoryClassifier, ImageEncoder, load_visual
 from lookalike.errors import LookalikeError, ModelLoadError
@@ -182,7 +182,7 @@ def untuned_encoder(source: ModelSource) -> ImageEncoder:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m finetune.evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program("finetune.evaluate"), description=description(__doc__))
     parser.add_argument("catalogue", nargs="?", type=Path, help="catalogue (default CATALOGUE_DIR)")
     parser.add_argument("--checkpoint", type=Path, help="fine-tuned checkpoint (default MODEL_CHECKPOINT)")
     parser.add_argument("--no-colour", action="store_true", help="leave out the colour-histogram baseline")

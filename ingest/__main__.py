@@ -16,7 +16,7 @@ from ingest.quality import calibrate_collection, quality_advice
 from ingest.report import ErrorReport
 from lookalike.backup import backup, restore
 from lookalike.catalogue import Shard, read_catalogue, take_shard
-from lookalike.cli import int_range
+from lookalike.cli import description, int_range, program
 from lookalike.device import default_workers
 from lookalike.encoder import ImageEncoder
 from lookalike.errors import LookalikeError
@@ -30,7 +30,7 @@ log = logging.getLogger("ingest")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ingest", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program("ingest"), description=description(__doc__))
     parser.add_argument(
         "catalogue",
         nargs="?",

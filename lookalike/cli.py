@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 from collections.abc import Callable
 
 
@@ -30,6 +32,18 @@ def _number(kind: type, minimum: float | None, maximum: float | None, exclusive_
 
     parse.__name__ = kind.__name__  # argparse names the type in its "invalid ... value" message
     return parse
+
+
+def program(module: str) -> str:
+    """The name a command was run by, for its usage line: ``lookalike-ingest`` as a console script,
+    ``python -m ingest`` as a module."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return f"python -m {module}" if name in ("", "__main__.py", "-c") or name.endswith(".py") else name
+
+
+def description(docstring: str | None) -> str:
+    """A module docstring's first line as help text: without reST's double backquotes."""
+    return (docstring or "").strip().splitlines()[0].replace("``", "")
 
 
 def int_range(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:

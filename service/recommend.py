@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from lookalike.cli import description, program
 from lookalike.encoder import ImageEncoder
 from lookalike.errors import LookalikeError
 from lookalike.images import decode_image, read_bytes
@@ -136,7 +137,7 @@ def _fetch(client: httpx.Client, url: str) -> Image.Image:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.recommend", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program("service.recommend"), description=description(__doc__))
     parser.add_argument("query", help="an image file, or the id of a catalogue item")
     parser.add_argument("--category", action="append", default=[], help="only this category (repeatable)")
     parser.add_argument("-k", type=int, default=4, help="number of recommendations (default 4)")
