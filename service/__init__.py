@@ -50,7 +50,7 @@ def create_app(
         CORS(app, origins=settings.cors_origins, expose_headers=[REQUEST_ID_HEADER])
     register_error_handlers(app)
     protect_reads(app)
-    for blueprint in (search.bp, items.bp, batch.bp, browse.bp, health.bp, page.bp, openapi.bp):
+    for blueprint in (search.bp, items.bp, batch.bp, browse.bp, health.bp, page.bp, openapi.bp, openapi.docs_bp):
         app.register_blueprint(blueprint)
     problem: StoreError | None = ready_error(resources, thorough=True)
     if problem is not None:

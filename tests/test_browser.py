@@ -98,3 +98,20 @@ def test_the_colour_picker_searches_like_this_but_in_that_colour(page, live_url)
     page.wait_for_timeout(300)
     last = [url for url in requests if "/similar?" in url][-1]
     assert "colour=%231ec83c" in last and "colour_weight=0.2" in last
+
+
+def test_the_api_docs_render_with_every_other_host_blocked(page, live_url):
+    blocked: list[str] = []
+
+    def only_the_service(route):
+        if route.request.url.startswith(live_url):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_service)
+    page.goto(f"{live_url}/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("lookalike")
+    expect(page.locator(".opblock-summary-path").first).to_be_visible()
+    assert blocked == []  # it asked for nothing elsewhere
