@@ -105,9 +105,11 @@ class Settings(BaseSettings):
     protect_reads: bool = False
     #: Origins allowed to call the API from a browser (comma-separated); empty = no CORS headers.
     cors_origins: Annotated[list[str], NoDecode] = []
+    #: Metadata fields the web page shows on each result tile (comma-separated), e.g. brand,price.
+    display_fields: Annotated[list[str], NoDecode] = []
     log_level: str = "INFO"
 
-    @field_validator("filterable_fields", "cors_origins", mode="before")
+    @field_validator("filterable_fields", "cors_origins", "display_fields", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):

@@ -28,5 +28,6 @@ def index():
         model=resources.encoder.identity,
         has_head=resources.encoder.classifier is not None,
         colour_weight=resources.colour_weight,
+        display_fields=",".join(resources.settings.display_fields),
     )
     return page, 200, {"Content-Security-Policy": PAGE_CSP}

@@ -98,6 +98,7 @@ def settings(tmp_path: Path, catalogue_dir: Path, engine: str) -> Settings:
         decode_workers=0,
         api_key=API_KEY,
         filterable_fields=["colour"],
+        display_fields=["colour"],
     )
 
 

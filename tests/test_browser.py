@@ -49,6 +49,8 @@ def test_upload_then_click_a_result(page, live_url, tmp_path):
     assert page.locator("#results li .score").first.inner_text().startswith("score ")
 
     clicked = results.nth(2).get_attribute("data-id")
+    assert results.nth(2).locator(".id").inner_text() == clicked
+    assert results.nth(2).locator(".field").inner_text().startswith("colour: ")  # DISPLAY_FIELDS=colour
     results.nth(2).locator("img").click()
     # Web-first assertions (no script evaluated in the page: its CSP forbids eval).
     expect(page.locator("#query-caption")).to_have_text(re.compile("^" + re.escape(clicked)))
@@ -70,6 +72,8 @@ def test_category_filter_and_errors_are_shown(page, live_url, tmp_path):
     page.set_input_files("#file", str(not_an_image))
     page.locator("#error").wait_for(state="visible")
     assert "not an image" in page.inner_text("#error")
+    expect(page.locator("#results li")).to_have_count(0)  # no stale results under the error
+    expect(page.locator("#query")).to_be_hidden()
 
 
 def test_colour_slider_reruns_the_search_with_its_weight(page, live_url):
@@ -115,3 +119,29 @@ def test_the_api_docs_render_with_every_other_host_blocked(page, live_url):
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("lookalike")
     expect(page.locator(".opblock-summary-path").first).to_be_visible()
     assert blocked == []  # it asked for nothing elsewhere
+
+
+def test_keyboard_only_reaches_a_result_and_opens_its_look_alikes(page, live_url):
+    page.goto(live_url)
+    page.click("#random")
+    page.locator("#results li").first.wait_for()
+    page.locator("#random").focus()
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if page.locator("#results .tile:focus").count():
+            break
+    focused = page.locator("#results .tile:focus")
+    expect(focused).to_have_count(1)
+    chosen = page.locator("#results li:has(.tile:focus)").get_attribute("data-id")
+    page.keyboard.press("Enter")
+    expect(page.locator("#query-caption")).to_have_text(re.compile("^" + re.escape(chosen)))
+
+
+def test_the_page_fits_a_phone_without_horizontal_scrolling(page, live_url):
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(live_url)
+    page.click("#random")
+    page.locator("#results li").nth(3).wait_for()
+    for selector in ("header", "#controls > *", "#query", "#results li"):
+        for box in (element.bounding_box() for element in page.locator(selector).all()):
+            assert box is None or box["x"] + box["width"] <= 390, (selector, box)

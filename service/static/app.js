@@ -3,6 +3,8 @@
 
 const $ = (id) => document.getElementById(id);
 const hasHead = document.body.dataset.hasHead === "true";
+const displayFields = (document.body.dataset.displayFields || "").split(",").filter(Boolean);
+const SCORE_MEANING = "similarity: 1 = looks identical; (1 - colour weight) x shape + colour weight x colour";
 
 let lastSearch = null;  // re-run when a control changes
 
@@ -11,7 +13,20 @@ function params() {
   if ($("category").value) query.append("category", $("category").value);
   if ($("per-product").checked) query.append("group_by", "product_id");
   if ($("in-colour").checked) query.append("colour", $("target-colour").value);
+  if ($("hide-duplicates").checked) query.append("hide_duplicates", "true");
   return query;
+}
+
+function line(className, text) {
+  const element = document.createElement("div");
+  element.className = className;
+  element.textContent = text;
+  return element;
+}
+
+function clearResults() {  // a failed search leaves no stale query or results under its error
+  $("query").hidden = true;
+  $("results").replaceChildren();
 }
 
 function showError(message) {
@@ -42,18 +57,23 @@ function showResults(body) {
   for (const result of body.results) {
     const item = document.createElement("li");
     item.dataset.id = result.id;
+    const tile = document.createElement("button");  // reachable by Tab, opened with Enter or Space
+    tile.type = "button";
+    tile.className = "tile";
+    tile.title = `look-alikes of ${result.id}`;
     const image = document.createElement("img");
     image.src = result.image_url;
     image.alt = result.id;
-    image.title = "search from this item";
-    image.addEventListener("click", () => searchById(result.id, result.image_url, result.category));
-    const category = document.createElement("div");
-    category.className = "category";
-    category.textContent = result.category;
-    const score = document.createElement("div");
-    score.className = "score";
-    score.textContent = `score ${result.score.toFixed(3)}`;
-    item.append(image, category, score);
+    tile.append(image, line("category", result.category), line("id", result.id));
+    if (result.product_id && result.product_id !== result.id) tile.append(line("product", `product ${result.product_id}`));
+    for (const field of displayFields) {
+      if (result.metadata && result.metadata[field] !== undefined) tile.append(line("field", `${field}: ${result.metadata[field]}`));
+    }
+    const score = line("score", `score ${result.score.toFixed(3)}`);
+    score.title = SCORE_MEANING;
+    tile.append(score);
+    tile.addEventListener("click", () => searchById(result.id, result.image_url, result.category));
+    item.append(tile);
     list.append(item);
   }
   let status = `${body.results.length} results in ${body.took_ms} ms`;
@@ -76,6 +96,7 @@ async function run(task) {
   } catch (error) {
     if (mine !== latest) return;
     $("status").textContent = "";
+    clearResults();
     showError(error.message);
   }
 }
@@ -134,7 +155,7 @@ $("in-colour").addEventListener("change", () => {  // a colour target needs some
     $("colour-value").textContent = "0.5";
   }
 });
-for (const control of ["colour", "per-product", "category", "k", "in-colour", "target-colour"]) {
+for (const control of ["colour", "per-product", "category", "k", "in-colour", "target-colour", "hide-duplicates"]) {
   $(control).addEventListener("change", () => { if (lastSearch) lastSearch(); });
 }
 if (!hasHead) $("category").title = "category=auto needs a fine-tuned checkpoint";
