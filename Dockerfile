@@ -1,6 +1,6 @@
 # CPU-only image for the API and the ingest worker. No catalogue data or model weights inside:
 # mount them (see docker-compose.yml).
-FROM python:3.11-slim
+FROM python:3.11.13-slim-bookworm
 
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # CPU wheels of the pinned torch first, so requirements.txt finds them satisfied (no CUDA download).

@@ -92,6 +92,8 @@ class ImageEncoder:
         self.preprocess = preprocess
         self.classifier = classifier
         self.dim = int(self._probe_dim())
+        #: Untrained weights (no MODEL_PRETRAINED, no checkpoint): /readyz and the page say so.
+        self.random_weights = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ImageEncoder:
@@ -102,6 +104,7 @@ class ImageEncoder:
         classifier = CategoryClassifier.load(settings.model_checkpoint) if settings.model_checkpoint else None
         placement = inference_placement(settings.device, settings.precision)
         encoder = cls(visual, preprocess, source.label, classifier, placement)
+        encoder.random_weights = source.random_init
         if source.random_init:
             log.warning(
                 "encoder has RANDOM weights (MODEL_PRETRAINED is empty): results show the pipeline, "

@@ -38,5 +38,6 @@ def readyz():
         "device": str(resources.encoder.placement.device),
         "precision": resources.encoder.placement.precision,
         "colour_weight": resources.colour_weight,
+        "random_weights": resources.encoder.random_weights,
         "calibration": resources.calibration.to_metadata() if resources.calibration else None,
     }

@@ -29,5 +29,6 @@ def index():
         has_head=resources.encoder.classifier is not None,
         colour_weight=resources.colour_weight,
         display_fields=",".join(resources.settings.display_fields),
+        random_weights=resources.encoder.random_weights,
     )
     return page, 200, {"Content-Security-Policy": PAGE_CSP}

@@ -122,6 +122,10 @@ class Ready(BaseModel):
     device: str = Field(description="where the encoder runs, e.g. cpu or cuda:0 (DEVICE)")
     precision: str = Field(description="the encoder's precision there: fp32 or bf16 (PRECISION)")
     colour_weight: float = Field(description="the colour weight of searches that give none")
+    random_weights: bool = Field(
+        description="true: the encoder has untrained weights (no MODEL_PRETRAINED, no MODEL_CHECKPOINT), so "
+        "results show the pipeline, not visual similarity"
+    )
     calibration: Calibration | None = Field(
         None, description="the weights measured on this collection by ingest (null: not calibrated)"
     )

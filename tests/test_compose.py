@@ -24,14 +24,18 @@ def test_services_and_their_wiring():
     services = compose()["services"]
     assert set(services) >= {"qdrant", "api", "ingest"}
     assert services["qdrant"]["image"].startswith("qdrant/qdrant:v")  # pinned tag, not latest
-    assert "6333:6333" in services["qdrant"]["ports"]
+    assert services["qdrant"]["ports"] == ["127.0.0.1:6333:6333"]  # never on every interface by default
     assert services["qdrant"]["healthcheck"]["test"]
     assert services["api"]["depends_on"]["qdrant"]["condition"] == "service_healthy"
     assert "ports" not in services["api"]  # only through the buffering proxy
     assert services["proxy"]["image"].startswith("nginx:1.") and "8000:8080" in services["proxy"]["ports"]
     assert services["api"]["environment"]["QDRANT_URL"] == "http://qdrant:6333"
     assert services["ingest"]["profiles"] == ["ingest"]
-    assert services["ingest"]["command"][:3] == ["python", "-m", "ingest"]
+    assert services["ingest"]["entrypoint"][:3] == ["python", "-m", "ingest"]  # `run ingest --reindex` appends
+    assert services["ingest"]["healthcheck"] == {"disable": True}
+    assert services["api"]["environment"]["MODEL_PRETRAINED"].endswith("-laion2b_s34b_b79k}")  # real weights
+    assert "${MODELS_HOST_DIR:-./models}:/app/models:ro" in services["api"]["volumes"]  # models/<dir> as on the host
+    assert "FROM python:3.11.13-slim-bookworm" in (ROOT / "Dockerfile").read_text()  # a pinned base image
 
 
 def test_the_proxy_buffers_slow_clients_with_timeouts():

@@ -232,8 +232,10 @@ def test_health_and_readiness(client, ingested, encoder, store):
         "device": "cpu",
         "precision": "fp32",
         "colour_weight": 0.2,  # COLOUR_WEIGHT's default: this collection was never calibrated
+        "random_weights": True,  # the tests' tiny model is random-init, and says so
         "calibration": None,
     }
+    assert b"untrained (random)" in client.get("/").data  # the page says so too
 
 
 def test_not_ready_without_a_collection(client):
