@@ -43,7 +43,7 @@ def create_app(
     app.json.sort_keys = False
     store = store or VectorStore.from_settings(settings)  # first: a locked store fails before the model loads
     inference = InferenceThread(encoder or (lambda: ImageEncoder.from_settings(settings)), settings.batch_size or 32)
-    metrics = init_observability(app, lambda: _item_count(resources))
+    metrics = init_observability(app, lambda: _item_count(resources), lambda: _encoder_labels(resources))
     resources = Resources(settings, store, metrics, inference)
     app.extensions[EXTENSION_KEY] = resources
     if settings.cors_origins:
@@ -56,6 +56,18 @@ def create_app(
     if problem is not None:
         log.warning("not ready yet", extra={"code": problem.code, "reason": problem.message})
     return app
+
+
+def _encoder_labels(resources: Resources) -> dict[str, str]:
+    encoder = resources.encoder
+    placement = encoder.placement
+    random = str(encoder.random_weights).lower()
+    return {
+        "model": encoder.identity,
+        "device": str(placement.device),
+        "precision": placement.precision,
+        "random_weights": random,
+    }
 
 
 def _item_count(resources: Resources) -> float:

@@ -42,7 +42,7 @@ def similar_batch():
     needed = [q.id for q in batch.queries if q.auto_category or q.hide_duplicates]
     known = resources.store.get_many(needed) if needed else {}
     queries = [_similar_query(resources, query, known) for query in batch.queries]
-    with resources.metrics.search.time():
+    with resources.metrics.searching("batch", queries[0].ranking):  # the ranking of the first entry
         answers = resources.store.similar_many(queries)
     entries = [_entry(query.id, answer, started) for query, answer in zip(batch.queries, answers, strict=True)]
     took_ms = round((time.perf_counter() - started) * 1000, 2)

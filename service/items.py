@@ -61,8 +61,9 @@ def similar_items(item_id: str):
     item = resources.store.get(item_id) if params.auto_category or params.hide_duplicates else None
     categories = [item.category] if item and params.auto_category else None
     search_filter = params.search_filter(categories, [item.sha256] if item else [])
-    with resources.metrics.search.time():
-        hits = resources.store.similar(item_id, search_filter, params.ranking(resources.colour_weight))
+    ranking = params.ranking(resources.colour_weight)
+    with resources.metrics.searching("by_id", ranking):
+        hits = resources.store.similar(item_id, search_filter, ranking)
     return results_json(hits, started)
 
 
@@ -99,7 +100,7 @@ def put_item(item_id: str):
     encoder, store = resources.encoder, resources.store
     store.ensure_collection(encoder.dim, encoder.identity, resources.settings.filterable_fields)
     existed = bool(store.get_many([item_id]))
-    (look,) = resources.looks([upload.image])
+    (look,) = resources.looks([upload.image], "put")
     duplicate = _look_alike(resources, item_id, look)
     item = StoredItem(
         item_id,

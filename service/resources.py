@@ -48,9 +48,9 @@ class Resources:
         """The model, for its identity, dimension and head; forward passes go through `looks`."""
         return self.inference.encoder
 
-    def looks(self, images: list[Image.Image]) -> list[Look]:
-        """Embed and colour-describe photos (timed), on the inference thread."""
-        with self.metrics.encode.time():
+    def looks(self, images: list[Image.Image], kind: str) -> list[Look]:
+        """Embed and colour-describe photos (timed as ``kind`` of request), on the inference thread."""
+        with self.metrics.encode.labels(kind).time():
             return self.inference.looks(images)
 
     def check_collection(self, *, force: bool = False) -> None:

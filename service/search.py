@@ -37,15 +37,16 @@ def search_by_upload():
     params = parse_params(PhotoSearchParams, request.values)
     upload = read_upload(resources.settings.max_image_pixels)
     resources.check_collection()
-    (look,) = resources.looks([params.crop(upload.image)])
+    (look,) = resources.looks([params.crop(upload.image)], "upload")
     categories, prediction = None, None
     if params.auto_category:
         prediction = predict_category(resources, look.embedding)
         categories = [prediction.category] if prediction.applied else []
-    with resources.metrics.search.time():
+    ranking = params.ranking(resources.colour_weight)
+    with resources.metrics.searching("upload", ranking):
         query_sha256s = [upload.sha256] if params.hide_duplicates else []  # hash only when asked
         search_filter = params.search_filter(categories, query_sha256s)
-        hits = resources.store.similar(look, search_filter, params.ranking(resources.colour_weight))
+        hits = resources.store.similar(look, search_filter, ranking)
     return results_json(hits, started, prediction)
 
 
@@ -101,7 +102,7 @@ def recommend():
         raise InvalidRequest("category=auto is for single-photo searches; pass the categories to recommend")
     resources.check_collection()
     images = [params.crop(upload.image) for upload in (*positive_images, *negative_images)]
-    looks = resources.looks(images) if images else []
+    looks = resources.looks(images, "recommend") if images else []
     positive = [*params.positive, *looks[: len(positive_images)]]
     negative = [*params.negative, *looks[len(positive_images) :]]
     ranking = params.ranking(resources.colour_weight)
@@ -109,6 +110,6 @@ def recommend():
     if params.hide_duplicates:  # the bytes of every example, stored or uploaded
         hidden = [item.sha256 for item in resources.store.get_many([*params.positive, *params.negative]).values()]
         hidden += [upload.sha256 for upload in (*positive_images, *negative_images)]
-    with resources.metrics.search.time():
+    with resources.metrics.searching("recommend", ranking):
         hits = resources.store.recommend(positive, negative, params.search_filter(None, hidden), ranking)
     return results_json(hits, started)

@@ -338,9 +338,13 @@ def test_metrics_expose_latency_status_timings_and_size(client, ingested):
         in text
     )
     assert 'flask_http_request_total{method="GET",status="404"} 1.0' in text
-    assert "lookalike_encode_seconds_count 1.0" in text
-    assert "lookalike_search_seconds_count 2.0" in text
+    assert 'lookalike_encode_seconds_count{kind="upload"} 1.0' in text
+    assert 'lookalike_search_seconds_count{kind="by_id",ranking="fused"} 1.0' in text  # COLOUR_WEIGHT 0.2
+    assert 'lookalike_search_seconds_count{kind="upload",ranking="fused"} 1.0' in text
     assert "lookalike_collection_items 12.0" in text
+    assert 'lookalike_encoder_info{device="cpu",model="' in text and 'random_weights="true"} 1.0' in text
+    client.get("/no/such/route")
+    assert 'endpoint="None"' not in client.get("/metrics").get_data(as_text=True)
 
 
 def test_cors_headers_only_for_configured_origins(settings, encoder, store, ingested):
@@ -543,9 +547,10 @@ def test_metrics_in_multiprocess_mode_come_from_the_shared_files(tmp_path):
         'flask_http_request_duration_seconds_count{endpoint="items.similar_items",method="GET",status="200"} 1.0'
         in text
     )
-    assert "lookalike_encode_seconds_count 1.0" in text
-    assert "lookalike_search_seconds_count 2.0" in text
+    assert 'lookalike_encode_seconds_count{kind="upload"} 1.0' in text
+    assert 'lookalike_search_seconds_count{kind="by_id",ranking="fused"} 1.0' in text
     assert "\nlookalike_collection_items 1.0\n" in text
+    assert 'lookalike_encoder_info{device="cpu"' in text
     assert any(shared.iterdir())  # values live in the shared files
 
 
