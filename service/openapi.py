@@ -63,6 +63,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
         version="1",
         openapi_version="3.1.0",
         info={"description": "Visual product recommendations: catalogue items that look alike."},
+        servers=[{"url": "/", "description": "this service (the document is served by it)"}],
     )
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     schemas: dict[str, dict] = {}

@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
+from werkzeug.serving import make_server
 
 from lookalike.encoder import ImageEncoder
 from lookalike.images import sha256_hex
@@ -166,3 +168,14 @@ def ingested(encoder, store, catalogue_dir):
     store.ensure_collection(encoder.dim, encoder.identity, ["colour"])
     store.upsert(items, looks_of(encoder, images))
     return store
+
+
+@pytest.fixture
+def live_url(app, ingested) -> Iterator[str]:
+    """The app with the generated catalogue, served over HTTP on loopback (browsers, generated clients)."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join()

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import re
 import shutil
-import threading
 
 import pytest
 from playwright.sync_api import expect
-from werkzeug.serving import make_server
 
 from tests.conftest import draw_item
 
@@ -24,16 +22,6 @@ def browser_type_launch_args():
         "executable_path": CHROMIUM,
         "args": ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
     }
-
-
-@pytest.fixture
-def live_url(app, ingested):
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
 
 
 def test_upload_then_click_a_result(page, live_url, tmp_path):
