@@ -123,9 +123,11 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
         prune=args.prune,
         progress=not args.no_progress,
         index_duplicates=not args.skip_duplicates,
-        near_duplicates=NearDuplicateRule.from_settings(settings),
+        near_duplicates=None if encoder.random_weights else NearDuplicateRule.from_settings(settings),
         filterable_fields=settings.filterable_fields,
     )
+    if encoder.random_weights and NearDuplicateRule.from_settings(settings) is not None:
+        print("near-duplicate check skipped: an encoder with random weights finds unrelated photos alike")
     try:
         if args.reindex:
             summary = reindex(catalogue, journal, encoder, store, report, options, drop_old=args.drop_old)

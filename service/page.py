@@ -30,5 +30,6 @@ def index():
         colour_weight=resources.colour_weight,
         display_fields=",".join(resources.settings.display_fields),
         random_weights=resources.encoder.random_weights,
+        protect_reads=resources.settings.protect_reads,
     )
     return page, 200, {"Content-Security-Policy": PAGE_CSP}

@@ -133,3 +133,29 @@ def test_the_page_fits_a_phone_without_horizontal_scrolling(page, live_url):
     for selector in ("header", "#controls > *", "#query", "#results li"):
         for box in (element.bounding_box() for element in page.locator(selector).all()):
             assert box is None or box["x"] + box["width"] <= 390, (selector, box)
+
+
+def test_with_protect_reads_the_page_asks_for_the_key_and_then_works(page, settings, encoder, store, ingested):
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from service import create_app
+    from tests.conftest import API_KEY
+
+    app = create_app(settings.model_copy(update={"protect_reads": True}), encoder=encoder, store=store)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page.goto(f"http://127.0.0.1:{server.server_port}")
+        page.locator("#error").wait_for(state="visible")  # without the key: 401, shown in words
+        page.fill("#api-key", API_KEY)
+        page.locator("#api-key").dispatch_event("change")
+        page.click("#random")
+        page.locator("#results li").first.wait_for()
+        expect(page.locator("#error")).to_be_hidden()
+        first = page.locator("#results li img").first
+        expect(first).to_have_attribute("src", re.compile("^blob:"))  # fetched with the key
+    finally:
+        server.shutdown()
+        app.extensions["lookalike"].inference.close()

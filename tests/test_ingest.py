@@ -157,6 +157,7 @@ def test_cli_prints_summary_and_writes_report(settings: Settings, monkeypatch, c
         monkeypatch.setenv(name, value)
     assert ingest_main(["--no-progress"]) == 0
     out = capsys.readouterr().out
+    assert "near-duplicate check skipped: an encoder with random weights" in out  # TEST_MODEL is random-init
     assert "ingested=12 skipped=0 updated=0 failed=1 pruned=0 duplicates=0 near_duplicates=0" in out
     assert "items=12" in out
     assert len(report_lines(settings.ingest_error_report)) == 1

@@ -4,6 +4,19 @@
 const $ = (id) => document.getElementById(id);
 const hasHead = document.body.dataset.hasHead === "true";
 const displayFields = (document.body.dataset.displayFields || "").split(",").filter(Boolean);
+const protectReads = document.body.dataset.protectReads === "true";
+const KEY_STORAGE = "lookalike-api-key";  // this tab only (sessionStorage)
+
+function authHeaders() {
+  const key = sessionStorage.getItem(KEY_STORAGE);
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+async function showImage(image, url) {  // with PROTECT_READS an <img> cannot send the key: fetch it
+  if (!protectReads) { image.src = url; return; }
+  const response = await fetch(url, { headers: authHeaders() });
+  if (response.ok) image.src = URL.createObjectURL(await response.blob());
+}
 const SCORE_MEANING = "similarity: 1 = looks identical; (1 - colour weight) x shape + colour weight x colour";
 
 let lastSearch = null;  // re-run when a control changes
@@ -35,7 +48,7 @@ function showError(message) {
 }
 
 async function callApi(url, options) {
-  const response = await fetch(url, options);
+  const response = await fetch(url, { ...options, headers: { ...(options && options.headers), ...authHeaders() } });
   let body = null;
   try { body = await response.json(); } catch (e) { /* not JSON */ }
   if (!response.ok) {
@@ -47,7 +60,8 @@ async function callApi(url, options) {
 
 function showQuery(src, caption) {
   $("query").hidden = false;
-  $("query-image").src = src;
+  if (src.startsWith("blob:")) $("query-image").src = src;
+  else showImage($("query-image"), src);
   $("query-caption").textContent = caption;
 }
 
@@ -62,7 +76,7 @@ function showResults(body) {
     tile.className = "tile";
     tile.title = `look-alikes of ${result.id}`;
     const image = document.createElement("img");
-    image.src = result.image_url;
+    showImage(image, result.image_url);
     image.alt = result.id;
     tile.append(image, line("category", result.category), line("id", result.id));
     if (result.product_id && result.product_id !== result.id) tile.append(line("product", `product ${result.product_id}`));
@@ -122,8 +136,10 @@ function searchByUpload(file) {
 async function loadCategories() {
   try {
     const body = await callApi("/v1/categories");
+    for (const loaded of $("category").querySelectorAll("option[data-loaded]")) loaded.remove();
     for (const { name, count } of body.categories) {
       const option = new Option(`${name} (${count})`, name);
+      option.dataset.loaded = "true";
       $("category").append(option);
     }
   } catch (error) {
@@ -159,4 +175,13 @@ for (const control of ["colour", "per-product", "category", "k", "in-colour", "t
   $(control).addEventListener("change", () => { if (lastSearch) lastSearch(); });
 }
 if (!hasHead) $("category").title = "category=auto needs a fine-tuned checkpoint";
+if (protectReads) {
+  $("api-key").value = sessionStorage.getItem(KEY_STORAGE) || "";
+  $("api-key").addEventListener("change", () => {
+    sessionStorage.setItem(KEY_STORAGE, $("api-key").value);
+    showError("");
+    loadCategories();
+    if (lastSearch) lastSearch();
+  });
+}
 loadCategories();
