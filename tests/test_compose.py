@@ -34,6 +34,9 @@ def test_services_and_their_wiring():
     assert services["ingest"]["entrypoint"][:3] == ["python", "-m", "ingest"]  # `run ingest --reindex` appends
     assert services["ingest"]["healthcheck"] == {"disable": True}
     assert services["api"]["environment"]["MODEL_PRETRAINED"].endswith("-laion2b_s34b_b79k}")  # real weights
+    assert (
+        services["api"]["environment"]["HF_HOME"] == "/data/hf-cache" and "app-data:/data" in services["api"]["volumes"]
+    )
     assert "${MODELS_HOST_DIR:-./models}:/app/models:ro" in services["api"]["volumes"]  # models/<dir> as on the host
     assert "FROM python:3.11.13-slim-bookworm" in (ROOT / "Dockerfile").read_text()  # a pinned base image
 
@@ -80,7 +83,9 @@ def test_cluster_profile_runs_qdrant_in_distributed_mode():
     shutil.which("docker-compose") is None,
     reason="docker-compose not installed: `make test` installs Debian's docker-compose (validates without a daemon)",
 )
-@pytest.mark.parametrize("profile", [[], ["--profile", "cluster"]], ids=["default", "cluster"])
+@pytest.mark.parametrize(
+    "profile", [[], ["--profile", "ingest"], ["--profile", "cluster"]], ids=["default", "ingest", "cluster"]
+)
 def test_docker_compose_validates_the_file(profile):
     result = subprocess.run(
         ["docker-compose", *profile, "config", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=60
