@@ -7,6 +7,8 @@ distributions properly. Used as the evaluation baseline and as a colour signal f
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image, ImageColor
 
@@ -15,10 +17,13 @@ DIM = BINS**3
 THUMBNAIL = 64
 
 
+@functools.lru_cache(maxsize=256)  # per query otherwise; read-only so no caller can change the cached one
 def colour_of(name: str) -> np.ndarray:
     """The colour vector of a colour given as ``#rrggbb`` or a CSS name, built as an item's is
     (the histogram of a photo of that colour alone). ValueError for an unknown colour."""
-    return colour_histogram(Image.new("RGB", (THUMBNAIL, THUMBNAIL), ImageColor.getrgb(name)))
+    vector = colour_histogram(Image.new("RGB", (THUMBNAIL, THUMBNAIL), ImageColor.getrgb(name)))
+    vector.setflags(write=False)
+    return vector
 
 
 def recoloured(colour: np.ndarray, name: str) -> np.ndarray:
