@@ -150,7 +150,7 @@ class PhotoSearchParams(SearchParams):
     @classmethod
     def _box_inside_the_photo(cls, value: str | None) -> str | None:
         if value is not None:
-            x0, y0, x1, y1 = (float(part) for part in value.split(","))
+            x0, y0, x1, y1 = _fractions(value)
             if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
                 raise ValueError("box is x0,y0,x1,y1 with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
         return value
@@ -159,12 +159,16 @@ class PhotoSearchParams(SearchParams):
         """The photo, or its ``box`` region (400 when that region is a few pixels only)."""
         if self.box is None:
             return image
-        x0, y0, x1, y1 = (float(part) for part in self.box.split(","))
+        x0, y0, x1, y1 = _fractions(self.box)
         width, height = image.size
         region = (round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height))
         if min(region[2] - region[0], region[3] - region[1]) < MIN_BOX_PIXELS:
             raise InvalidRequest(f"box {self.box} is under {MIN_BOX_PIXELS} pixels of this {width}x{height} photo")
         return image.crop(region)
+
+
+def _fractions(box: str) -> tuple[float, ...]:
+    return tuple(float(part) for part in box.split(","))
 
 
 class RecommendParams(PhotoSearchParams):

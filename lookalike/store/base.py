@@ -171,10 +171,12 @@ class VectorStore(CollectionLifecycle):
         A stored item is never among its own results.
         """
         if isinstance(query, str):
-            self.get(query)  # a clear 404 before any engine error
-            colour = self._colour_examples([query], ranking)[0]
+            if ranking.colour_target is None:
+                self.get(query)  # a clear 404 before any engine error (reading its colour 404s too)
+            stored = self._stored_colours([query]) if ranking.colour_target else {}
+            colour = self._colour_example(query, ranking, stored)
             return self._hits(ranked(search_filter.excluding([query]), ranking, *nearest(query, colour)), ranking)
-        colour = self._colour_examples([query], ranking)[0]
+        colour = self._colour_example(query, ranking, {})
         return self._hits(ranked(search_filter, ranking, *nearest(query.embedding, colour)), ranking)
 
     def recommend(
@@ -197,7 +199,9 @@ class VectorStore(CollectionLifecycle):
 
             return Term(using, tuple(map(example, positive)), tuple(map(example, negative)), recommend=True)
 
-        colour = dataclasses.replace(term(COLOUR), positive=tuple(self._colour_examples(positive, ranking)))
+        stored = self._stored_colours([e for e in positive if isinstance(e, str)]) if ranking.colour_target else {}
+        targeted = tuple(self._colour_example(e, ranking, stored) for e in positive)
+        colour = dataclasses.replace(term(COLOUR), positive=targeted)
         return self._hits(ranked(search_filter.excluding(ids), ranking, term(EMBEDDING), colour), ranking)
 
     def similar_many(self, queries: Sequence[SimilarQuery]) -> list[list[Hit] | ItemNotFound]:
@@ -214,10 +218,14 @@ class VectorStore(CollectionLifecycle):
     def _similar_many(self, queries: Sequence[SimilarQuery]) -> list[list[Hit] | ItemNotFound]:
         known = self.get_many([q.item_id for q in queries])
         asked = [q for q in queries if q.item_id in known]
+        stored = self._stored_colours([q.item_id for q in asked if q.ranking.colour_target])  # one read for all
         searches = [
-            ranked(q.search_filter.excluding([q.item_id]), q.ranking, *nearest(q.item_id, colour))
+            ranked(
+                q.search_filter.excluding([q.item_id]),
+                q.ranking,
+                *nearest(q.item_id, self._colour_example(q.item_id, q.ranking, stored)),
+            )
             for q in asked
-            for colour in self._colour_examples([q.item_id], q.ranking)
         ]
         answers = iter(self._search(searches))
 
@@ -263,20 +271,26 @@ class VectorStore(CollectionLifecycle):
                 raise StoreDamaged(f"a stored item has no {name} vector; {DAMAGED_HINT}")
             self._search([Query((Term(name, (np.asarray(vector),)),), SearchFilter(), 1, exact=thorough)])
 
-    def _colour_examples(self, examples: Sequence[Look | str], ranking: Ranking) -> list[Any]:
-        """The colour side of each example: its colour (an item's by id), or with the ranking's
-        colour target that colour hue-shifted to the target (an item's stored colour read first)."""
+    @staticmethod
+    def _colour_example(example: Look | str, ranking: Ranking, stored: dict[str, np.ndarray]) -> Any:
+        """The colour side of an example: its colour (an item's, by id), or with the ranking's colour
+        target that colour hue-shifted to the target (an item's from ``stored``, `_stored_colours`)."""
         if ranking.colour_target is None:
-            return [e if isinstance(e, str) else e.colour for e in examples]
-        ids = [e for e in examples if isinstance(e, str)]
+            return example if isinstance(example, str) else example.colour
+        colour = stored[example] if isinstance(example, str) else example.colour
+        return recoloured(colour, ranking.colour_target)
+
+    def _stored_colours(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored colour vectors of these items, in one read; `ItemNotFound` for a missing one."""
+        if not item_ids:
+            return {}
         with self._call():
-            records = self._retrieve([point_id(i) for i in ids], with_vectors=True) if ids else []
+            records = self._retrieve([point_id(i) for i in item_ids], with_vectors=True)
         stored = {r.payload.get(ITEM_ID): np.asarray(r.vectors[COLOUR], np.float32) for r in records}
-        missing = sorted(set(ids) - set(stored))
+        missing = sorted(set(item_ids) - set(stored))
         if missing:
             raise ItemNotFound(f"no item with id {missing[0]!r}")
-        colours = [stored[e] if isinstance(e, str) else e.colour for e in examples]
-        return [recoloured(colour, ranking.colour_target) for colour in colours]
+        return stored
 
     def _hits(self, query: Query, ranking: Ranking) -> list[Hit]:
         (records,) = self._search([query])
