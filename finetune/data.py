@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -85,32 +88,86 @@ def catalogue_fingerprint(items: Sequence[CatalogueItem]) -> str:
     return digest.hexdigest()
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def parallel_map(function: Callable[[T], R], values: Iterable[T]) -> list[R]:
+    """``map`` on a few threads: PIL releases the GIL while it decodes and resizes."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(function, values))
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """Images through a deterministic transform ending in ToTensor + Normalize, held as uint8.
+
+    ToTensor makes every value k/255, so undoing the normalisation and rounding gives k back:
+    `batch` returns the transform's own floats, for a quarter of the memory, and the transform's
+    PIL work is done once instead of at every evaluation.
+    """
+
+    values: torch.Tensor  # uint8 (N, 3, H, W), on the device that evaluates
+    mean: torch.Tensor  # (1, 3, 1, 1) float32, same device
+    std: torch.Tensor
+
+    @classmethod
+    def of(
+        cls,
+        images: Sequence[Image.Image],
+        transform: Callable[[Image.Image], torch.Tensor],
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device,
+    ) -> Pixels:
+        mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+        values = torch.stack(parallel_map(transform, images)) if images else torch.zeros(0, 3, 1, 1)
+        values = ((values * std_t + mean_t) * 255).round_().clamp_(0, 255).to(torch.uint8)
+        return cls(values.to(device), mean_t.to(device), std_t.to(device))
+
+    def batch(self, start: int, stop: int) -> torch.Tensor:
+        """Images ``start:stop`` as the transform made them (normalised float32)."""
+        return (self.values[start:stop].float() / 255 - self.mean) / self.std
+
+
 @dataclass
 class ImageCache:
     """Every usable image decoded once and shrunk, so epochs never touch JPEG decoding again."""
 
     images: list[Image.Image]
     items: list[CatalogueItem]
-    #: The images through the val transform, when held on a device (`finetune.device_data`).
-    pixels: torch.Tensor | None = None
+    #: The images through the val transform once (`with_pixels`): evaluation reads these.
+    pixels: Pixels | None = None
 
     @classmethod
     def load(cls, items: Sequence[CatalogueItem], side: int | None, max_pixels: int) -> ImageCache:
         """Decode ``items`` (bad ones are skipped), the shorter side reduced to ``side`` if given."""
-        images, kept = [], []
-        for item in items:
+
+        def decode(item: CatalogueItem) -> Image.Image | None:
             try:
                 image = decode_image(read_bytes(item.path), max_pixels)
             except InvalidImage:
-                continue
+                return None
             scale = side / min(image.size) if side else 1.0
             if scale < 1:
                 image = image.resize(
                     (round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC
                 )
-            images.append(image)
-            kept.append(item)
-        return cls(images, kept)
+            return image
+
+        decoded = parallel_map(decode, items)
+        kept = [(image, item) for image, item in zip(decoded, items, strict=True) if image is not None]
+        return cls([image for image, _ in kept], [item for _, item in kept])
+
+    def with_pixels(
+        self,
+        transform: Callable[[Image.Image], torch.Tensor],
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device,
+    ) -> ImageCache:
+        """This cache with its images through ``transform`` once, kept on ``device`` (`Pixels`)."""
+        return replace(self, pixels=Pixels.of(self.images, transform, mean, std, device))
 
 
 class LabelledImages(Dataset):

@@ -20,9 +20,9 @@ from torchvision import transforms
 from tqdm import tqdm
 
 from finetune.data import ImageCache, LabelledImages, catalogue_fingerprint, label_of, split_catalogue
-from finetune.device_data import DeviceBatches, preprocess_on_device
+from finetune.device_data import DeviceBatches
 from finetune.model import RetrievalModel
-from finetune.train import evaluate, train_one_epoch, training_loss, warmup_cosine
+from finetune.train import WarmupCosine, evaluate, train_one_epoch, training_loss
 from lookalike.catalogue import CatalogueItem
 from lookalike.checkpoint import load_resume_state, model_config, save_checkpoint, save_resume_state
 from lookalike.device import BF16, FP32, Placement, default_workers, fastest_training_precision
@@ -65,10 +65,14 @@ class TrainingConfig:
     eval_every: int | None = None
     #: Write the resume file at most this often (and after the last epoch).
     resume_every_s: float = 20.0
-    #: Hold the training images on the device and augment them there (finetune.device_data). Off by
-    #: default: on one H200 it trained the large preset no faster per epoch than the PIL workers and
-    #: to a lower held-out P@4 (0.837 vs 0.865; README, "GPU").
-    data_on_device: bool = False
+    #: Hold the training images on the device and augment them there (finetune.device_data);
+    #: None: on a GPU (unless instance_weight needs two PIL views), not on a CPU.
+    data_on_device: bool | None = None
+
+    def holds_data_on(self, device: torch.device) -> bool:
+        if self.data_on_device is None:
+            return device.type == "cuda" and not self.instance_weight
+        return self.data_on_device
 
 
 @dataclass
@@ -79,8 +83,9 @@ class TrainingResult:
     seconds: float
     metrics: dict[str, Any]
     epochs_planned: int = 0
-    stopped_by_budget: bool = False  # max_minutes ran out before the epochs or patience did
+    stopped_by_budget: bool = False  # max_minutes held fewer epochs than planned
     placement: str = ""
+    phases_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def fine_tune(
@@ -93,12 +98,15 @@ def fine_tune(
 ) -> TrainingResult:
     started = time.perf_counter()
     device = device or torch.device("cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes (the last partial batch is dropped)
     torch.manual_seed(config.seed)
     clip, train_transform, val_transform = create_clip(source, aug_cfg=AUGMENTATION)
     train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
+    preprocess_cfg = get_model_preprocess_cfg(clip)
     split = split_catalogue(items, label=config.label)
     classes = sorted({label_of(item, config.label) for item in items})
-    side = round(get_model_preprocess_cfg(clip)["size"][0] * CACHE_MARGIN)
+    side = round(preprocess_cfg["size"][0] * CACHE_MARGIN)
     gallery, queries = (
         ImageCache.load(split.gallery, side, max_pixels),
         ImageCache.load(split.queries, side, max_pixels),
@@ -112,25 +120,27 @@ def fine_tune(
     model.to(device, memory_format=torch.channels_last)
     start_state = copy.deepcopy(clip.visual.state_dict())
     loader = _training_batches(clip, gallery, train_transform, classes, side, config, device)
-    if config.data_on_device:  # evaluation images through the val transform once, kept there
-        queries, gallery = (
-            preprocess_on_device(queries, val_transform, device),
-            preprocess_on_device(gallery, val_transform, device),
-        )
     if len(loader) == 0:
         raise CatalogueError(
             f"{len(gallery.images)} training images are fewer than one batch of {config.batch_size}: "
             "pass a smaller --batch-size"
         )
+    # The per-epoch evaluation reads its images through the val transform once, not every time.
+    mean, std = preprocess_cfg["mean"], preprocess_cfg["std"]
+    queries = queries.with_pixels(val_transform, mean, std, device)
+    eval_gallery = gallery.with_pixels(val_transform, mean, std, device)
     placement = Placement(device, _training_precision(model, loader, config, device))
     log.info("training on", extra={"placement": placement.describe(), "data": type(loader).__name__})
-    loop = EpochLoop(model, loader, config, output, placement)
-    loop.run(lambda: evaluate(model, queries, gallery, val_transform, classes, placement, config.label), started)
+    loop = EpochLoop(model, loader, config, output, placement, started)
+    phases = {"prepare": time.perf_counter() - started}
+    loop.run(lambda: evaluate(model, queries, eval_gallery, val_transform, classes, placement, config.label))
+    phases.update(loop.phases_s)
 
     model.load_state_dict(loop.best_state)
     if config.wise_alpha is not None:
         interpolate_weights(clip.visual, start_state, config.wise_alpha)
     # The reported numbers: full-resolution images in fp32, as ingest and the service see them on a CPU.
+    final_started = time.perf_counter()
     queries, gallery = (
         ImageCache.load(split.queries, None, max_pixels),
         ImageCache.load(split.gallery, None, max_pixels),
@@ -141,6 +151,7 @@ def fine_tune(
         scores if config.label == "category" else evaluate(model, queries, gallery, val_transform, classes, fp32)[0]
     )
     model.cpu()
+    phases["final_eval"] = time.perf_counter() - final_started
     metrics = {
         "label": config.label,
         "overall": scores.overall,  # by the training label
@@ -157,9 +168,11 @@ def fine_tune(
         "catalogue_fingerprint": catalogue_fingerprint(items),
         "training": dataclasses.asdict(config),
         "epochs_run": loop.epoch,
+        "epochs_planned": loop.planned_epochs,
         "best_epoch": loop.best_epoch,
         "history": loop.history,
         "seconds": round(time.perf_counter() - started, 1),
+        "phases_s": {name: round(seconds, 2) for name, seconds in phases.items()},
         "metrics": metrics,
     }
     head = (model.head.weight, config.head_scale, classes)
@@ -173,6 +186,7 @@ def fine_tune(
         config.epochs,
         loop.budget_hit,
         placement.describe(),
+        info["phases_s"],
     )
 
 
@@ -181,7 +195,7 @@ def _training_batches(
 ) -> DataLoader | DeviceBatches:
     """PIL transforms in worker processes beside a GPU, in the main process on a CPU (the model
     needs the cores); or, with `data_on_device`, the gallery held and augmented on the device."""
-    if config.data_on_device:
+    if config.holds_data_on(device):
         if config.instance_weight:
             raise CatalogueError("instance_weight needs the PIL data path (data_on_device=False)")
         preprocess_cfg = get_model_preprocess_cfg(clip)
@@ -227,7 +241,13 @@ def _training_precision(model: RetrievalModel, loader: DataLoader, config: Train
 
 
 class EpochLoop:
-    """Epochs with LP-FT phases, early stopping on held-out P@4, and a resume file after each."""
+    """Epochs with LP-FT phases, early stopping on held-out P@4, and a resume file after each.
+
+    With a time budget (``max_minutes``, counted from ``started``), the loop plans as many epochs
+    as the budget holds at the pace measured so far and shortens the LR schedule to end there:
+    a slow or busy machine trains fewer epochs but finishes its cosine decay, instead of being
+    cut off at a high learning rate.
+    """
 
     def __init__(
         self,
@@ -236,13 +256,16 @@ class EpochLoop:
         config: TrainingConfig,
         output: Path,
         placement: Placement,
+        started: float,
     ) -> None:
         self.model, self.loader, self.config, self.output = model, loader, config, output
-        self.placement = placement
+        self.placement, self.started = placement, started
         self.budget_hit = False
-        #: Set after the first epoch (unless configured): evaluation stays a bounded share of the time.
+        #: Re-estimated at each evaluation (unless configured): evaluation stays <= EVAL_SHARE of the time.
         self.eval_every = config.eval_every or 1
         self._saved_at = -math.inf
+        self.epoch_seconds: list[float] = []  # wall time of each epoch run in this process
+        self.phases_s = {"train": 0.0, "eval": 0.0, "save": 0.0}
         backbone_lr = config.lr * config.backbone_lr_scale
         self.optimizer = torch.optim.AdamW(
             [
@@ -251,31 +274,30 @@ class EpochLoop:
             ],
             weight_decay=config.weight_decay,
         )
-        steps = len(loader) * config.epochs
-        multiplier = warmup_cosine(round(len(loader) * config.warmup_epochs), steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, multiplier)
+        self.schedule = WarmupCosine(round(len(loader) * config.warmup_epochs), len(loader) * config.epochs)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.epoch, self.best_epoch, self.best_score, self.stale = 0, 0, -1.0, 0
         self.best_state = copy.deepcopy(model.state_dict())
         self.history: list[dict[str, float]] = []
         self._resume()
 
-    def run(self, evaluate_now, started: float) -> None:
-        while self.epoch < self.config.epochs and self.stale < self.config.patience:
-            if self.config.max_minutes and time.perf_counter() - started > self.config.max_minutes * 60:
-                log.warning("time budget reached", extra={"epoch": self.epoch, "max_minutes": self.config.max_minutes})
-                self.budget_hit = True
-                break
+    @property
+    def planned_epochs(self) -> int:
+        return math.ceil(self.schedule.total_steps / len(self.loader))
+
+    def run(self, evaluate_now) -> None:
+        while self.epoch < self.planned_epochs and self.stale < self.config.patience:
+            epoch_started = time.perf_counter()
             self.epoch += 1
             self.model.visual.requires_grad_(self.epoch > self.config.lp_epochs)
             bar = tqdm(
                 total=len(self.loader) * self.config.batch_size,
-                desc=f"epoch {self.epoch}/{self.config.epochs}",
+                desc=f"epoch {self.epoch}/{self.planned_epochs}",
                 unit="img",
                 disable=not self.config.progress,
                 leave=False,
             )
             with bar:
-                epoch_started = time.perf_counter()
                 loss = train_one_epoch(
                     self.model,
                     self.loader,
@@ -287,23 +309,55 @@ class EpochLoop:
                     self.config.instance_weight,
                 )
                 train_s = time.perf_counter() - epoch_started
-                if self.epoch % self.eval_every == 0 or self.epoch == self.config.epochs:
+                self.phases_s["train"] += train_s
+                self._fit_to_budget(train_s)
+                timing = {"train_s": round(train_s, 3)}
+                if self.epoch % self.eval_every == 0 or self.epoch >= self.planned_epochs:
                     eval_started = time.perf_counter()
                     scores, accuracy = evaluate_now()
-                    self._bound_evaluation(train_s, time.perf_counter() - eval_started)
+                    eval_s = time.perf_counter() - eval_started
+                    self.phases_s["eval"] += eval_s
+                    timing["eval_s"] = round(eval_s, 3)
+                    self._pace_evaluation(eval_s)
                     bar.set_postfix(loss=f"{loss:.3f}", p_at_4=f"{scores.overall['P@4']:.3f}")
-                    self._record(loss, scores.overall["P@4"], accuracy)
+                    self._record(loss, scores.overall["P@4"], accuracy, timing)
+            saving = time.perf_counter()
             self._save_resume_state()
+            self.phases_s["save"] += time.perf_counter() - saving
+            self.epoch_seconds.append(time.perf_counter() - epoch_started)
 
-    def _bound_evaluation(self, train_s: float, eval_s: float) -> None:
-        """Evaluate every N epochs so that evaluation takes at most `EVAL_SHARE` of the time."""
-        if self.epoch == 1 and self.config.eval_every is None:
-            self.eval_every = max(1, math.ceil(eval_s / (EVAL_SHARE * max(train_s, 1e-6))))
-            cadence = {"every_epochs": self.eval_every, "train_s": round(train_s, 2), "eval_s": round(eval_s, 2)}
-            log.info("evaluation cadence", extra=cadence)
+    def _pace_evaluation(self, eval_s: float) -> None:
+        """Evaluate every N epochs so that evaluation takes at most `EVAL_SHARE` of the time,
+        N from the latest evaluation and the recent epochs (the first one is slower: warm-up)."""
+        if self.config.eval_every is not None:
+            return
+        recent = self.epoch_seconds[1:][-3:] or self.epoch_seconds or [self.phases_s["train"]]
+        every = max(1, math.ceil(eval_s / (EVAL_SHARE * max(sum(recent) / len(recent), 1e-6))))
+        if every != self.eval_every:
+            log.info("evaluation cadence", extra={"every_epochs": every, "eval_s": round(eval_s, 2)})
+        self.eval_every = every
 
-    def _record(self, loss: float, p_at_4: float, accuracy: float) -> None:
-        self.history.append({"epoch": self.epoch, "loss": loss, "P@4": p_at_4, "accuracy": accuracy})
+    def _fit_to_budget(self, train_s: float) -> None:
+        """Plan as many epochs as `max_minutes` holds at the pace of the epochs so far (the
+        first one carries the warm-up; ``train_s`` of this one until one is done), never more
+        than configured, the LR schedule ending with the last of them."""
+        if not self.config.max_minutes:
+            return
+        left = self.config.max_minutes * 60 - (time.perf_counter() - self.started)
+        recent = self.epoch_seconds[1:] or self.epoch_seconds or [train_s]
+        per_epoch = sum(recent) / len(recent)
+        fits = max(self.epoch, min(self.config.epochs, self.epoch + math.floor(left / per_epoch)))
+        self.budget_hit = fits < self.config.epochs
+        if fits == self.planned_epochs:
+            return
+        self.schedule.total_steps = len(self.loader) * fits
+        if fits == self.epoch:
+            log.warning("time budget reached", extra={"epoch": self.epoch, "max_minutes": self.config.max_minutes})
+        else:
+            log.info("epochs fitted to the time budget", extra={"epochs": fits, "per_epoch_s": round(per_epoch, 2)})
+
+    def _record(self, loss: float, p_at_4: float, accuracy: float, timing: dict[str, float]) -> None:
+        self.history.append({"epoch": self.epoch, "loss": loss, "P@4": p_at_4, "accuracy": accuracy, **timing})
         log.info("epoch done", extra=self.history[-1])
         if p_at_4 > self.best_score:
             self.best_score, self.best_epoch = p_at_4, self.epoch
@@ -314,7 +368,7 @@ class EpochLoop:
         """The resume file, at most every `resume_every_s` (a GPU epoch can take less time than
         writing a ResNet-50 with its optimiser state), and after the last epoch."""
         now = time.perf_counter()
-        last = self.epoch >= self.config.epochs
+        last = self.epoch >= self.planned_epochs
         if not last and now - self._saved_at < self.config.resume_every_s:
             return
         self._saved_at = now

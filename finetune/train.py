@@ -21,16 +21,22 @@ from lookalike.metrics import RetrievalScores, retrieval_scores
 INSTANCE_TEMPERATURE = 0.1
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up, then cosine decay to zero."""
+class WarmupCosine:
+    """LR multiplier: linear warm-up, then cosine decay to zero at ``total_steps``.
 
-    def multiplier(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    A callable object, not a closure, so the LR scheduler's state keeps ``total_steps``: the
+    epoch loop shortens it when a time budget cannot hold every planned epoch, and a resumed
+    run goes on with the shortened schedule.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int) -> None:
+        self.warmup_steps, self.total_steps = warmup_steps, total_steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return multiplier
 
 
 def train_one_epoch(
@@ -108,8 +114,8 @@ def embed_cache(
     model.eval()
     chunks = []
     for start in range(0, len(cache.images), batch_size):
-        if cache.pixels is not None:  # preprocessed once, on the device
-            pixels = cache.pixels[start : start + batch_size].float()
+        if cache.pixels is not None:  # through the transform once (`ImageCache.with_pixels`)
+            pixels = cache.pixels.batch(start, start + batch_size)
         else:
             pixels = torch.stack([preprocess(image) for image in cache.images[start : start + batch_size]])
         pixels = pixels.to(placement.device, non_blocking=True).contiguous(memory_format=torch.channels_last)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,7 +142,9 @@ def create_clip(source: ModelSource, aug_cfg: Any = None) -> tuple[torch.nn.Modu
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             name, pretrained = source.open_clip_arguments
-            return open_clip.create_model_and_transforms(name, pretrained=pretrained, aug_cfg=aug_cfg)
+            with warnings.catch_warnings():  # open_clip applies the colour jitter it says it leaves unused
+                warnings.filterwarnings("ignore", message="Unused augmentation cfg items")
+                return open_clip.create_model_and_transforms(name, pretrained=pretrained, aug_cfg=aug_cfg)
     except Exception as e:  # open_clip and the hub raise many kinds; one clear message for all
         raise ModelLoadError(
             f"could not load the encoder {source.label}: {e}. Check MODEL_NAME (one of "

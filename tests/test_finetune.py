@@ -18,10 +18,12 @@ from finetune.data import ImageCache, split_catalogue
 from finetune.device_data import DeviceBatches
 from finetune.evaluate import encoder_candidate, evaluate_candidates, untuned_encoder, untuned_source
 from finetune.evaluate import main as evaluate_main
+from finetune.model import RetrievalModel
 from finetune.run import TrainingConfig, fine_tune
 from lookalike.catalogue import read_catalogue
 from lookalike.checkpoint import ResumeRefused
-from lookalike.encoder import ImageEncoder
+from lookalike.device import Placement
+from lookalike.encoder import ImageEncoder, create_clip
 from lookalike.model_source import ModelSource
 from lookalike.settings import Settings
 from tests.conftest import TEST_MODEL
@@ -234,6 +236,48 @@ def test_device_batches_crops_differ_between_images_and_epochs():
     first, _ = next(iter(batches))
     second, _ = next(iter(batches))
     assert not torch.allclose(first[0], first[1]) and not torch.allclose(first, second)
+
+
+def test_device_batches_crop_within_the_photo_not_its_canvas():
+    wide = Image.new("RGB", (90, 30), "white")  # on a 48 px canvas: 16 px of black above and below
+    cache = ImageCache([wide] * 16, [None] * 16)  # type: ignore[list-item]
+    batches = DeviceBatches(cache, [0] * 16, 48, 24, (0, 0, 0), (1, 1, 1), 16, (0.35, 1.0), torch.device("cpu"))
+    pixels, _ = next(iter(batches))
+    assert float((pixels < 0.5).float().mean()) < 0.05  # white, jittered in brightness: never the padding
+
+
+def test_evaluation_pixels_are_the_transforms_own_values():
+    from finetune.data import Pixels
+
+    _, _, transform = create_clip(ModelSource("random-init", TEST_MODEL))
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8)) for i in range(5)]
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    pixels = Pixels.of(images, transform, mean, std, torch.device("cpu"))
+    assert pixels.values.dtype == torch.uint8
+    torch.testing.assert_close(pixels.batch(1, 4), torch.stack([transform(image) for image in images[1:4]]))
+
+
+def test_a_time_budget_plans_fewer_epochs_and_ends_the_schedule_with_them():
+    import time
+
+    from finetune.run import EpochLoop
+
+    model = RetrievalModel(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4)), 4, 2)
+    loader = [None] * 10  # ten steps an epoch
+    config = dataclasses.replace(FAST, epochs=100, max_minutes=1.0)
+    placement = Placement(torch.device("cpu"), "fp32")
+    loop = EpochLoop(model, loader, config, Path("/nonexistent"), placement, started=time.perf_counter() - 30)
+    assert loop.planned_epochs == 100
+    loop.epoch, loop.epoch_seconds = 3, [5.0, 2.0, 2.0]  # 30 s of 60 spent; 2 s an epoch after the first
+    loop._fit_to_budget(train_s=2.0)
+    assert loop.planned_epochs in (17, 18) and loop.budget_hit  # 3 + 30 s / 2 s, less the time since `started`
+    assert loop.schedule(loop.schedule.total_steps - 1) < 1e-3  # the cosine decay ends with the last planned epoch
+    assert loop.schedule(30) > 0.5
+
+    loop.started = time.perf_counter() - 60  # nothing left: training ends after this epoch
+    loop._fit_to_budget(train_s=2.0)
+    assert loop.planned_epochs == 3
 
 
 def test_fine_tuning_with_the_data_on_the_device_learns(shapes_dir, tmp_path):
