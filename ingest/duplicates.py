@@ -35,37 +35,97 @@ class ExactDuplicates:
         return True
 
 
-def report_near_duplicates(
-    items: Sequence[CatalogueItem],
-    looks: Sequence[Look],
-    store: VectorStore,
-    rule: NearDuplicateRule,
-    report: ErrorReport,
-    summary: IngestSummary,
-    exact_duplicates: set[str],
-) -> set[str]:
-    """Items of one batch that look the same as a stored item or an earlier item of the batch.
+#: Vectors of this run kept in memory for the near-duplicate check; past it, the store answers.
+RUN_INDEX_BYTES = 256 * 2**20
 
-    Stored items are found by Qdrant (one batch query); the batch's own items are not stored
-    yet, so they are compared with each other here. Items in ``exact_duplicates`` are already
-    reported. Returns the ids of the near-duplicates.
+
+class NearDuplicates:
+    """Finds the items of each batch that look the same as an item stored before this run, one
+    ingested earlier in this run, or an earlier item of the batch.
+
+    This run's items are compared in memory (one matrix product a batch): asking the store for
+    them cost a query per item against a segment that is not indexed yet, the largest stage of
+    a GPU ingest. The store is asked only when it held items before the run, or other workers
+    write beside this one (``ask_store``), or this run outgrows `RUN_INDEX_BYTES`.
     """
-    stored_matches = store.look_alikes(looks, [i.id for i in items], rule)
-    embeddings = np.stack([look.embedding for look in looks])
-    colours = np.stack([look.colour for look in looks])
-    colour_similarity = colours @ colours.T
-    alike = (embeddings @ embeddings.T >= rule.min_similarity) & (colour_similarity >= rule.min_colour_similarity)
-    found: set[str] = set()
-    for index, (item, match) in enumerate(zip(items, stored_matches, strict=True)):
-        earlier = np.flatnonzero(alike[index, :index])
-        if item.id in exact_duplicates:
-            continue
-        if match is not None:
-            report.near_duplicate(item, match.item.id, match.score)
-        elif earlier.size:
-            report.near_duplicate(item, items[earlier[0]].id, float(colour_similarity[index, earlier[0]]))
-        else:
-            continue
-        found.add(item.id)
-    summary.near_duplicates += len(found)
-    return found
+
+    def __init__(
+        self,
+        store: VectorStore,
+        rule: NearDuplicateRule,
+        report: ErrorReport,
+        summary: IngestSummary,
+        *,
+        ask_store: bool,
+        capacity_bytes: int | None = None,
+    ) -> None:
+        self.store, self.rule, self.report, self.summary = store, rule, report, summary
+        self.ask_store = ask_store
+        self.capacity_bytes = RUN_INDEX_BYTES if capacity_bytes is None else capacity_bytes
+        self._ids: list[str] = []
+        self._embeddings = np.zeros((0, 0), np.float32)  # grown by doubling; rows [: len(_ids)] used
+        self._colours = np.zeros((0, 0), np.float32)
+
+    def check(self, items: Sequence[CatalogueItem], looks: Sequence[Look], exact_duplicates: set[str]) -> set[str]:
+        """Report this batch's near-duplicates (not those in ``exact_duplicates``); their ids."""
+        stored = self.store.look_alikes(looks, [i.id for i in items], self.rule) if self.ask_store else None
+        embeddings = np.stack([look.embedding for look in looks]).astype(np.float32, copy=False)
+        colours = np.stack([look.colour for look in looks]).astype(np.float32, copy=False)
+        used = len(self._ids)
+        earlier_alike, earlier_colour = self._alike(embeddings, colours, self._embeddings[:used], self._colours[:used])
+        batch_alike, batch_colour = self._alike(embeddings, colours, embeddings, colours)
+        found: set[str] = set()
+        for index, item in enumerate(items):
+            if item.id in exact_duplicates:
+                continue
+            match = stored[index] if stored is not None else None
+            if match is not None:
+                self.report.near_duplicate(item, match.item.id, match.score)
+            elif earlier_alike[index].any():
+                best = int(np.argmax(np.where(earlier_alike[index], earlier_colour[index], -np.inf)))
+                self.report.near_duplicate(item, self._ids[best], float(earlier_colour[index, best]))
+            elif batch_alike[index, :index].any():
+                first = int(np.flatnonzero(batch_alike[index, :index])[0])
+                self.report.near_duplicate(item, items[first].id, float(batch_colour[index, first]))
+            else:
+                continue
+            found.add(item.id)
+        self.summary.near_duplicates += len(found)
+        if not self.ask_store:
+            self._remember(items, embeddings, colours)
+        return found
+
+    def _alike(
+        self, embeddings: np.ndarray, colours: np.ndarray, other_embeddings: np.ndarray, other_colours: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Which pairs pass both thresholds, and their colour similarity."""
+        if not len(other_embeddings):
+            empty = np.zeros((len(embeddings), 0))
+            return empty.astype(bool), empty
+        colour_similarity = colours @ other_colours.T
+        alike = (embeddings @ other_embeddings.T >= self.rule.min_similarity) & (
+            colour_similarity >= self.rule.min_colour_similarity
+        )
+        return alike, colour_similarity
+
+    def _remember(self, items: Sequence[CatalogueItem], embeddings: np.ndarray, colours: np.ndarray) -> None:
+        """Keep the batch in memory; when it would outgrow the capacity, the store answers from now
+        on (it holds everything upserted so far)."""
+        used, needed = len(self._ids), len(self._ids) + len(items)
+        if needed * 4 * (embeddings.shape[1] + colours.shape[1]) > self.capacity_bytes:
+            self.ask_store = True
+            return
+        if needed > len(self._embeddings):
+            rows = max(needed, 2 * len(self._embeddings), 256)
+            self._embeddings = _grown(self._embeddings, rows, embeddings.shape[1], used)
+            self._colours = _grown(self._colours, rows, colours.shape[1], used)
+        self._embeddings[used:needed] = embeddings
+        self._colours[used:needed] = colours
+        self._ids += [item.id for item in items]
+
+
+def _grown(matrix: np.ndarray, rows: int, width: int, used: int) -> np.ndarray:
+    grown = np.zeros((rows, width), np.float32)
+    if used:
+        grown[:used] = matrix[:used]
+    return grown

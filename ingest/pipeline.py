@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ingest.decode import Batch, Decoded, iter_batches
-from ingest.duplicates import ExactDuplicates, report_near_duplicates
+from ingest.duplicates import ExactDuplicates, NearDuplicates
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, CatalogueItem, Shard, take_shard
 from lookalike.encoder import ImageEncoder
@@ -65,6 +65,7 @@ class _Run:
     options: IngestOptions
     stored: dict[str, StoredItem]
     bar: tqdm
+    near_duplicates: NearDuplicates | None
 
 
 def ingest(
@@ -84,7 +85,11 @@ def ingest(
         stored = _stored(store, catalogue.items)
     same_model = {item_id: s.sha256 for item_id, s in stored.items() if s.model == encoder.identity}
     bar = tqdm(total=len(catalogue.items), unit="img", desc="ingest", disable=not options.progress)
-    run = _Run(encoder, store, report, summary, options, stored, bar)
+    near_duplicates = None
+    if options.near_duplicates is not None:  # other shards write beside this one: ask the store
+        ask_store = catalogue.shard is not None or store.count() > 0
+        near_duplicates = NearDuplicates(store, options.near_duplicates, report, summary, ask_store=ask_store)
+    run = _Run(encoder, store, report, summary, options, stored, bar, near_duplicates)
     duplicates = ExactDuplicates(report, summary)
     pin = encoder.placement.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
     batches = iter_batches(
@@ -174,12 +179,9 @@ def _write(run: _Run, batch: Batch, embeddings: np.ndarray | None, copies: set[s
             look = Look(next(vectors), decoded.colour)  # type: ignore[arg-type]
             if run.options.index_duplicates or decoded.item.id not in copies:
                 new.append((decoded, look))
-    if new and run.options.near_duplicates is not None:
+    if new and run.near_duplicates is not None:
         with run.summary.stage("near_duplicates"):
-            items, looks = [d.item for d, _ in new], [look for _, look in new]
-            alike = report_near_duplicates(
-                items, looks, run.store, run.options.near_duplicates, run.report, run.summary, copies
-            )
+            alike = run.near_duplicates.check([d.item for d, _ in new], [look for _, look in new], copies)
         if not run.options.index_duplicates:
             new = [(d, look) for d, look in new if d.item.id not in alike]
     if new:

@@ -329,6 +329,25 @@ def test_a_re_uploaded_photo_is_reported_as_a_near_duplicate(
     assert summary.ingested == 12 + index_duplicates
 
 
+@pytest.mark.parametrize("run_index_bytes", [1, None])
+def test_near_duplicates_of_this_run_are_found_in_memory_or_past_its_capacity_by_the_store(
+    catalogue_dir, encoder, store, tmp_path, monkeypatch, run_index_bytes
+):
+    import ingest.duplicates
+
+    if run_index_bytes is not None:
+        monkeypatch.setattr(ingest.duplicates, "RUN_INDEX_BYTES", run_index_bytes)
+    asked = []
+    look_alikes = store.look_alikes
+    monkeypatch.setattr(store, "look_alikes", lambda *a: asked.append(1) or look_alikes(*a))
+    save_reencoded_copy(catalogue_dir)
+    summary = run_ingest(catalogue_dir, encoder, store, tmp_path / "r.jsonl", batch_size=4, near_duplicates=SAME_LOOK)
+    (line,) = [line for line in report_lines(tmp_path / "r.jsonl") if line["code"] == "near_duplicate"]
+    assert line["item_id"] == "blue_bar-zz-copy" and "'blue_bar-item1'" in line["reason"]
+    assert summary.near_duplicates == 1
+    assert bool(asked) is (run_index_bytes is not None)  # an empty store is not asked while memory holds the run
+
+
 def test_a_copy_added_later_is_reported_against_the_stored_original(catalogue_dir, encoder, store, tmp_path):
     assert (
         run_ingest(catalogue_dir, encoder, store, tmp_path / "r1.jsonl", near_duplicates=SAME_LOOK).near_duplicates == 0
