@@ -338,13 +338,14 @@ class EpochLoop:
         self.eval_every = every
 
     def _fit_to_budget(self, train_s: float) -> None:
-        """Plan as many epochs as `max_minutes` holds at the pace of the epochs so far (the
-        first one carries the warm-up; ``train_s`` of this one until one is done), never more
-        than configured, the LR schedule ending with the last of them."""
+        """Plan as many epochs as `max_minutes` holds at the pace of the recent epochs (the first
+        one carries the warm-up; ``train_s`` of this one until one is done), never more than
+        configured, the LR schedule ending with the last of them."""
         if not self.config.max_minutes:
             return
         left = self.config.max_minutes * 60 - (time.perf_counter() - self.started)
-        recent = self.epoch_seconds[1:] or self.epoch_seconds or [train_s]
+        window = max(3, 2 * self.eval_every)  # recent enough to follow a machine that got busier or freer
+        recent = self.epoch_seconds[1:][-window:] or self.epoch_seconds or [train_s]
         per_epoch = sum(recent) / len(recent)
         fits = max(self.epoch, min(self.config.epochs, self.epoch + math.floor(left / per_epoch)))
         self.budget_hit = fits < self.config.epochs

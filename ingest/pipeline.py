@@ -95,7 +95,7 @@ def ingest(
     batches = iter_batches(
         catalogue.items,
         same_model,
-        encoder.preprocess,
+        encoder.worker_preprocess,
         max_pixels=options.max_pixels,
         batch_size=options.batch_size,
         workers=options.workers,

@@ -20,6 +20,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision import transforms
 
 from lookalike.checkpoint import read_head
 from lookalike.device import FP32, Placement, inference_placement
@@ -34,6 +35,33 @@ MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 RANDOM_INIT_SEED = 0
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
+#: Names of torchvision's / open_clip's "PIL image -> float tensor in [0, 1]" step.
+TO_TENSOR = ("ToTensor", "MaybeToTensor")
+
+
+class Uint8Preprocess:
+    """The PIL steps of a val transform (resize, crop, RGB), returning uint8 (3, H, W).
+
+    Ingest's workers send these to the model: a quarter of the bytes through shared memory,
+    pinned memory and the copy to the device, and no float work in the workers. The encoder
+    does ToTensor's division and the normalisation on its device, with the same arithmetic,
+    so the vectors are those of the whole transform.
+    """
+
+    def __init__(self, pil_steps: Preprocess) -> None:
+        self.pil_steps = pil_steps
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        array = np.asarray(self.pil_steps(image).convert("RGB"), dtype=np.uint8)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def split_normalisation(preprocess: Preprocess) -> tuple[Uint8Preprocess, tuple, tuple] | None:
+    """(the uint8 PIL steps, mean, std) of a transform ending in ToTensor + Normalize, else None."""
+    steps = list(getattr(preprocess, "transforms", []))
+    if len(steps) < 2 or type(steps[-2]).__name__ not in TO_TENSOR or not isinstance(steps[-1], transforms.Normalize):
+        return None
+    return Uint8Preprocess(transforms.Compose(steps[:-2])), tuple(steps[-1].mean), tuple(steps[-1].std)
 
 
 def register_model_configs() -> None:
@@ -89,8 +117,18 @@ class ImageEncoder:
     ) -> None:
         self.identity = f"{label}@{weights_fingerprint(visual)}"  # of the weights as loaded: any device
         self.placement = placement or Placement(torch.device("cpu"), FP32)
-        self.visual = visual.eval().to(self.placement.device)
+        on_gpu = self.placement.device.type == "cuda"
+        memory_format = torch.channels_last if on_gpu else torch.contiguous_format  # measured: CPU fp32 NCHW
+        self.visual = visual.eval().to(self.placement.device, memory_format=memory_format)
+        self.memory_format = memory_format
         self.preprocess = preprocess
+        split = split_normalisation(preprocess)
+        #: What ingest's workers run: uint8 when the transform allows it (`Uint8Preprocess`).
+        self.worker_preprocess: Preprocess = split[0] if split else preprocess
+        self._normalisation = None
+        if split:
+            mean, std = (torch.tensor(v, device=self.placement.device).view(1, 3, 1, 1) for v in split[1:])
+            self._normalisation = (mean, std)
         self.classifier = classifier
         self.dim = int(self._probe_dim())
         #: Untrained weights (no MODEL_PRETRAINED, no checkpoint): /readyz and the page say so.
@@ -106,6 +144,8 @@ class ImageEncoder:
         placement = inference_placement(settings.device, settings.precision)
         encoder = cls(visual, preprocess, source.label, classifier, placement)
         encoder.random_weights = source.random_init
+        if placement.device.type == "cuda":
+            encoder.warm_up(8)
         if source.random_init:
             log.warning(
                 "encoder has RANDOM weights (MODEL_PRETRAINED is empty): results show the pipeline, "
@@ -116,11 +156,24 @@ class ImageEncoder:
 
     @torch.inference_mode()
     def embed_batch(self, pixels: torch.Tensor) -> np.ndarray:
-        """Embed preprocessed pixels (N, 3, H, W), on the encoder's device and precision."""
+        """Embed preprocessed pixels (N, 3, H, W) on the encoder's device and precision: the
+        transform's floats, or `worker_preprocess`'s uint8 (normalised here, on the device)."""
         pixels = pixels.to(self.placement.device, non_blocking=True)
+        if pixels.dtype == torch.uint8:
+            if self._normalisation is None:
+                raise TypeError("uint8 pixels need a transform ending in ToTensor + Normalize")
+            mean, std = self._normalisation
+            pixels = (pixels.float() / 255 - mean) / std
+        pixels = pixels.contiguous(memory_format=self.memory_format)
         with self.placement.autocast():
             features = self.visual(pixels)
         return F.normalize(features.float(), dim=-1).cpu().numpy().astype(np.float32, copy=False)
+
+    def warm_up(self, batch_size: int) -> None:
+        """One batch of this size through the model: on a GPU the first one pays for cuDNN's
+        algorithm choice and lazy initialisation, which would otherwise land on the first request."""
+        size = open_clip_image_size(self.preprocess)
+        self.embed_batch(torch.zeros(batch_size, 3, size, size))
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Preprocess with the model's own transform, then embed."""

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from pydantic import ValidationError
 
 from finetune.__main__ import main as finetune_main
@@ -104,3 +105,18 @@ def test_preset_auto_picks_the_recipe_for_the_machine():
 def test_readyz_names_device_and_precision(client, ingested):
     body = client.get("/readyz").get_json()
     assert body["device"] == "cpu" and body["precision"] == "fp32"
+
+
+def test_workers_uint8_pixels_embed_exactly_as_the_whole_transform(encoder):
+    rng = np.random.default_rng(5)
+    images = [Image.fromarray(rng.integers(0, 256, (50 + 7 * i, 61, 3), dtype=np.uint8)) for i in range(4)]
+    uint8 = torch.stack([encoder.worker_preprocess(image) for image in images])
+    assert uint8.dtype == torch.uint8
+    floats = torch.stack([encoder.preprocess(image) for image in images])
+    np.testing.assert_array_equal(encoder.embed_batch(uint8), encoder.embed_batch(floats))
+
+
+def test_a_transform_without_totensor_normalize_keeps_float_pixels_for_the_workers():
+    from lookalike.encoder import split_normalisation
+
+    assert split_normalisation(lambda image: torch.zeros(3, 4, 4)) is None
