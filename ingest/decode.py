@@ -8,6 +8,7 @@ with the photo's colour, or the reason the image failed, which fails that item, 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import os
 import signal
@@ -34,13 +35,14 @@ class Decoded:
 
     item: CatalogueItem
     sha256: str | None
-    pixels: torch.Tensor | None = None  # None: unchanged (not decoded), or failed
+    pixels: torch.Tensor | None = None  # until collated into the batch's one tensor
     colour: np.ndarray | None = None
     error: InvalidImage | None = None
+    decoded: bool = False  # False: unchanged (not decoded), or failed
 
     @property
     def unchanged(self) -> bool:
-        return self.error is None and self.pixels is None
+        return self.error is None and not self.decoded
 
 
 @dataclass
@@ -71,14 +73,17 @@ class DecodeDataset(Dataset):
             if self.stored.get(item.id) == sha256:
                 return Decoded(item, sha256)
             image = decode_image(data, self.max_pixels)
-            return Decoded(item, sha256, self.preprocess(image), colour_histogram(image))
+            return Decoded(item, sha256, self.preprocess(image), colour_histogram(image), decoded=True)
         except InvalidImage as e:
             return Decoded(item, None, error=e)
 
 
 def collate(decoded: list[Decoded]) -> Batch:
+    """One tensor for the batch's pixels, none left on the items: every tensor a worker returns
+    travels through a shared-memory file of its own, which cost more than the decoding."""
     with_pixels = [d.pixels for d in decoded if d.pixels is not None]
-    return Batch(decoded, torch.stack(with_pixels) if with_pixels else None)
+    items = [dataclasses.replace(d, pixels=None) if d.pixels is not None else d for d in decoded]
+    return Batch(items, torch.stack(with_pixels) if with_pixels else None)
 
 
 def iter_batches(
