@@ -180,7 +180,7 @@ def measure_ingest(
     try:
         options = IngestOptions(
             batch_size=batch_size,
-            workers=default_workers(device) if device.type == "cuda" else 2,
+            workers=default_workers(device),
             progress=False,
             near_duplicates=NearDuplicateRule.from_settings(run_settings),
         )

@@ -21,6 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from lookalike.catalogue import CatalogueItem
+from lookalike.encoder import Normalisation, Preprocess, split_normalisation
 from lookalike.errors import InvalidImage
 from lookalike.images import decode_image, read_bytes
 
@@ -100,34 +101,26 @@ def parallel_map(function: Callable[[T], R], values: Iterable[T]) -> list[R]:
 
 @dataclass(frozen=True)
 class Pixels:
-    """Images through a deterministic transform ending in ToTensor + Normalize, held as uint8.
+    """Images through a deterministic transform once, so evaluation does its PIL work once.
 
-    ToTensor makes every value k/255, so undoing the normalisation and rounding gives k back:
-    `batch` returns the transform's own floats, for a quarter of the memory, and the transform's
-    PIL work is done once instead of at every evaluation.
+    Held as uint8 with the transform's `Normalisation` when it ends in ToTensor + Normalize
+    (open_clip's does): a quarter of the memory, and `batch` returns its own floats bitwise.
     """
 
-    values: torch.Tensor  # uint8 (N, 3, H, W), on the device that evaluates
-    mean: torch.Tensor  # (1, 3, 1, 1) float32, same device
-    std: torch.Tensor
+    values: torch.Tensor  # (N, 3, H, W) on the device that evaluates: uint8, or float if not split
+    normalisation: Normalisation | None
 
     @classmethod
-    def of(
-        cls,
-        images: Sequence[Image.Image],
-        transform: Callable[[Image.Image], torch.Tensor],
-        mean: Sequence[float],
-        std: Sequence[float],
-        device: torch.device,
-    ) -> Pixels:
-        mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-        values = torch.stack(parallel_map(transform, images)) if images else torch.zeros(0, 3, 1, 1)
-        values = ((values * std_t + mean_t) * 255).round_().clamp_(0, 255).to(torch.uint8)
-        return cls(values.to(device), mean_t.to(device), std_t.to(device))
+    def of(cls, images: Sequence[Image.Image], transform: Preprocess, device: torch.device) -> Pixels:
+        split = split_normalisation(transform)
+        steps, normalisation = split if split else (transform, None)
+        values = torch.stack(parallel_map(steps, images)) if images else torch.zeros(0, 3, 1, 1)
+        return cls(values.to(device), normalisation.to(device) if normalisation else None)
 
     def batch(self, start: int, stop: int) -> torch.Tensor:
         """Images ``start:stop`` as the transform made them (normalised float32)."""
-        return (self.values[start:stop].float() / 255 - self.mean) / self.std
+        values = self.values[start:stop]
+        return self.normalisation(values) if self.normalisation else values
 
 
 @dataclass
@@ -159,15 +152,9 @@ class ImageCache:
         kept = [(image, item) for image, item in zip(decoded, items, strict=True) if image is not None]
         return cls([image for image, _ in kept], [item for _, item in kept])
 
-    def with_pixels(
-        self,
-        transform: Callable[[Image.Image], torch.Tensor],
-        mean: Sequence[float],
-        std: Sequence[float],
-        device: torch.device,
-    ) -> ImageCache:
+    def with_pixels(self, transform: Preprocess, device: torch.device) -> ImageCache:
         """This cache with its images through ``transform`` once, kept on ``device`` (`Pixels`)."""
-        return replace(self, pixels=Pixels.of(self.images, transform, mean, std, device))
+        return replace(self, pixels=Pixels.of(self.images, transform, device))
 
 
 class LabelledImages(Dataset):

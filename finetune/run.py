@@ -103,10 +103,9 @@ def fine_tune(
     torch.manual_seed(config.seed)
     clip, train_transform, val_transform = create_clip(source, aug_cfg=AUGMENTATION)
     train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
-    preprocess_cfg = get_model_preprocess_cfg(clip)
     split = split_catalogue(items, label=config.label)
     classes = sorted({label_of(item, config.label) for item in items})
-    side = round(preprocess_cfg["size"][0] * CACHE_MARGIN)
+    side = round(get_model_preprocess_cfg(clip)["size"][0] * CACHE_MARGIN)
     gallery, queries = (
         ImageCache.load(split.gallery, side, max_pixels),
         ImageCache.load(split.queries, side, max_pixels),
@@ -126,9 +125,7 @@ def fine_tune(
             "pass a smaller --batch-size"
         )
     # The per-epoch evaluation reads its images through the val transform once, not every time.
-    mean, std = preprocess_cfg["mean"], preprocess_cfg["std"]
-    queries = queries.with_pixels(val_transform, mean, std, device)
-    eval_gallery = gallery.with_pixels(val_transform, mean, std, device)
+    queries, eval_gallery = queries.with_pixels(val_transform, device), gallery.with_pixels(val_transform, device)
     placement = Placement(device, _training_precision(model, loader, config, device))
     log.info("training on", extra={"placement": placement.describe(), "data": type(loader).__name__})
     loop = EpochLoop(model, loader, config, output, placement, started)
@@ -260,7 +257,6 @@ class EpochLoop:
     ) -> None:
         self.model, self.loader, self.config, self.output = model, loader, config, output
         self.placement, self.started = placement, started
-        self.budget_hit = False
         #: Re-estimated at each evaluation (unless configured): evaluation stays <= EVAL_SHARE of the time.
         self.eval_every = config.eval_every or 1
         self._saved_at = -math.inf
@@ -284,6 +280,17 @@ class EpochLoop:
     @property
     def planned_epochs(self) -> int:
         return math.ceil(self.schedule.total_steps / len(self.loader))
+
+    @property
+    def budget_hit(self) -> bool:
+        """The time budget held fewer epochs than configured."""
+        return bool(self.config.max_minutes) and self.planned_epochs < self.config.epochs
+
+    def _recent_epoch_s(self, window: int, fallback: float) -> float:
+        """Mean wall time of the last ``window`` epochs, leaving out the first (it carries the
+        warm-up) once there are others; ``fallback`` before any epoch is done."""
+        recent = self.epoch_seconds[1:][-window:] or self.epoch_seconds or [fallback]
+        return sum(recent) / len(recent)
 
     def run(self, evaluate_now) -> None:
         while self.epoch < self.planned_epochs and self.stale < self.config.patience:
@@ -331,24 +338,22 @@ class EpochLoop:
         N from the latest evaluation and the recent epochs (the first one is slower: warm-up)."""
         if self.config.eval_every is not None:
             return
-        recent = self.epoch_seconds[1:][-3:] or self.epoch_seconds or [self.phases_s["train"]]
-        every = max(1, math.ceil(eval_s / (EVAL_SHARE * max(sum(recent) / len(recent), 1e-6))))
+        epoch_s = self._recent_epoch_s(3, fallback=self.phases_s["train"])
+        every = max(1, math.ceil(eval_s / (EVAL_SHARE * max(epoch_s, 1e-6))))
         if every != self.eval_every:
             log.info("evaluation cadence", extra={"every_epochs": every, "eval_s": round(eval_s, 2)})
         self.eval_every = every
 
     def _fit_to_budget(self, train_s: float) -> None:
-        """Plan as many epochs as `max_minutes` holds at the pace of the recent epochs (the first
-        one carries the warm-up; ``train_s`` of this one until one is done), never more than
-        configured, the LR schedule ending with the last of them."""
+        """Plan as many epochs as `max_minutes` holds at the pace of the recent epochs (``train_s``
+        of this one until one is done), never more than configured, the LR schedule ending with
+        the last of them."""
         if not self.config.max_minutes:
             return
         left = self.config.max_minutes * 60 - (time.perf_counter() - self.started)
-        window = max(3, 2 * self.eval_every)  # recent enough to follow a machine that got busier or freer
-        recent = self.epoch_seconds[1:][-window:] or self.epoch_seconds or [train_s]
-        per_epoch = sum(recent) / len(recent)
+        # recent enough to follow a machine that got busier or freer, long enough to hold an evaluation
+        per_epoch = self._recent_epoch_s(max(3, 2 * self.eval_every), fallback=train_s)
         fits = max(self.epoch, min(self.config.epochs, self.epoch + math.floor(left / per_epoch)))
-        self.budget_hit = fits < self.config.epochs
         if fits == self.planned_epochs:
             return
         self.schedule.total_steps = len(self.loader) * fits

@@ -56,12 +56,31 @@ class Uint8Preprocess:
         return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
-def split_normalisation(preprocess: Preprocess) -> tuple[Uint8Preprocess, tuple, tuple] | None:
-    """(the uint8 PIL steps, mean, std) of a transform ending in ToTensor + Normalize, else None."""
+@dataclass(frozen=True)
+class Normalisation:
+    """ToTensor's division and Normalize, on uint8 pixels (N, 3, H, W) wherever they are: the
+    same arithmetic as the transform, so the floats are bitwise its own."""
+
+    mean: torch.Tensor  # (1, 3, 1, 1) float32
+    std: torch.Tensor
+
+    @classmethod
+    def of(cls, mean: Sequence[float], std: Sequence[float]) -> Normalisation:
+        return cls(torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1))
+
+    def to(self, device: torch.device) -> Normalisation:
+        return Normalisation(self.mean.to(device), self.std.to(device))
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels.float() / 255 - self.mean.to(pixels.device)) / self.std.to(pixels.device)
+
+
+def split_normalisation(preprocess: Preprocess) -> tuple[Uint8Preprocess, Normalisation] | None:
+    """(the uint8 PIL steps, the rest) of a transform ending in ToTensor + Normalize, else None."""
     steps = list(getattr(preprocess, "transforms", []))
     if len(steps) < 2 or type(steps[-2]).__name__ not in TO_TENSOR or not isinstance(steps[-1], transforms.Normalize):
         return None
-    return Uint8Preprocess(transforms.Compose(steps[:-2])), tuple(steps[-1].mean), tuple(steps[-1].std)
+    return Uint8Preprocess(transforms.Compose(steps[:-2])), Normalisation.of(steps[-1].mean, steps[-1].std)
 
 
 def register_model_configs() -> None:
@@ -125,10 +144,7 @@ class ImageEncoder:
         split = split_normalisation(preprocess)
         #: What ingest's workers run: uint8 when the transform allows it (`Uint8Preprocess`).
         self.worker_preprocess: Preprocess = split[0] if split else preprocess
-        self._normalisation = None
-        if split:
-            mean, std = (torch.tensor(v, device=self.placement.device).view(1, 3, 1, 1) for v in split[1:])
-            self._normalisation = (mean, std)
+        self._normalisation = split[1].to(self.placement.device) if split else None
         self.classifier = classifier
         self.dim = int(self._probe_dim())
         #: Untrained weights (no MODEL_PRETRAINED, no checkpoint): /readyz and the page say so.
@@ -162,8 +178,7 @@ class ImageEncoder:
         if pixels.dtype == torch.uint8:
             if self._normalisation is None:
                 raise TypeError("uint8 pixels need a transform ending in ToTensor + Normalize")
-            mean, std = self._normalisation
-            pixels = (pixels.float() / 255 - mean) / std
+            pixels = self._normalisation(pixels)
         pixels = pixels.contiguous(memory_format=self.memory_format)
         with self.placement.autocast():
             features = self.visual(pixels)

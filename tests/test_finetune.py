@@ -252,8 +252,7 @@ def test_evaluation_pixels_are_the_transforms_own_values():
     _, _, transform = create_clip(ModelSource("random-init", TEST_MODEL))
     rng = np.random.default_rng(3)
     images = [Image.fromarray(rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8)) for i in range(5)]
-    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-    pixels = Pixels.of(images, transform, mean, std, torch.device("cpu"))
+    pixels = Pixels.of(images, transform, torch.device("cpu"))
     assert pixels.values.dtype == torch.uint8
     torch.testing.assert_close(pixels.batch(1, 4), torch.stack([transform(image) for image in images[1:4]]))
 
