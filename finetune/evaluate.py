@@ -24,9 +24,10 @@ from PIL import Image
 from finetune.data import LABELS, ImageCache, label_of, split_by_holdout, split_catalogue
 from lookalike.catalogue import read_catalogue
 from lookalike.checkpoint import read_base_source, read_classes, read_info
+from lookalike.classifier import CategoryClassifier
 from lookalike.cli import description, float_list, program
 from lookalike.colour import colour_histogram
-from lookalike.encoder import CategoryClassifier, ImageEncoder, load_visual
+from lookalike.encoder import ImageEncoder, load_visual
 from lookalike.errors import LookalikeError, ModelLoadError
 from lookalike.logs import configure_logging
 from lookalike.metrics import COLOUR_K, KS, retrieval_scores
@@ -67,10 +68,10 @@ def trunk_candidate(name: str, encoder: ImageEncoder, mix: float) -> Candidate:
         parts = []
         for start in range(0, len(images), EMBED_BATCH):
             batch = [encoder.preprocess(image) for image in images[start : start + EMBED_BATCH]]
-            pixels = torch.stack(batch).to(encoder.placement.device)
+            pixels = torch.stack(batch).to(encoder.placement.device, encoder.weights_dtype)
             with torch.inference_mode():
-                pooled = trunk(pixels).float()
-                both = F.normalize(projection(pooled).float(), dim=-1), F.normalize(pooled, dim=-1)
+                pooled = trunk(pixels)
+                both = F.normalize(projection(pooled).float(), dim=-1), F.normalize(pooled.float(), dim=-1)
             parts.append(torch.cat([(1 - mix) ** 0.5 * both[0], mix**0.5 * both[1]], dim=1).cpu().numpy())
         return np.concatenate(parts)
 

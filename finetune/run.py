@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from finetune.data import ImageCache, LabelledImages, catalogue_fingerprint, label_of, split_catalogue
 from finetune.device_data import DeviceBatches
+from finetune.export import export_checkpoint
 from finetune.model import RetrievalModel
 from finetune.train import WarmupCosine, evaluate, train_one_epoch, training_loss
 from lookalike.catalogue import CatalogueItem
@@ -174,6 +175,7 @@ def fine_tune(
     }
     head = (model.head.weight, config.head_scale, classes)
     save_checkpoint(output, clip, head, model_config(source), get_model_preprocess_cfg(clip), info)
+    export_checkpoint(output)
     return TrainingResult(
         output,
         loop.epoch,

@@ -18,11 +18,11 @@ from lookalike.backup import backup, restore
 from lookalike.catalogue import Shard, read_catalogue, take_shard
 from lookalike.cli import description, int_range, program
 from lookalike.device import default_workers
-from lookalike.encoder import ImageEncoder
 from lookalike.errors import LookalikeError
 from lookalike.journal import UploadJournal
 from lookalike.logs import configure_logging
 from lookalike.queries import NearDuplicateRule
+from lookalike.runtime import load_encoder
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
 
@@ -111,7 +111,7 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if args.shard:
         catalogue = take_shard(catalogue, Shard.parse(args.shard))
     store = VectorStore.from_settings(settings)  # first: a locked store fails before the model loads
-    encoder = ImageEncoder.from_settings(settings)
+    encoder = load_encoder(settings)
     report = ErrorReport.open(settings.ingest_error_report)
     journal = UploadJournal(settings.upload_dir)  # items added over the API: kept across models
     device = encoder.placement.device

@@ -83,7 +83,7 @@ def collate(decoded: list[Decoded]) -> Batch:
     travels through a shared-memory file of its own, which cost more than the decoding."""
     with_pixels = [d.pixels for d in decoded if d.pixels is not None]
     items = [dataclasses.replace(d, pixels=None) if d.pixels is not None else d for d in decoded]
-    return Batch(items, torch.stack(with_pixels) if with_pixels else None)
+    return Batch(items, torch.stack([torch.as_tensor(p) for p in with_pixels]) if with_pixels else None)
 
 
 def iter_batches(

@@ -26,12 +26,12 @@ from ingest.decode import Batch, Decoded, iter_batches
 from ingest.duplicates import ExactDuplicates, NearDuplicates
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, CatalogueItem, Shard, take_shard
-from lookalike.encoder import ImageEncoder
 from lookalike.errors import StoreDamaged, StoreError, StoreUnavailable
 from lookalike.journal import UPLOAD, UploadJournal
 from lookalike.looks import Look
 from lookalike.points import StoredItem
 from lookalike.queries import NearDuplicateRule
+from lookalike.runtime import Encoder
 from lookalike.store import VectorStore
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class IngestOptions:
 class _Run:
     """What every batch of one run writes to."""
 
-    encoder: ImageEncoder
+    encoder: Encoder
     store: VectorStore
     report: ErrorReport
     summary: IngestSummary
@@ -70,7 +70,7 @@ class _Run:
 
 def ingest(
     catalogue: Catalogue,
-    encoder: ImageEncoder,
+    encoder: Encoder,
     store: VectorStore,
     report: ErrorReport,
     options: IngestOptions = IngestOptions(),
@@ -263,7 +263,7 @@ def _unlisted(catalogue: Catalogue, store: VectorStore) -> list[str]:
 def ingest_all(
     catalogue: Catalogue,
     journal: UploadJournal,
-    encoder: ImageEncoder,
+    encoder: Encoder,
     store: VectorStore,
     report: ErrorReport,
     options: IngestOptions = IngestOptions(),
@@ -290,7 +290,7 @@ def seed_journal(journal: UploadJournal, store: VectorStore) -> None:
 def sync_uploads(
     uploads: Catalogue,
     journal: UploadJournal,
-    encoder: ImageEncoder,
+    encoder: Encoder,
     store: VectorStore,
     report: ErrorReport,
     options: IngestOptions = IngestOptions(),
@@ -311,7 +311,7 @@ def _uploads_of(journal: UploadJournal, shard: Shard | None) -> Catalogue:
 def reindex(
     catalogue: Catalogue,
     journal: UploadJournal,
-    encoder: ImageEncoder,
+    encoder: Encoder,
     store: VectorStore,
     report: ErrorReport,
     options: IngestOptions = IngestOptions(),
@@ -351,7 +351,7 @@ def reindex(
 def verify(
     catalogue: Catalogue,
     journal: UploadJournal,
-    encoder: ImageEncoder,
+    encoder: Encoder,
     store: VectorStore,
     report: ErrorReport,
     options: IngestOptions = IngestOptions(),
@@ -384,7 +384,7 @@ def verify(
     return summary
 
 
-def _rebuild(store: VectorStore, journal: UploadJournal, encoder: ImageEncoder, fields: Sequence[str]) -> None:
+def _rebuild(store: VectorStore, journal: UploadJournal, encoder: Encoder, fields: Sequence[str]) -> None:
     """Drop a collection that cannot be read and create it empty under the same name."""
     with contextlib.suppress(StoreError):  # API items of a readable payload go to the journal first
         seed_journal(journal, store)

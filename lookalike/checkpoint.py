@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
+import numpy as np
+from safetensors.numpy import load_file as load_numpy
 
 from lookalike.errors import LookalikeError, ModelLoadError
 from lookalike.model_source import ModelSource
+
+if TYPE_CHECKING:  # reading a checkpoint's head and info needs no torch (the ONNX runtime's API process)
+    import torch
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -78,13 +81,13 @@ def read_classes(directory: Path) -> list[str] | None:
         return None
 
 
-def read_head(directory: Path) -> tuple[list[str], torch.Tensor, float] | None:
+def read_head(directory: Path) -> tuple[list[str], np.ndarray, float] | None:
     """The category head (classes, weight, scale); None without one, or when it predicts products."""
     classes = read_classes(directory)
     if classes is None or not (directory / HEAD_FILE).is_file() or trained_label(directory) != "category":
         return None
-    tensors = load_file(directory / HEAD_FILE)
-    return classes, tensors["weight"].float(), float(tensors["scale"])
+    tensors = load_numpy(directory / HEAD_FILE)
+    return classes, tensors["weight"].astype(np.float32), float(tensors["scale"])
 
 
 def model_config(source: ModelSource) -> dict[str, Any] | None:
@@ -105,6 +108,9 @@ def save_checkpoint(
     info: dict[str, Any],
 ) -> None:
     """Write every file, ``training.json`` last; ``head`` is (weight, scale, classes)."""
+    import torch
+    from safetensors.torch import save_file
+
     weight, scale, classes = head
     directory.mkdir(parents=True, exist_ok=True)
     config = {"model_cfg": model_cfg, "preprocess_cfg": _jsonable(preprocess_cfg)}
@@ -118,6 +124,8 @@ def save_checkpoint(
 
 def save_resume_state(directory: Path, state: dict[str, Any], config: dict[str, Any]) -> None:
     """The training state (tensors, numbers, lists) and the config that produced it, atomically."""
+    import torch
+
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f"{RESUME_FILE}.tmp"
     torch.save({**state, "config": _jsonable(config)}, tmp)
@@ -127,6 +135,8 @@ def save_resume_state(directory: Path, state: dict[str, Any], config: dict[str, 
 def load_resume_state(directory: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     """The state to resume from, loaded with ``weights_only`` (no code runs from the file);
     `ResumeRefused` when it was written by a run that learns differently."""
+    import torch
+
     path = directory / RESUME_FILE
     if not path.is_file():
         return None

@@ -16,7 +16,7 @@ from PIL import Image
 from lookalike.colour import colour_histogram
 
 if TYPE_CHECKING:  # the store imports this module and must not pull in torch
-    from lookalike.encoder import ImageEncoder
+    from lookalike.runtime import Encoder
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Look:
     colour: np.ndarray
 
 
-def looks_of(encoder: ImageEncoder, images: Sequence[Image.Image]) -> list[Look]:
+def looks_of(encoder: Encoder, images: Sequence[Image.Image]) -> list[Look]:
     """Embed the images in one forward pass and describe their colours."""
     embeddings = encoder.embed_images(images)
     return [Look(embedding, colour_histogram(image)) for embedding, image in zip(embeddings, images, strict=True)]

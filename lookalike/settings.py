@@ -72,8 +72,15 @@ class Settings(BaseSettings):
     model_checkpoint: Path | None = None
     #: Where the model runs: auto (the first CUDA device, else the CPU), cpu, cuda, cuda:N.
     device: str = Field("auto", pattern=DEVICE_PATTERN)
-    #: Inference precision: auto (bf16 on a GPU, fp32 on a CPU), fp32 or bf16.
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    #: What runs the image tower: torch (ingest, fine-tuning, any device), or onnx (ONNX Runtime on
+    #: the CPU, no torch in the API process; an export of the model, made on first use).
+    encoder_runtime: Literal["torch", "onnx"] = "torch"
+    #: Inference precision. torch: auto (bf16 on a GPU; on a CPU whichever of fp32 and bf16 weights
+    #: measures faster at start), fp32 or bf16. onnx: auto or fp32, or int8 (dynamic quantisation;
+    #: its vectors are its own model's, so ingest and the service must both use it).
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
+    #: Where ONNX exports of models that are not checkpoints are kept (a checkpoint keeps its own).
+    onnx_dir: Path = Path("./models/onnx")
     #: Images per forward pass in ingest; unset: 32 on a CPU, 256 on a GPU.
     batch_size: int | None = Field(None, ge=1, le=1024)
     #: Processes that decode and preprocess images while the model runs (0 = in the main process);

@@ -7,9 +7,9 @@ import logging
 from flask import Flask
 from flask_cors import CORS
 
-from lookalike.encoder import ImageEncoder
 from lookalike.errors import StoreError
 from lookalike.logs import configure_logging
+from lookalike.runtime import Encoder, load_encoder
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
 from service import batch, browse, health, items, openapi, page, search
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def create_app(
     settings: Settings | None = None,
     *,
-    encoder: ImageEncoder | None = None,
+    encoder: Encoder | None = None,
     store: VectorStore | None = None,
 ) -> Flask:
     """Build the app; with no arguments everything comes from the environment (as under gunicorn).
@@ -42,7 +42,7 @@ def create_app(
     app.wsgi_app = BodyDeadline(app.wsgi_app, settings.request_body_timeout_s, settings.max_upload_bytes)
     app.json.sort_keys = False
     store = store or VectorStore.from_settings(settings)  # first: a locked store fails before the model loads
-    inference = InferenceThread(encoder or (lambda: ImageEncoder.from_settings(settings)), settings.batch_size or 32)
+    inference = InferenceThread(encoder or (lambda: load_encoder(settings)), settings.batch_size or 32)
     metrics = init_observability(app, lambda: _item_count(resources), lambda: _encoder_labels(resources))
     resources = Resources(settings, store, metrics, inference)
     app.extensions[EXTENSION_KEY] = resources

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from lookalike.encoder import ImageEncoder
 from lookalike.looks import Look, looks_of
+from lookalike.runtime import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,10 @@ class _Job:
 class InferenceThread:
     """Owns the encoder: builds it (when given a factory) and runs every forward pass."""
 
-    def __init__(self, encoder: ImageEncoder | Callable[[], ImageEncoder], max_batch: int = 32) -> None:
+    def __init__(self, encoder: Encoder | Callable[[], Encoder], max_batch: int = 32) -> None:
         self.max_batch = max_batch
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        built: Future[ImageEncoder] = Future()
+        built: Future[Encoder] = Future()
         self._thread = threading.Thread(target=self._run, args=(encoder, built), name="inference", daemon=True)
         self._thread.start()
         self.encoder = built.result()  # the model's own errors (ModelLoadError) surface here
@@ -54,9 +54,9 @@ class InferenceThread:
         self._jobs.put(None)
         self._thread.join()
 
-    def _run(self, encoder: ImageEncoder | Callable[[], ImageEncoder], built: Future) -> None:
+    def _run(self, encoder: Encoder | Callable[[], Encoder], built: Future) -> None:
         try:
-            model = encoder if isinstance(encoder, ImageEncoder) else encoder()
+            model = encoder() if callable(encoder) else encoder
         except BaseException as e:  # handed to the constructor, which re-raises it
             built.set_exception(e)
             return
@@ -83,7 +83,7 @@ class InferenceThread:
         return jobs
 
     @staticmethod
-    def _embed(model: ImageEncoder, jobs: list[_Job]) -> None:
+    def _embed(model: Encoder, jobs: list[_Job]) -> None:
         try:
             looks = looks_of(model, [image for job in jobs for image in job.images])
         except Exception as e:  # every waiting request gets the error, none hangs

@@ -17,12 +17,12 @@ import httpx
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from lookalike.cli import description, program
-from lookalike.encoder import ImageEncoder
 from lookalike.errors import LookalikeError
 from lookalike.images import decode_image, read_bytes
 from lookalike.looks import looks_of
 from lookalike.points import Hit
 from lookalike.queries import Ranking, SearchFilter
+from lookalike.runtime import load_encoder
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
 from service.items import image_path
@@ -56,7 +56,7 @@ def local_tiles(query: str, category: list[str], k: int, settings: Settings) -> 
     """Search with this process's own encoder and store."""
     store = VectorStore.from_settings(settings)
     try:
-        encoder = ImageEncoder.from_settings(settings)
+        encoder = load_encoder(settings)
         store.check_model(encoder.dim, encoder.identity)
         search_filter, ranking = SearchFilter(categories=category), Ranking(k, colour_weight=settings.colour_weight)
         if Path(query).is_file():

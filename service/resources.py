@@ -12,9 +12,9 @@ from flask import current_app
 from PIL import Image
 
 from lookalike.calibration import Calibration
-from lookalike.encoder import ImageEncoder
 from lookalike.errors import StoreError
 from lookalike.looks import Look
+from lookalike.runtime import Encoder
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
 from service.inference import InferenceThread
@@ -44,7 +44,7 @@ class Resources:
         return self.calibration.colour_weight
 
     @property
-    def encoder(self) -> ImageEncoder:
+    def encoder(self) -> Encoder:
         """The model, for its identity, dimension and head; forward passes go through `looks`."""
         return self.inference.encoder
 

@@ -109,6 +109,17 @@ def encoder() -> ImageEncoder:
     return ImageEncoder.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
 
 
+@pytest.fixture(scope="session")
+def onnx_export(tmp_path_factory) -> Path:
+    """The test model exported to ONNX (both variants), as `python -m finetune.export` writes it."""
+    from lookalike.model_source import ModelSource
+    from lookalike.onnx_export import export_encoder
+
+    directory = tmp_path_factory.mktemp("onnx")
+    export_encoder(ModelSource("random-init", TEST_MODEL), directory)
+    return directory
+
+
 @pytest.fixture
 def cli_env(settings: Settings, monkeypatch) -> Settings:
     """The environment a command-line run (`ingest.__main__.main`) reads, pointing at `settings`."""

@@ -22,11 +22,13 @@ from lookalike.device import (
     FP32,
     DeviceUnavailable,
     Placement,
+    fastest_precision,
     fastest_training_precision,
     inference_placement,
     resolve_device,
 )
-from lookalike.encoder import ImageEncoder, load_visual
+from lookalike.encoder import ImageEncoder, load_visual, measure_cpu_precision
+from lookalike.errors import ModelLoadError
 from lookalike.model_source import ModelSource
 from lookalike.settings import Settings
 from tests.conftest import TEST_MODEL, draw_item
@@ -78,8 +80,36 @@ def test_the_encoder_on_the_cpu_placement_gives_the_same_vectors(settings):
     assert np.allclose(placed.embed_images(images), default, atol=1e-6)
     bf16 = ImageEncoder(visual, preprocess, source.label, placement=Placement(torch.device("cpu"), BF16))
     assert bf16.identity == placed.identity  # the identity never depends on device or precision
+    assert next(bf16.visual.parameters()).dtype == torch.bfloat16  # bf16 weights on a CPU, not autocast
     cosines = (bf16.embed_images(images) * default).sum(axis=1)
-    assert cosines.min() > 0.99
+    assert cosines.min() >= 0.999
+
+
+def test_cpu_inference_precision_is_measured_only_where_bf16_is_native(monkeypatch):
+    import lookalike.encoder as encoder_module
+
+    measured = []
+    monkeypatch.setattr(encoder_module, "measure_cpu_precision", lambda *args: measured.append(1) or BF16)
+    settings = Settings(_env_file=None, model_name=TEST_MODEL, model_pretrained="", device="cpu")
+    monkeypatch.setattr(encoder_module, "has_native_bf16", lambda: False)
+    assert ImageEncoder.from_settings(settings).placement.precision == FP32 and not measured
+    monkeypatch.setattr(encoder_module, "has_native_bf16", lambda: True)
+    assert ImageEncoder.from_settings(settings).placement.precision == BF16 and measured
+    pinned = settings.model_copy(update={"precision": "fp32"})
+    assert ImageEncoder.from_settings(pinned).placement.precision == FP32 and len(measured) == 1
+
+
+def test_the_measurement_picks_bf16_only_when_it_is_faster():
+    source = ModelSource.from_settings(Settings(_env_file=None, model_name=TEST_MODEL, model_pretrained=""))
+    visual, _ = load_visual(source)
+    assert measure_cpu_precision(visual, 32, batch=2) in (FP32, BF16)  # runs both on the real model
+    assert fastest_precision(lambda bf16: time.sleep(0.002 if bf16 else 0.02), "inference", 1) == BF16
+    assert fastest_precision(lambda bf16: time.sleep(0.02 if bf16 else 0.002), "inference", 1) == FP32
+
+
+def test_int8_needs_the_onnx_runtime():
+    with pytest.raises(ModelLoadError, match="PRECISION=int8 needs ENCODER_RUNTIME=onnx"):
+        ImageEncoder.from_settings(Settings(_env_file=None, model_name=TEST_MODEL, precision="int8"))
 
 
 def test_training_precision_is_whichever_measures_faster_on_a_cpu():

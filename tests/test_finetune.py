@@ -30,7 +30,15 @@ from tests.conftest import TEST_MODEL
 
 SHAPES = ("disc", "box", "bar")
 FAST = TrainingConfig(
-    epochs=120, batch_size=8, lr=3e-3, warmup_epochs=1, patience=100, progress=False, eval_every=1, resume_every_s=0
+    epochs=120,
+    batch_size=8,
+    lr=3e-3,
+    warmup_epochs=1,
+    patience=100,
+    progress=False,
+    eval_every=1,
+    resume_every_s=0,
+    precision="fp32",  # measured "auto" picks by timing, so a busy machine would train another run
 )
 
 
@@ -103,6 +111,30 @@ def test_checkpoint_round_trips_to_identical_vectors(trained, shapes_dir):
     info = json.loads((output / "training.json").read_text())
     assert info["training"]["epochs"] == FAST.epochs and len(info["catalogue_fingerprint"]) == 64
     assert not (output / "resume.pt").exists()
+
+
+def test_the_run_writes_an_onnx_export_that_scores_as_the_checkpoint(trained, shapes_dir):
+    from lookalike.onnx_encoder import OnnxEncoder
+
+    output, metrics = trained
+    assert (output / "onnx" / "visual.fp32.onnx").is_file()  # written by the run, not on demand below
+    exported = OnnxEncoder.from_settings(Settings(model_checkpoint=output, encoder_runtime="onnx"))
+    assert exported.identity == ImageEncoder.from_settings(Settings(model_checkpoint=output)).identity
+    queries, gallery = held_out(shapes_dir)
+    report = evaluate_candidates(queries, gallery, [encoder_candidate("onnx", exported)])["onnx"]
+    assert report["overall"]["P@4"] == pytest.approx(metrics["overall"]["P@4"], abs=1e-6)
+    assert report["head_accuracy"] == pytest.approx(metrics["head_accuracy"])
+
+
+def test_bf16_weights_keep_the_checkpoints_vectors_and_held_out_scores(trained, shapes_dir):
+    """PRECISION=bf16 on a CPU (what auto picks where it measures faster): within cosine 0.999."""
+    output, _ = trained
+    queries, gallery = held_out(shapes_dir)
+    encoders = {p: ImageEncoder.from_settings(Settings(model_checkpoint=output, precision=p)) for p in ("fp32", "bf16")}
+    cosines = (encoders["bf16"].embed_images(queries.images) * encoders["fp32"].embed_images(queries.images)).sum(1)
+    assert cosines.min() >= 0.999
+    scores = evaluate_candidates(queries, gallery, [encoder_candidate(p, e) for p, e in encoders.items()])
+    assert scores["bf16"]["overall"]["P@4"] >= scores["fp32"]["overall"]["P@4"] - 0.005
 
 
 def test_classifier_head_predicts_shapes(trained, shapes_dir):
@@ -316,7 +348,7 @@ def test_leave_categories_out_protocol_trains_and_reports_apart(shapes_dir, tmp_
 
 def test_products_as_classes_rank_the_same_product_first_and_report_both(tmp_path, monkeypatch, capsys):
     """Four products per shape, four photos each: a product is one colour, its photos move around."""
-    from lookalike.encoder import CategoryClassifier
+    from lookalike.classifier import CategoryClassifier
     from tests.conftest import write_manifest
 
     rng, rows = random.Random(3), []

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -398,3 +399,19 @@ def test_every_file_is_read_once_and_unchanged_images_are_not_decoded(
     second = run_ingest(catalogue_dir, encoder, store, tmp_path / "r2.jsonl")
     assert (second.ingested, second.skipped) == (0, 12) and set(reads.values()) == {1}
     assert decodes["x"] == 1  # only the broken file, never stored, is tried again
+
+
+def test_ingest_on_the_onnx_runtime_stores_torchs_vectors(catalogue_dir, encoder, onnx_export, settings, tmp_path):
+    """ENCODER_RUNTIME=onnx in ingest: numpy pixels through a decode worker, the same vectors."""
+    from lookalike.onnx_encoder import OnnxEncoder, variant_file
+
+    stores = {}
+    for name, runtime in (("torch", encoder), ("onnx", OnnxEncoder(variant_file(onnx_export, "fp32")))):
+        store = VectorStore.from_settings(settings.model_copy(update={"qdrant_path": tmp_path / name}))
+        summary = run_ingest(catalogue_dir, runtime, store, tmp_path / f"{name}.jsonl", workers=1)
+        assert (summary.ingested, summary.failed) == (12, 1)
+        stores[name] = store.labelled_vectors(100)
+        store.close()
+    (torch_rows, torch_colours, torch_labels), (onnx_rows, onnx_colours, onnx_labels) = stores["torch"], stores["onnx"]
+    assert torch_labels == onnx_labels and np.array_equal(torch_colours, onnx_colours)
+    assert (torch_rows * onnx_rows).sum(axis=1).min() >= 0.9999

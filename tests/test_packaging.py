@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-SCRIPTS = ["lookalike-ingest", "lookalike-finetune", "lookalike-evaluate", "lookalike-recommend", "lookalike-serve"]
+SCRIPTS = [
+    "lookalike-ingest",
+    "lookalike-finetune",
+    "lookalike-evaluate",
+    "lookalike-export",
+    "lookalike-recommend",
+    "lookalike-serve",
+]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
