@@ -57,6 +57,7 @@ bench: venv
 	$(PY) -m bench.b4_coldstart
 	$(PY) -m bench.b5_finetune
 	$(PY) -m bench.b6_queries
+	$(PY) -m bench.p0_encoder
 
 # Issue 13's machine figures on whatever DEVICE resolves to (decode rate, forward throughput,
 # fine-tuning the small and large presets, ingest vs decode). --quick checks it on a CPU.

@@ -11,17 +11,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from bench.common import report, spread_sample
 from ingest.pipeline import IngestOptions, ingest
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
-from lookalike.encoder import ImageEncoder
 from lookalike.images import decode_image, read_bytes, sha256_hex
 from lookalike.looks import looks_of
 from lookalike.points import StoredItem
 from lookalike.queries import NearDuplicateRule
+from lookalike.runtime import load_encoder
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
 
@@ -35,7 +35,7 @@ def main() -> None:
     catalogue = read_catalogue(settings.catalogue_source())
     items = spread_sample(catalogue.items, args.limit)
     catalogue.items[:] = items
-    encoder = ImageEncoder.from_settings(settings)
+    encoder = load_encoder(settings)
     batch = settings.batch_size
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,7 +52,8 @@ def main() -> None:
         summary = ingest(catalogue, encoder, store, report_file, options)
         pipeline = summary.ingested / summary.seconds
 
-        pixels = torch.stack([encoder.preprocess(decode_image(read_bytes(i.path), 10**8)) for i in items[: batch * 4]])
+        images = [decode_image(read_bytes(i.path), 10**8) for i in items[: batch * 4]]
+        pixels = np.stack([np.asarray(encoder.worker_preprocess(image)) for image in images])
         started = time.perf_counter()
         for start in range(0, len(pixels), batch):
             encoder.embed_batch(pixels[start : start + batch])

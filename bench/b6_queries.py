@@ -21,10 +21,10 @@ from finetune.data import split_catalogue
 from ingest.pipeline import IngestOptions, ingest
 from ingest.report import ErrorReport
 from lookalike.catalogue import Catalogue, read_catalogue
-from lookalike.encoder import ImageEncoder
 from lookalike.images import decode_image, read_bytes
 from lookalike.looks import looks_of
 from lookalike.queries import Ranking, SearchFilter
+from lookalike.runtime import Encoder, load_encoder
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
 
@@ -40,9 +40,7 @@ def composite(left: Image.Image, right: Image.Image) -> Image.Image:
     return canvas
 
 
-def precision_at_4(
-    store: VectorStore, encoder: ImageEncoder, image: Image.Image, category: str, weight: float
-) -> float:
+def precision_at_4(store: VectorStore, encoder: Encoder, image: Image.Image, category: str, weight: float) -> float:
     (look,) = looks_of(encoder, [image])
     hits = store.similar(look, SearchFilter(), Ranking(4, colour_weight=weight))
     return float(np.mean([hit.item.category == category for hit in hits]))
@@ -55,7 +53,7 @@ def main() -> None:
     settings = Settings()
     catalogue = read_catalogue(settings.catalogue_source())
     split = split_catalogue(catalogue.items)
-    encoder = ImageEncoder.from_settings(settings)
+    encoder = load_encoder(settings)
     rng = np.random.default_rng(0)
     queries = split.queries
     pairs = [(queries[i], queries[j]) for i, j in rng.integers(0, len(queries), (args.pairs * 2, 2))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lookalike.cpu import cpu_model
 
 RESULTS_DIR = Path("bench/results")
 
@@ -48,5 +51,11 @@ def report(name: str, figures: list[dict[str, Any]]) -> None:
     for figure in figures:
         parts = [f"{key}={value}" for key, value in figure.items()]
         print(f"[{name}] " + " ".join(parts))
-    meta = {"machine": platform.machine(), "python": platform.python_version()}
+    print(f"[{name}] machine: {cpu_model()}, {len(os.sched_getaffinity(0))} cores")
+    meta = {
+        "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+    }
     (RESULTS_DIR / f"{name}.json").write_text(json.dumps({"meta": meta, "figures": figures}, indent=2))

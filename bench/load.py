@@ -22,7 +22,7 @@ from bench.server import running_service
 from ingest.pipeline import IngestOptions, ingest
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
-from lookalike.encoder import ImageEncoder
+from lookalike.runtime import load_encoder
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
 
@@ -68,7 +68,7 @@ def main() -> None:
     settings = Settings()
     catalogue = read_catalogue(settings.catalogue_source())
     catalogue.items[:] = spread_sample(catalogue.items, args.limit)
-    encoder = ImageEncoder.from_settings(settings)
+    encoder = load_encoder(settings)
     ids = [item.id for item in catalogue.items]
     categories = {item.id: item.category for item in catalogue.items}
     photos = [item.path.read_bytes() for item in catalogue.items[:30]]

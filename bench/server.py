@@ -49,6 +49,18 @@ def running_service(env: dict[str, str], timeout_s: float = 300) -> Iterator[tup
         process.wait(timeout=30)
 
 
+def memory_mib(pid: int) -> dict:
+    """The memory of a process and its children (gunicorn master + workers): ``pss`` counts pages
+    shared after the fork once (the honest sum), ``rss`` sums each process's resident set."""
+    pids = [pid, *(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    rss, pss = {}, 0.0
+    for one in pids:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{one}/smaps_rollup").read_text().splitlines()[1:])
+        rss[one] = int(fields["Rss"].split()[0]) / 1024
+        pss += int(fields["Pss"].split()[0]) / 1024
+    return {"pss": pss, "rss": sum(rss.values()), "per_process": [round(v, 1) for v in rss.values()]}
+
+
 def rss_mib(pid: int) -> float:
     """Resident memory of a process and its children (gunicorn master + workers), MiB."""
     pids = [pid, *(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]

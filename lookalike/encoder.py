@@ -157,10 +157,10 @@ class ImageEncoder:
         return encoder
 
     @torch.inference_mode()
-    def embed_batch(self, pixels: torch.Tensor) -> np.ndarray:
+    def embed_batch(self, pixels: torch.Tensor | np.ndarray) -> np.ndarray:
         """Embed preprocessed pixels (N, 3, H, W) on the encoder's device and precision: the
         transform's floats, or `worker_preprocess`'s uint8 (normalised here, on the device)."""
-        pixels = pixels.to(self.placement.device, non_blocking=True)
+        pixels = torch.as_tensor(pixels).to(self.placement.device, non_blocking=True)
         if pixels.dtype == torch.uint8:
             if self._normalisation is None:
                 raise TypeError("uint8 pixels need a transform ending in ToTensor + Normalize")

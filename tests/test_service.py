@@ -689,3 +689,16 @@ def test_recommend_with_a_json_body_is_a_415_saying_what_it_takes(client, ingest
     response = client.post("/v1/recommend", json={"positive": ["red_round-0"]})
     assert_error(response, 415, "unsupported_media_type")
     assert "multipart/form-data" in response.get_json()["error"]["message"]
+
+
+def test_a_model_that_cannot_load_fails_the_start_even_without_a_collection(settings: Settings, store, monkeypatch):
+    """The model builds beside the store's loading; its error still stops create_app."""
+    import service
+    from lookalike.errors import ModelLoadError
+
+    def broken(_settings):
+        raise ModelLoadError("could not load the encoder")
+
+    monkeypatch.setattr(service, "load_encoder", broken)
+    with pytest.raises(ModelLoadError):
+        create_app(settings, store=store)
