@@ -8,6 +8,12 @@ PORT ?= 8000
 
 .PHONY: venv demo ingest serve test-tools test bench load gpu-check clean
 
+# The settings default to real weights (MODEL_PRETRAINED unset = laion2b_s34b_b79k for ViT-B-32,
+# downloaded once). These targets run offline unless you set it: the demo trains its own encoder
+# from random init, tests and benchmarks need no download. MODEL_PRETRAINED=laion2b_s34b_b79k make
+# demo starts from CLIP's weights instead.
+demo test bench load gpu-check: export MODEL_PRETRAINED ?=
+
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml

@@ -17,6 +17,7 @@ from bench.common import report, spread_sample
 from ingest.pipeline import IngestOptions, ingest
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
+from lookalike.device import default_workers
 from lookalike.images import decode_image, read_bytes, sha256_hex
 from lookalike.looks import looks_of
 from lookalike.points import StoredItem
@@ -36,7 +37,9 @@ def main() -> None:
     items = spread_sample(catalogue.items, args.limit)
     catalogue.items[:] = items
     encoder = load_encoder(settings)
-    batch = settings.batch_size
+    device = encoder.placement.device
+    batch = settings.ingest_batch_size(device.type)
+    workers = default_workers(device) if settings.decode_workers is None else settings.decode_workers
 
     with tempfile.TemporaryDirectory() as tmp:
         store = VectorStore.from_settings(settings.model_copy(update={"qdrant_path": Path(tmp) / "q"}))
@@ -44,7 +47,7 @@ def main() -> None:
         report_file = ErrorReport.open(Path(tmp) / "errors.jsonl")
         options = IngestOptions(
             batch_size=batch,
-            workers=settings.decode_workers,
+            workers=workers,
             max_pixels=settings.max_image_pixels,
             near_duplicates=NearDuplicateRule.from_settings(settings),  # as `python -m ingest` runs it
             progress=False,
@@ -77,7 +80,7 @@ def main() -> None:
                 "value": round(pipeline, 1),
                 "model": encoder.identity.split("@")[0],
                 "batch": batch,
-                "workers": settings.decode_workers,
+                "workers": workers,
                 "items": summary.ingested,
             },
             {

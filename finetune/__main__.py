@@ -96,7 +96,7 @@ def preset_for(requested: str, settings: Settings, device: torch.device) -> str 
     """The preset `auto` stands for on this machine; None = the MODEL_* encoder (a pretrained start)."""
     if requested != AUTO:
         return None if requested == CONFIGURED else requested
-    if settings.model_pretrained:
+    if settings.pretrained:
         return None
     return "large" if device.type == "cuda" else "small"
 

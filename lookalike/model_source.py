@@ -34,7 +34,7 @@ class ModelSource:
 
             checkpoint = settings.model_checkpoint.resolve()
             return cls("checkpoint", str(checkpoint), base=read_base_source(checkpoint))
-        pretrained = settings.model_pretrained
+        pretrained = settings.pretrained
         if pretrained.startswith("hf-hub:"):
             return cls("hf-hub", pretrained.removeprefix("hf-hub:"))
         if not pretrained:

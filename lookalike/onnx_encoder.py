@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -48,9 +49,11 @@ def variant_file(directory: Path, variant: str) -> Path:
 
 
 def export_directory(settings: Settings) -> Path:
-    """A checkpoint's own ``onnx/`` folder, or one folder per model under ONNX_DIR."""
-    if settings.model_checkpoint is not None:
-        return settings.model_checkpoint / EXPORT_DIR
+    """A checkpoint's own ``onnx/`` folder (unless it has none and cannot get one: a read-only
+    mount), else one folder per model under ONNX_DIR."""
+    checkpoint = settings.model_checkpoint
+    if checkpoint is not None and ((checkpoint / EXPORT_DIR).is_dir() or os.access(checkpoint, os.W_OK)):
+        return checkpoint / EXPORT_DIR
     label = ModelSource.from_settings(settings).label
     return settings.onnx_dir / re.sub(r"[^A-Za-z0-9_.-]+", "-", label)
 
@@ -221,7 +224,7 @@ def export_in_child_process(settings: Settings, directory: Path) -> None:
         if settings.model_checkpoint is not None:
             command += ["--checkpoint", str(settings.model_checkpoint)]
         else:
-            command += ["--model", settings.model_name, "--pretrained", settings.model_pretrained]
+            command += ["--model", settings.model_name, "--pretrained", settings.pretrained]
         log.info("exporting the encoder to ONNX", extra={"directory": str(directory)})
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:

@@ -22,6 +22,10 @@ DEFAULT_BATCH_SIZE = {"cpu": 32, "cuda": 256}
 SHARED_CATALOGUE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "catalogue"
 
 
+#: The weights a MODEL_NAME gets when MODEL_PRETRAINED is not set at all: real weights for the
+#: default architecture. Offline, set MODEL_PRETRAINED empty (random init) or to a local file.
+DEFAULT_PRETRAINED = {"ViT-B-32": "laion2b_s34b_b79k"}
+
 #: A FILTERABLE_FIELDS entry: a metadata field name, optionally ":keyword" or ":number".
 FILTERABLE_FIELD = r"^[A-Za-z0-9_-]{1,64}(:(keyword|number))?$"
 
@@ -66,8 +70,9 @@ class Settings(BaseSettings):
 
     # Encoder: an open_clip architecture + weights, or this project's own checkpoint.
     model_name: str = "ViT-B-32"
-    #: open_clip pretrained tag, `hf-hub:org/repo`, or a local weights file; empty = random init.
-    model_pretrained: str = ""
+    #: open_clip pretrained tag, `hf-hub:org/repo`, or a local weights file; empty = random init;
+    #: unset = the architecture's default (`DEFAULT_PRETRAINED`; random init for the others).
+    model_pretrained: str | None = None
     #: This project's fine-tuned checkpoint directory; wins over MODEL_NAME/MODEL_PRETRAINED.
     model_checkpoint: Path | None = None
     #: Where the model runs: auto (the first CUDA device, else the CPU), cpu, cuda, cuda:N.
@@ -162,6 +167,14 @@ class Settings(BaseSettings):
         # What was set stays what the environment or the caller set (COLOUR_WEIGHT overrides only then).
         object.__setattr__(updated, "__pydantic_fields_set__", self.model_fields_set | set(values))
         return updated
+
+    @property
+    def pretrained(self) -> str:
+        """The weights to load: MODEL_PRETRAINED as set (empty = random init), or when it was not
+        set, MODEL_NAME's default weights."""
+        if self.model_pretrained is None:
+            return DEFAULT_PRETRAINED.get(self.model_name, "")
+        return self.model_pretrained
 
     def ingest_batch_size(self, device_type: str) -> int:
         """BATCH_SIZE, or the default for this kind of device (larger batches feed a GPU)."""

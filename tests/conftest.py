@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,10 @@ from lookalike.points import StoredItem
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
 from service import create_app
+
+# Offline: the settings default to downloading real weights; the suite (and every process it
+# starts) uses random init unless a test sets MODEL_PRETRAINED itself.
+os.environ.setdefault("MODEL_PRETRAINED", "")
 
 #: A random-init open_clip ViT small enough to run in milliseconds (lookalike/model_configs).
 TEST_MODEL = "lookalike-tiny"

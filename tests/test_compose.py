@@ -38,6 +38,9 @@ def test_services_and_their_wiring():
         services["api"]["environment"]["HF_HOME"] == "/data/hf-cache" and "app-data:/data" in services["api"]["volumes"]
     )
     assert "${MODELS_HOST_DIR:-./models}:/app/models:ro" in services["api"]["volumes"]  # models/<dir> as on the host
+    api_env = services["api"]["environment"]
+    assert api_env["ENCODER_RUNTIME"] == "${ENCODER_RUNTIME:-onnx}" and api_env["ONNX_DIR"].startswith("/data/")
+    assert "ENCODER_RUNTIME" not in services["ingest"]["environment"]  # ingest keeps torch: the same fp32 vectors
     assert "FROM python:3.11.13-slim-bookworm" in (ROOT / "Dockerfile").read_text()  # a pinned base image
 
 

@@ -122,6 +122,19 @@ def test_export_command_writes_into_the_checkpoint_and_the_service_uses_it(tmp_p
     assert loaded.classifier is not None and loaded.classifier.classes == ["a", "b"]
 
 
+def test_a_read_only_checkpoint_without_an_export_gets_one_under_onnx_dir(tmp_path: Path, monkeypatch):
+    import lookalike.onnx_encoder as onnx_encoder
+
+    checkpoint = tmp_path / "ckpt"
+    _write_checkpoint(checkpoint)
+    settings = Settings(model_checkpoint=checkpoint, onnx_dir=tmp_path / "exports")
+    assert export_directory(settings) == checkpoint / "onnx"  # its own, when it can be written
+    monkeypatch.setattr(onnx_encoder.os, "access", lambda path, mode: False)  # as on a read-only mount
+    assert export_directory(settings).parent == tmp_path / "exports"
+    (checkpoint / "onnx").mkdir()
+    assert export_directory(settings) == checkpoint / "onnx"  # one that came with it is used as is
+
+
 def _write_checkpoint(directory: Path) -> None:
     """A checkpoint folder in the fine-tuning format, for the tiny test model with a 2-class head."""
     import torch

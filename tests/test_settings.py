@@ -46,7 +46,18 @@ def test_defaults(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     settings = Settings()
     assert settings.embedded and settings.qdrant_path == Path("data/qdrant")
-    assert settings.collection == "products" and settings.model_pretrained == ""
+    assert settings.collection == "products"
+    assert settings.pretrained == "laion2b_s34b_b79k"  # real weights by default: MODEL_PRETRAINED= is offline
+
+
+def test_unset_pretrained_means_the_architectures_default_and_empty_means_random(monkeypatch):
+    from lookalike.model_source import ModelSource
+
+    monkeypatch.delenv("MODEL_PRETRAINED", raising=False)
+    assert ModelSource.from_settings(Settings(model_name="ViT-B-32")).weights == "laion2b_s34b_b79k"
+    assert ModelSource.from_settings(Settings(model_name="lookalike-small")).random_init  # no default weights
+    monkeypatch.setenv("MODEL_PRETRAINED", "")
+    assert ModelSource.from_settings(Settings(model_name="ViT-B-32")).random_init
 
 
 def test_missing_catalogue_setting_says_what_to_set():
