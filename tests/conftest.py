@@ -25,6 +25,9 @@ from service import create_app
 # Offline: the settings default to downloading real weights; the suite (and every process it
 # starts) uses random init unless a test sets MODEL_PRETRAINED itself.
 os.environ.setdefault("MODEL_PRETRAINED", "")
+# Deterministic vectors: PRECISION=auto picks fp32 or bf16 weights by timing, so on a busy machine a
+# test would compare bf16 vectors with fp32 ones. The tests of that choice set it themselves.
+os.environ.setdefault("PRECISION", "fp32")
 
 #: A random-init open_clip ViT small enough to run in milliseconds (lookalike/model_configs).
 TEST_MODEL = "lookalike-tiny"

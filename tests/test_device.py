@@ -90,7 +90,7 @@ def test_cpu_inference_precision_is_measured_only_where_bf16_is_native(monkeypat
 
     measured = []
     monkeypatch.setattr(encoder_module, "measure_cpu_precision", lambda *args: measured.append(1) or BF16)
-    settings = Settings(_env_file=None, model_name=TEST_MODEL, model_pretrained="", device="cpu")
+    settings = Settings(_env_file=None, model_name=TEST_MODEL, model_pretrained="", device="cpu", precision="auto")
     monkeypatch.setattr(encoder_module, "has_native_bf16", lambda: False)
     assert ImageEncoder.from_settings(settings).placement.precision == FP32 and not measured
     monkeypatch.setattr(encoder_module, "has_native_bf16", lambda: True)
