@@ -84,6 +84,10 @@ def main() -> None:
             return percentiles(time_calls(lambda i: store.similar(ids[i % len(ids)], SearchFilter(), rank), 200))
 
         plain, diverse, coloured = timed(), timed(diversity=0.5), timed(colour_target="red")
+        halves = looks_of(encoder, [whole.crop((0, 0, half, SIDE)), whole.crop((half, 0, whole.width, SIDE))])
+        rank, unfiltered = Ranking(10, colour_weight=weight), [SearchFilter(), SearchFilter()]
+        one_batch = percentiles(time_calls(lambda i: store.similar_looks(halves, unfiltered, rank), 200))
+        one_by_one = percentiles(time_calls(lambda i: [store.similar(h, SearchFilter(), rank) for h in halves], 200))
         store.close()
     figures = [
         {"figure": f"box P@4 {name}", "value": round(float(np.mean(values)), 3), "pairs": len(pairs)}
@@ -103,6 +107,14 @@ def main() -> None:
             "ratio": round(coloured["p50"] / plain["p50"], 2),
         },
     ]
+    figures.append(
+        {
+            "figure": "two regions (boxes) p50 ms, one batch",
+            "value": one_batch["p50"],
+            "baseline_two_searches": one_by_one["p50"],
+            "ratio": round(one_batch["p50"] / one_by_one["p50"], 2),
+        }
+    )
     report("b6_queries", [{**f, "model": encoder.identity, "colour_weight": weight} for f in figures])
 
 

@@ -134,6 +134,9 @@ class SearchParams(BaseModel):
 
 #: A box narrower or lower than this many pixels of the photo is refused (nothing to recognise).
 MIN_BOX_PIXELS = 8
+#: Regions of one photo searched in one request (`boxes`): one engine batch.
+MAX_BOXES = 10
+Box = tuple[float, float, float, float]
 
 
 class PhotoSearchParams(SearchParams):
@@ -150,25 +153,60 @@ class PhotoSearchParams(SearchParams):
     @classmethod
     def _box_inside_the_photo(cls, value: str | None) -> str | None:
         if value is not None:
-            x0, y0, x1, y1 = _fractions(value)
-            if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
-                raise ValueError("box is x0,y0,x1,y1 with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+            _checked(tuple(float(part) for part in value.split(",")))
         return value
 
     def crop(self, image: Image.Image) -> Image.Image:
         """The photo, or its ``box`` region (400 when that region is a few pixels only)."""
         if self.box is None:
             return image
-        x0, y0, x1, y1 = _fractions(self.box)
-        width, height = image.size
-        region = (round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height))
-        if min(region[2] - region[0], region[3] - region[1]) < MIN_BOX_PIXELS:
-            raise InvalidRequest(f"box {self.box} is under {MIN_BOX_PIXELS} pixels of this {width}x{height} photo")
-        return image.crop(region)
+        return crop_to(image, _checked(tuple(float(part) for part in self.box.split(","))))
 
 
-def _fractions(box: str) -> tuple[float, ...]:
-    return tuple(float(part) for part in box.split(","))
+def _checked(box: Sequence[float]) -> Box:
+    if len(box) != 4 or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
+        raise ValueError("a box is x0,y0,x1,y1 with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+    return (box[0], box[1], box[2], box[3])
+
+
+def crop_to(image: Image.Image, box: Box) -> Image.Image:
+    """The region ``box`` (fractions) of the photo; 400 when it is a few pixels only."""
+    width, height = image.size
+    region = (round(box[0] * width), round(box[1] * height), round(box[2] * width), round(box[3] * height))
+    if min(region[2] - region[0], region[3] - region[1]) < MIN_BOX_PIXELS:
+        shown = ",".join(f"{v:g}" for v in box)
+        raise InvalidRequest(f"box {shown} is under {MIN_BOX_PIXELS} pixels of this {width}x{height} photo")
+    return image.crop(region)
+
+
+class UploadSearchParams(PhotoSearchParams):
+    """``POST /v1/search``: one photo, whole, one region of it (`box`), or several (`boxes`)."""
+
+    boxes: Json[list[list[float]]] | None = Field(
+        None,
+        description=f"several regions in one request: a JSON list of up to {MAX_BOXES} `[x0, y0, x1, y1]` "
+        "(fractions, as `box`). The answer has one result list per region in `regions`, in order (one "
+        "engine batch; with `category=auto` each region gets its own prediction), and `results` is empty",
+    )
+
+    @field_validator("boxes")
+    @classmethod
+    def _boxes_inside_the_photo(cls, value: list[list[float]] | None) -> list[list[float]] | None:
+        if value is not None:
+            if not 1 <= len(value) <= MAX_BOXES:
+                raise ValueError(f"give 1 to {MAX_BOXES} boxes")
+            for box in value:
+                _checked(box)
+        return value
+
+    @model_validator(mode="after")
+    def _box_or_boxes(self) -> UploadSearchParams:
+        if self.box is not None and self.boxes is not None:
+            raise ValueError("give `box` or `boxes`, not both")
+        return self
+
+    def regions(self) -> list[Box]:
+        return [_checked(box) for box in self.boxes or []]
 
 
 class RecommendParams(PhotoSearchParams):

@@ -30,10 +30,17 @@ class PredictedCategory(BaseModel):
     min_probability: float
 
 
-class SearchResults(BaseModel):
+class RegionResults(BaseModel):
+    box: list[float] = Field(description="the region, `[x0, y0, x1, y1]` as asked")
     results: list[Result]
+    predicted_category: PredictedCategory | None = Field(None, description="only with category=auto")
+
+
+class SearchResults(BaseModel):
+    results: list[Result] = Field(description="the look-alikes, best first (empty with `boxes`: see `regions`)")
     took_ms: float
     predicted_category: PredictedCategory | None = Field(None, description="only with category=auto")
+    regions: list[RegionResults] | None = Field(None, description="only with `boxes`: one entry per box, in order")
 
 
 class BatchEntry(BaseModel):

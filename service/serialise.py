@@ -9,7 +9,7 @@ from typing import Any
 from flask import url_for
 
 from lookalike.points import Hit, StoredItem
-from service.schemas import Item, ItemSummary, PredictedCategory, Result, SearchResults
+from service.schemas import Item, ItemSummary, PredictedCategory, RegionResults, Result, SearchResults
 
 
 def image_url(item: StoredItem) -> str:
@@ -36,7 +36,25 @@ def item_detail_json(item: StoredItem) -> dict[str, Any]:
 
 def results_json(hits: Sequence[Hit], started: float, prediction: PredictedCategory | None = None) -> dict[str, Any]:
     """The response of every similarity endpoint; ``started`` is a `time.perf_counter()` value."""
-    results = [
+    took_ms = round((time.perf_counter() - started) * 1000, 2)
+    answer = SearchResults(results=_results(hits), took_ms=took_ms, predicted_category=prediction)
+    return answer.model_dump(exclude_none=True)
+
+
+def regions_json(
+    regions: Sequence[tuple[Sequence[float], Sequence[Hit], PredictedCategory | None]], started: float
+) -> dict[str, Any]:
+    """A search with several regions of one photo: (box, hits, prediction) per region, in order."""
+    took_ms = round((time.perf_counter() - started) * 1000, 2)
+    entries = [
+        RegionResults(box=list(box), results=_results(hits), predicted_category=prediction)
+        for box, hits, prediction in regions
+    ]
+    return SearchResults(results=[], took_ms=took_ms, regions=entries).model_dump(exclude_none=True)
+
+
+def _results(hits: Sequence[Hit]) -> list[Result]:
+    return [
         Result(
             id=hit.item.id,
             score=round(hit.score, 6),
@@ -47,5 +65,3 @@ def results_json(hits: Sequence[Hit], started: float, prediction: PredictedCateg
         )
         for hit in hits
     ]
-    took_ms = round((time.perf_counter() - started) * 1000, 2)
-    return SearchResults(results=results, took_ms=took_ms, predicted_category=prediction).model_dump(exclude_none=True)

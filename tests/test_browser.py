@@ -159,3 +159,38 @@ def test_with_protect_reads_the_page_asks_for_the_key_and_then_works(page, setti
     finally:
         server.shutdown()
         app.extensions["lookalike"].inference.close()
+
+
+def test_dragging_a_box_on_the_photo_searches_with_that_part(page, live_url, tmp_path):
+    from PIL import Image
+
+    photo = Image.new("RGB", (128, 48), "white")  # two products side by side
+    photo.paste(draw_item("red_round", 1), (0, 0))
+    photo.paste(draw_item("blue_bar", 1), (64, 0))
+    path = tmp_path / "two.png"
+    photo.save(path)
+    searches: list[str] = []
+    page.on("request", lambda request: searches.append(request.url) if "/v1/search" in request.url else None)
+    page.goto(live_url)
+    page.set_input_files("#file", str(path))
+    page.locator("#results li").first.wait_for()
+    expect(page.locator("#box-hint")).to_be_visible()
+    shown = page.locator("#query-image").bounding_box()
+
+    def drag(x0: float, x1: float) -> None:
+        page.mouse.move(shown["x"] + x0 * shown["width"], shown["y"] + 2)
+        page.mouse.down()
+        page.mouse.move(shown["x"] + x1 * shown["width"], shown["y"] + shown["height"] - 2, steps=5)
+        page.mouse.up()
+
+    drag(0.02, 0.48)
+    expect(page.locator("#query-caption")).to_contain_text("the boxed part")
+    expect(page.locator("#results li .category").first).to_have_text("red_round")
+    assert "box=0.0" in searches[-1]
+    drag(0.98, 0.52)  # dragged right to left: the same box
+    expect(page.locator("#results li .category").first).to_have_text("blue_bar")
+    expect(page.locator("#query-box")).to_be_visible()
+    page.click("#whole-photo")
+    expect(page.locator("#query-caption")).to_have_text("two.png")
+    expect(page.locator("#query-box")).to_be_hidden()
+    assert "box=" not in searches[-1]

@@ -685,6 +685,44 @@ def test_a_box_searches_with_that_region_of_the_photo(client, ingested):
     assert answer["results"][0]["category"] == "blue_bar"
 
 
+def two_products() -> Image.Image:
+    photo = Image.new("RGB", (128, 48), "white")
+    photo.paste(draw_item("red_round", 1), (0, 0))
+    photo.paste(draw_item("blue_bar", 1), (64, 0))
+    return photo
+
+
+def test_boxes_answer_one_result_list_per_region_in_one_request(client, ingested):
+    def search(**fields: str) -> dict:
+        form = {**upload(two_products()), "k": "3", **fields}
+        response = client.post("/v1/search", data=form, content_type="multipart/form-data")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return response.get_json()
+
+    body = search(boxes="[[0, 0, 0.5, 1], [0.5, 0, 1, 1]]")
+    assert body["results"] == [] and [r["box"] for r in body["regions"]] == [[0, 0, 0.5, 1], [0.5, 0, 1, 1]]
+    left, right = ([hit["id"] for hit in region["results"]] for region in body["regions"])
+    assert left == [hit["id"] for hit in search(box="0,0,0.5,1")["results"]]  # as one box at a time
+    assert right == [hit["id"] for hit in search(box="0.5,0,1,1")["results"]]
+    assert body["regions"][0]["results"][0]["category"] == "red_round"
+    assert body["regions"][1]["results"][0]["category"] == "blue_bar"
+    assert "regions" not in search()  # one photo, one list: the answer as before
+    too_many = json.dumps([[0, 0, 1, 1]] * 11)
+    for bad in ("[]", "[[0, 0, 1]]", "[[0.5, 0, 0.4, 1]]", "not json", too_many, "[[0, 0, 0.01, 1]]"):
+        response = client.post("/v1/search", data={**upload(two_products()), "boxes": bad})
+        assert_error(response, 400, "invalid_request")
+    both = {**upload(two_products()), "boxes": "[[0, 0, 1, 1]]", "box": "0,0,1,1"}
+    assert_error(client.post("/v1/search", data=both), 400, "invalid_request")
+
+
+def test_boxes_with_category_auto_predict_per_region(auto_client):
+    form = {**upload(two_products()), "boxes": "[[0, 0, 0.5, 1], [0.5, 0, 1, 1]]", "category": "auto", "k": "10"}
+    body = auto_client(0.5).post("/v1/search", data=form, content_type="multipart/form-data").get_json()
+    for region, expected in zip(body["regions"], ("red_round", "blue_bar"), strict=True):
+        assert region["predicted_category"]["category"] == expected and region["predicted_category"]["applied"]
+        assert {hit["category"] for hit in region["results"]} == {expected}
+
+
 def test_recommend_with_a_json_body_is_a_415_saying_what_it_takes(client, ingested):
     response = client.post("/v1/recommend", json={"positive": ["red_round-0"]})
     assert_error(response, 415, "unsupported_media_type")

@@ -62,6 +62,15 @@ def test_similar_by_id_never_returns_the_item_itself(filled: VectorStore):
     assert ids(filled.similar("a", SearchFilter(), Ranking(10))) == ["c", "b", "d"]
 
 
+def test_several_looks_each_with_its_filter_answer_in_one_batch(filled: VectorStore):
+    looks, filters = [look(1, 0, 0), look(0, 0, 1)], [SearchFilter(categories=["bag"]), SearchFilter()]
+    answers = filled.similar_looks(looks, filters, Ranking(2, colour_weight=0.2))
+    assert [ids(a) for a in answers] == [
+        ids(filled.similar(q, f, Ranking(2, colour_weight=0.2))) for q, f in zip(looks, filters, strict=True)
+    ]
+    assert [ids(a) for a in answers] == [["c", "d"], ["d", "c"]]
+
+
 def test_category_filter_runs_inside_the_query(filled: VectorStore):
     # "d" is the least similar bag; a post-filter over the top 1 would return nothing.
     hits = filled.similar(look(1, 0, 0), SearchFilter(categories=["bag"]), Ranking(2))

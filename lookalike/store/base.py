@@ -176,8 +176,19 @@ class VectorStore(CollectionLifecycle):
             stored = self._stored_colours([query]) if ranking.colour_target else {}
             colour = self._colour_example(query, ranking, stored)
             return self._hits(ranked(search_filter.excluding([query]), ranking, *nearest(query, colour)), ranking)
-        colour = self._colour_example(query, ranking, {})
-        return self._hits(ranked(search_filter, ranking, *nearest(query.embedding, colour)), ranking)
+        (hits,) = self.similar_looks([query], [search_filter], ranking)
+        return hits
+
+    def similar_looks(
+        self, looks: Sequence[Look], filters: Sequence[SearchFilter], ranking: Ranking
+    ) -> list[list[Hit]]:
+        """Nearest items to each of several photos' looks (each with its own filter), in one engine
+        batch: the regions of one uploaded photo."""
+        searches = [
+            ranked(search_filter, ranking, *nearest(look.embedding, self._colour_example(look, ranking, {})))
+            for look, search_filter in zip(looks, filters, strict=True)
+        ]
+        return [_page(records, ranking) for records in self._search(searches)]
 
     def recommend(
         self,

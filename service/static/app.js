@@ -115,21 +115,76 @@ async function run(task) {
   }
 }
 
+// A box dragged on an uploaded photo: the search re-runs with that region (`box`, fractions).
+let queryFile = null;  // the uploaded photo shown, or null for a catalogue item
+let queryBox = null;   // [x0, y0, x1, y1] of queryFile, or null for the whole photo
+
+function drawBox(box) {
+  const marker = $("query-box");
+  marker.hidden = !box;
+  if (!box) return;
+  const [x0, y0, x1, y1] = box.map((v) => `${(v * 100).toFixed(2)}%`);
+  Object.assign(marker.style, { left: x0, top: y0, width: `calc(${x1} - ${x0})`, height: `calc(${y1} - ${y0})` });
+}
+
+function showBoxControls() {
+  $("query-image").classList.toggle("boxable", Boolean(queryFile));
+  $("box-hint").hidden = !queryFile;
+  $("whole-photo").hidden = !queryBox;
+  drawBox(queryBox);
+}
+
+function pointAt(event) {  // fractions of the shown photo, kept inside it
+  const rect = $("query-image").getBoundingClientRect();
+  const clamp = (v) => Math.min(1, Math.max(0, v));
+  return [clamp((event.clientX - rect.left) / rect.width), clamp((event.clientY - rect.top) / rect.height)];
+}
+
+function spanned(a, b) {
+  return [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[0], b[0]), Math.max(a[1], b[1])];
+}
+
+let dragStart = null;
+$("query-image").addEventListener("pointerdown", (event) => {
+  if (!queryFile) return;
+  event.preventDefault();
+  dragStart = pointAt(event);
+  $("query-image").setPointerCapture(event.pointerId);
+});
+$("query-image").addEventListener("pointermove", (event) => { if (dragStart) drawBox(spanned(dragStart, pointAt(event))); });
+$("query-image").addEventListener("pointerup", (event) => {
+  if (!dragStart) return;
+  const box = spanned(dragStart, pointAt(event));
+  dragStart = null;
+  if (box[2] - box[0] < 0.05 || box[3] - box[1] < 0.05) { drawBox(queryBox); return; }  // a click, not a box
+  queryBox = box;
+  searchByUpload(queryFile);
+});
+$("whole-photo").addEventListener("click", () => { queryBox = null; searchByUpload(queryFile); });
+
 function searchById(id, imageUrl, category) {
   lastSearch = () => searchById(id, imageUrl, category);
+  queryFile = null;
+  queryBox = null;
   return run(async () => {
     const body = await callApi(`/v1/items/${encodeURIComponent(id)}/similar?${params()}`);
-    return () => { showQuery(imageUrl, `${id} · ${category}`); showResults(body); };
+    return () => { showQuery(imageUrl, `${id} · ${category}`); showBoxControls(); showResults(body); };
   });
 }
 
 function searchByUpload(file) {
   lastSearch = () => searchByUpload(file);
+  if (file !== queryFile) queryBox = null;  // a new photo starts whole
+  queryFile = file;
+  const box = queryBox;
   return run(async () => {
     const form = new FormData();
     form.append("image", file);
-    const body = await callApi(`/v1/search?${params()}`, { method: "POST", body: form });
-    return () => { showQuery(URL.createObjectURL(file), file.name); showResults(body); };
+    const query = params();
+    if (box) query.append("box", box.map((v) => v.toFixed(4)).join(","));
+    const body = await callApi(`/v1/search?${query}`, { method: "POST", body: form });
+    const caption = box ? `${file.name} · the boxed part` : file.name;
+    return () => { showQuery(URL.createObjectURL(file), caption); showBoxControls(); showResults(body); };
   });
 }
 
