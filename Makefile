@@ -24,7 +24,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 
 # Fine-tune once with the recipe for this machine (--preset auto: small on a CPU, large on a GPU;
 # cached by catalogue fingerprint), evaluate it, (re)index the
-# catalogue with it, serve. MODEL_CHECKPOINT=<dir> make demo skips training and uses that checkpoint.
+# catalogue with it, serve (ONNX Runtime: the checkpoint's export, no torch in the API; fp32 vectors
+# equal ingest's). MODEL_CHECKPOINT=<dir> make demo skips training and uses that checkpoint.
 demo: venv
 	@set -e; \
 	ckpt="$${MODEL_CHECKPOINT:-$$($(PY) -m finetune --preset auto --print-checkpoint)}"; \
@@ -35,7 +36,8 @@ demo: venv
 	echo "  curl -s 'http://$(HOST):$(PORT)/v1/items/watch-c101_image_0001/similar?k=4&category=watch'"; \
 	echo "  curl -s -F image=@../shared/data/catalogue/watch/c101_image_0002.jpg 'http://$(HOST):$(PORT)/v1/search?k=4&category=auto'"; \
 	echo; \
-	MODEL_CHECKPOINT="$$ckpt" BIND=$(HOST):$(PORT) exec $(VENV)/bin/gunicorn -c service/gunicorn.conf.py 'service:create_app()'
+	ENCODER_RUNTIME="$${ENCODER_RUNTIME:-onnx}" MODEL_CHECKPOINT="$$ckpt" BIND=$(HOST):$(PORT) \
+	  exec $(VENV)/bin/gunicorn -c service/gunicorn.conf.py 'service:create_app()'
 
 ingest: venv
 	$(PY) -m ingest
