@@ -6,6 +6,7 @@ writes and reads points) and the queries (which filter on payload keys and name 
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ SHA256 = "sha256"
 MODEL = "model"
 METADATA = "metadata"
 PRODUCT_ID = "product_id"  # the item's product (several photos, one product); its own id if none
+#: The metadata values that are numbers or booleans (as 0/1), as floats: what boosts read. A formula
+#: over a payload value that is not a number fails the whole query, so boosts never read `metadata`.
+NUMBERS = "numbers"
 #: Suffix of physical collection names: bumped when the point layout changes (v2: + colour vector,
 #: product_id), so a reindex builds a fresh collection beside one of the older layout.
 LAYOUT = "v2"
@@ -75,6 +79,7 @@ class StoredItem:
             SHA256: self.sha256,
             MODEL: self.model,
             METADATA: self.metadata,
+            NUMBERS: numbers_of(self.metadata),
         }
 
     @classmethod
@@ -97,6 +102,15 @@ class StoredItem:
             metadata=payload.get(METADATA) or {},
             product_id=None if payload.get(PRODUCT_ID) in (None, payload[ITEM_ID]) else payload[PRODUCT_ID],
         )
+
+
+def numbers_of(metadata: dict[str, Any]) -> dict[str, float]:
+    """The numeric mirror of metadata: finite numbers as they are, booleans as 1.0 / 0.0."""
+    return {
+        name: float(value)
+        for name, value in metadata.items()
+        if isinstance(value, int | float) and math.isfinite(value)  # bool is an int
+    }
 
 
 @dataclass(frozen=True)

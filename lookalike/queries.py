@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lookalike.diversity import candidates_for
-from lookalike.points import COLOUR, EMBEDDING, METADATA
+from lookalike.points import COLOUR, EMBEDDING, METADATA, NUMBERS
 from lookalike.settings import Settings
 
 #: Filter text that also matches a stored integer: ASCII digits only (`str.isdigit` accepts "²"),
@@ -92,6 +92,18 @@ class Ranking:
     colour_target: str | None = None
     #: 0 = by relevance alone; up to 1 = maximal marginal relevance with that much weight on novelty.
     diversity: float = 0.0
+    #: Business rules: score + Σ weight·field over numeric/boolean metadata (`Boost`).
+    boosts: tuple[Boost, ...] = ()
+
+
+@dataclass(frozen=True)
+class Boost:
+    """``weight × <metadata field>`` added to the similarity (booleans as 0/1; an item without a
+    numeric value for the field adds 0). Applied to the nearest candidates, so similarity decides
+    which items are considered and, among equal boosts, their order."""
+
+    field: str
+    weight: float
 
 
 @dataclass(frozen=True)
@@ -129,10 +141,12 @@ class Query:
     one_per_product: bool = False
     exact: bool = False  # every stored vector, no index (a probe that reads all of them)
     with_vectors: bool = False  # the hits' vectors too (for re-ranking by diversity)
+    boosts: tuple[Boost, ...] = ()
 
     @property
     def fused(self) -> bool:
-        return len(self.terms) > 1
+        """Scored by a formula over pooled candidates (several terms, or boosts), not one search."""
+        return len(self.terms) > 1 or bool(self.boosts)
 
     def example_ids(self) -> list[str]:
         terms = (*self.terms, *(pool.term for pool in self.pools))
@@ -157,13 +171,25 @@ def ranked(search_filter: SearchFilter, ranking: Ranking, embedding: Term, colou
         "with_vectors": diverse,
     }
     weight = ranking.colour_weight
-    if weight <= 0:
-        return Query((embedding,), **common)
-    if weight >= 1:
-        return Query((colour,), **common)
     depth = max(FUSION_CANDIDATES, 2 * (ranking.offset + ranking.limit))
+    boosts = tuple(b for b in ranking.boosts if b.weight != 0)
+    if weight <= 0 or weight >= 1:  # one vector: boosts re-rank its nearest candidates
+        term = embedding if weight <= 0 else colour
+        return Query((term,), pools=(Pool(term, depth),) if boosts else (), boosts=boosts, **common)
     terms = (dataclasses.replace(embedding, weight=1.0 - weight), dataclasses.replace(colour, weight=weight))
-    return Query(terms, pools=(Pool(embedding, depth), Pool(colour, depth)), **common)
+    return Query(terms, pools=(Pool(embedding, depth), Pool(colour, depth)), boosts=boosts, **common)
+
+
+def formula_terms(query: Query) -> list[tuple[float, str]]:
+    """(weight, variable) pairs of a fused score: each term's similarity, then each boost's field
+    in the numeric mirror of the metadata (`points.NUMBERS`)."""
+    similarities = [(t.weight, f"$score[{n}]") for n, t in enumerate(query.terms)]
+    return similarities + [(b.weight, f"{NUMBERS}.{b.field}") for b in query.boosts]
+
+
+def formula_defaults(query: Query) -> dict[str, float]:
+    """An item without a number for a boosted field adds nothing (instead of failing the query)."""
+    return {f"{NUMBERS}.{b.field}": 0.0 for b in query.boosts}
 
 
 def nearest(embedding: Example, colour: Example) -> tuple[Term, Term]:

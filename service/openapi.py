@@ -17,7 +17,7 @@ from flask import Blueprint, Flask, current_app
 from flask_swagger_ui import get_swaggerui_blueprint
 from pydantic import BaseModel
 
-from service.params import FILTER_PREFIX, RANGE_OPERATORS
+from service.params import BOOST_FORMULA, BOOST_PREFIX, FILTER_PREFIX, RANGE_OPERATORS
 from service.schemas import ErrorResponse
 
 bp = Blueprint("openapi", __name__)
@@ -108,6 +108,11 @@ class Deployment:
                     {"name": f"{FILTER_PREFIX}{name}.{bound}", "in": "query", "required": False}
                     | {"schema": {"type": "number"}, "description": f"`{name}` {bound} this number"}
                 )
+            if kind == "number":
+                parameters.append(
+                    {"name": f"{BOOST_PREFIX}{name}", "in": "query", "required": False}
+                    | {"schema": {"type": "number"}, "description": f"weight of `{name}`: {BOOST_FORMULA}"}
+                )
         return parameters
 
 
@@ -154,8 +159,8 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     properties = model.model_json_schema(ref_template=REF)["properties"]
     parameters = []
     for name, info in model.model_fields.items():
-        if name in ("filters", "ranges"):
-            continue  # documented in the operation's description: `filter.<field>=<value>`, `filter.<field>.gte=`
+        if name in ("filters", "ranges", "boosts"):
+            continue  # declared per FILTERABLE_FIELDS entry (`Deployment.filter_parameters`), described in FILTER_NOTE
         schema = {k: v for k, v in _absent_not_null(properties[name]).items() if k not in ("title", "description")}
         parameter = {"name": name, "in": "query", "required": info.is_required(), "schema": schema}
         if info.description:

@@ -24,15 +24,22 @@ from pydantic import (
 from werkzeug.datastructures import MultiDict
 
 from lookalike.errors import InvalidRequest
-from lookalike.queries import Range, Ranking, SearchFilter
+from lookalike.queries import FUSION_CANDIDATES, Boost, Range, Ranking, SearchFilter
 
 FILTER_PREFIX = "filter."
+BOOST_PREFIX = "boost."
+#: How a boost changes the score (documented in the README and on each `boost.<field>` parameter).
+BOOST_FORMULA = (
+    f"score = similarity + Σ weight × field over the nearest {FUSION_CANDIDATES} candidates (booleans count "
+    "1/0; an item without a number in the field adds 0)"
+)
 AUTO = "auto"
 Params = TypeVar("Params", bound=BaseModel)
 FILTER_NOTE = (
     "Metadata filters: `filter.<field>=<value>` (repeat for any of; `12` also matches the number 12, "
     "`true` the boolean); numeric ranges: `filter.<field>.gte|gt|lte|lt=<number>` (items whose field "
-    "is a number in range). Filters run inside the nearest-neighbour search."
+    "is a number in range). Filters run inside the nearest-neighbour search. Business boosts: "
+    "`boost.<field>=<weight>` on numeric or boolean metadata."
 )
 RANGE_OPERATORS = ("gte", "gt", "lte", "lt")
 #: The colour weight of a search that names a colour (`colour=`) but no weight: colour counts as much as shape.
@@ -62,6 +69,9 @@ class SearchParams(BaseModel):
     offset: int = Field(0, ge=0, le=10_000, description="results to skip (paging)")
     filters: dict[FieldName, list[Value]] = Field(default_factory=dict, description="filter.<field>=<value>")
     ranges: dict[FieldName, Bounds] = Field(default_factory=dict, description="filter.<field>.gte=<number>, ...")
+    boosts: dict[FieldName, Annotated[float, Field(allow_inf_nan=False, ge=-1e6, le=1e6)]] = Field(
+        default_factory=dict, description=f"boost.<field>=<weight>: {BOOST_FORMULA}"
+    )
     hide_duplicates: bool = Field(
         False,
         description="leave out items whose image bytes equal the query's (for recommend: any example's; "
@@ -116,7 +126,10 @@ class SearchParams(BaseModel):
         else:
             weight = default_colour_weight if self.colour is None else COLOUR_TARGET_WEIGHT
         one_per_product = self.group_by == "product_id"
-        return Ranking(self.k, self.offset, self.score_threshold, weight, one_per_product, self.colour, self.diversity)
+        boosts = tuple(Boost(name, value) for name, value in sorted(self.boosts.items()))
+        return Ranking(
+            self.k, self.offset, self.score_threshold, weight, one_per_product, self.colour, self.diversity, boosts
+        )
 
     def search_filter(
         self, categories: list[str] | None = None, query_sha256s: Sequence[str | None] = ()
@@ -295,6 +308,8 @@ def parse_params(model: type[Params], values: MultiDict[str, str]) -> Params:
         name, _, operator = key[len(FILTER_PREFIX) :].rpartition(".")
         if key.startswith(FILTER_PREFIX) and name and operator in RANGE_OPERATORS and "ranges" in model.model_fields:
             raw.setdefault("ranges", {}).setdefault(name, {})[operator] = values.get(key)  # type: ignore[union-attr]
+        elif key.startswith(BOOST_PREFIX) and "boosts" in model.model_fields:
+            raw.setdefault("boosts", {})[key[len(BOOST_PREFIX) :]] = values.get(key)  # type: ignore[index]
         elif key.startswith(FILTER_PREFIX) and "filters" in model.model_fields:
             raw.setdefault("filters", {})[key[len(FILTER_PREFIX) :]] = values.getlist(key)  # type: ignore[index]
         else:
@@ -314,6 +329,8 @@ def _describe(error: dict) -> str:
     location = error["loc"]
     if location and location[0] in ("filters", "ranges") and len(location) > 1:
         name = FILTER_PREFIX + ".".join(str(part) for part in location[1:3])
+    elif location and location[0] == "boosts" and len(location) > 1:
+        name = BOOST_PREFIX + str(location[1])
     else:
         name = str(location[0]) if location else "request"
     if error["type"] == "extra_forbidden":

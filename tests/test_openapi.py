@@ -23,10 +23,10 @@ def test_search_parameters_come_from_the_validating_model(client):
     document = client.get("/openapi.json").get_json()
     operation = document["paths"]["/v1/items/{item_id}/similar"]["get"]
     names = {p["name"] for p in operation["parameters"] if p["in"] == "query" and not p["name"].startswith("filter.")}
-    assert names == set(SearchParams.model_fields) - {"filters", "ranges"}  # declared per field, below
+    assert names == set(SearchParams.model_fields) - {"filters", "ranges", "boosts"}  # declared per field, below
     k = next(p for p in operation["parameters"] if p["name"] == "k")
     assert (k["schema"]["minimum"], k["schema"]["maximum"], k["schema"]["default"]) == (1, 100, 4)
-    assert "filter.<field>" in operation["description"]
+    assert "filter.<field>" in operation["description"] and "boost.<field>" in operation["description"]
     upload = document["paths"]["/v1/search"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert upload["required"] == ["image"]
     assert "SearchResults" in document["components"]["schemas"]
@@ -74,6 +74,7 @@ def test_filters_of_the_filterable_fields_and_read_security_are_declared(setting
     declared = {p["name"]: p for p in similar["parameters"]}
     assert declared["filter.colour"]["schema"] == {"type": "array", "items": {"type": "string"}}
     assert declared["filter.price.gte"]["schema"] == {"type": "number"} and "filter.colour.gte" not in declared
+    assert declared["boost.price"]["schema"] == {"type": "number"} and "boost.colour" not in declared
     assert similar["security"] == [{"bearer": []}] and "401" in similar["responses"]  # reads need the key
     assert document["paths"]["/healthz"]["get"]["security"] == []  # public, and says so
 

@@ -85,6 +85,36 @@ def test_range_filters_by_query_string_and_in_a_batch(client, ingested, store, e
     assert "filter.price.gte" in message
 
 
+def test_boosts_lift_items_by_their_numeric_metadata_and_zero_is_no_boost(client, ingested, store, encoder):
+    from lookalike.looks import looks_of
+    from lookalike.points import StoredItem
+
+    photos = [draw_item("red_round", 1), draw_item("red_round", 2), draw_item("red_round", 3)]
+    metadata = [{"margin": 0.1}, {"margin": 0.9, "on_sale": True}, {"margin": "high"}]  # text counts 0
+    boosted_items = [
+        StoredItem(f"m{n}", "boosted", "x.jpg", "0" * 64, encoder.identity, metadata=m) for n, m in enumerate(metadata)
+    ]
+    store.upsert(boosted_items, looks_of(encoder, photos))  # three red rounds: alike within 0.1
+    asked = "/v1/items/red_round-0/similar?k=3&category=boosted"
+    plain = client.get(asked).get_json()["results"]
+    by_margin = client.get(asked + "&boost.margin=1").get_json()["results"]
+    assert [r["id"] for r in by_margin] == ["m1", "m0", "m2"]
+    similarity = {r["id"]: r["score"] for r in plain}
+    assert by_margin[0]["score"] == pytest.approx(similarity["m1"] + 0.9, abs=1e-3)
+    assert client.get(asked + "&boost.margin=0").get_json()["results"] == plain
+    on_sale = client.get(asked + "&boost.on_sale=0.5&boost.margin=-1").get_json()["results"]
+    assert on_sale[0]["id"] == "m2"  # 0.5 - 0.9 for m1, -0.1 for m0, 0 for m2
+    batch = client.post(
+        "/v1/similar:batch",
+        json={"queries": [{"id": "red_round-0", "k": 3, "category": ["boosted"], "boosts": {"margin": 1}}]},
+    )
+    assert [r["id"] for r in batch.get_json()["results"][0]["results"]] == ["m1", "m0", "m2"]
+    for bad in ("boost.margin=much", "boost.margin=nan", "boost.b%20d=1"):
+        response = client.get(f"{asked}&{bad}")
+        assert_error(response, 400, "invalid_request")
+    assert "boost.margin" in client.get(asked + "&boost.margin=much").get_json()["error"]["message"]
+
+
 def test_upload_search_finds_the_same_photo_first(client, ingested, catalogue_dir):
     data = (catalogue_dir / "green_square/item2.jpg").read_bytes()
     response = client.post("/v1/search?k=5", data=upload(data), content_type="multipart/form-data")

@@ -8,7 +8,7 @@ import pytest
 from lookalike.errors import ItemNotFound, ModelMismatch, StoreLocked
 from lookalike.looks import Look
 from lookalike.points import StoredItem, point_id
-from lookalike.queries import Ranking, SearchFilter
+from lookalike.queries import Boost, Ranking, SearchFilter
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
 from tests.conftest import ENGINES
@@ -69,6 +69,33 @@ def test_several_looks_each_with_its_filter_answer_in_one_batch(filled: VectorSt
         ids(filled.similar(q, f, Ranking(2, colour_weight=0.2))) for q, f in zip(looks, filters, strict=True)
     ]
     assert [ids(a) for a in answers] == [["c", "d"], ["d", "c"]]
+
+
+def test_boosts_add_weighted_numeric_metadata_to_the_similarity(filled: VectorStore):
+    """score + weight × field (booleans 1/0, no number = 0), on one vector and on the fused score."""
+    query = look(1, 0, 0)
+    for colour_weight in (0.0, 0.2):
+        plain = filled.similar(query, SearchFilter(), Ranking(4, colour_weight=colour_weight))
+        assert ids(plain) == ["a", "c", "b", "d"]
+        on_sale = Ranking(4, colour_weight=colour_weight, boosts=(Boost("sale", 0.5),))
+        boosted = filled.similar(query, SearchFilter(), on_sale)
+        assert ids(boosted)[0] == "c" and boosted[0].score == pytest.approx(plain[1].score + 0.5, abs=1e-4)
+        by_size = filled.similar(
+            query, SearchFilter(), Ranking(4, colour_weight=colour_weight, boosts=(Boost("size", 0.01),))
+        )
+        assert ids(by_size)[:2] == ["a", "b"]  # size 42 and 40 lift them; "c" and "d" have no size: + 0
+        zero = Ranking(4, colour_weight=colour_weight, boosts=(Boost("sale", 0.0),))
+        assert [(h.item.id, h.score) for h in filled.similar(query, SearchFilter(), zero)] == [
+            (h.item.id, h.score) for h in plain
+        ]
+    assert ids(filled.similar("a", SearchFilter(), Ranking(3, boosts=(Boost("sale", -1.0),))))[-1] == "c"  # by id too
+
+
+def test_text_in_a_boosted_field_counts_zero_instead_of_failing_the_query(store: VectorStore):
+    store.ensure_collection(3, MODEL)
+    store.upsert([item("x", "c", price="n/a"), item("y", "c", price=3)], [look(1, 0, 0), look(0.9, 0.1, 0)])
+    hits = store.similar(look(1, 0, 0), SearchFilter(), Ranking(2, boosts=(Boost("price", 1.0),)))
+    assert ids(hits) == ["y", "x"]
 
 
 def test_category_filter_runs_inside_the_query(filled: VectorStore):

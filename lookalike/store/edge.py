@@ -31,7 +31,17 @@ import qdrant_edge as edge
 from lookalike.errors import DAMAGED_HINT, ItemNotFound, StoreDamaged, StoreError
 from lookalike.lockfile import ProcessLock
 from lookalike.points import CATEGORY, IMAGE_SOURCE, PRODUCT_ID, SHA256, point_id
-from lookalike.queries import Example, MetadataMatch, Pool, Query, SearchFilter, Term, metadata_matches
+from lookalike.queries import (
+    Example,
+    MetadataMatch,
+    Pool,
+    Query,
+    SearchFilter,
+    Term,
+    formula_defaults,
+    formula_terms,
+    metadata_matches,
+)
 from lookalike.store.base import Record, VectorStore
 from lookalike.store.rollout import CollectionInfo
 
@@ -223,10 +233,10 @@ class EdgeStore(VectorStore):
         if not query.fused:
             return self._vector_query(query.terms[0], vectors)
         products = [
-            edge.Expression.Mult([edge.Expression.Constant(t.weight), edge.Expression.Variable(f"$score[{n}]")])
-            for n, t in enumerate(query.terms)
+            edge.Expression.Mult([edge.Expression.Constant(weight), edge.Expression.Variable(variable)])
+            for weight, variable in formula_terms(query)
         ]
-        return edge.Formula(edge.Expression.Sum(products))
+        return edge.Formula(edge.Expression.Sum(products), defaults=formula_defaults(query))
 
     def _prefetches(self, query: Query, vectors: dict) -> list[edge.Prefetch] | None:
         pools = [self._pool(pool, vectors) for pool in query.pools]

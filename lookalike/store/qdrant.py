@@ -22,7 +22,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from lookalike.errors import DAMAGED_HINT, StoreDamaged, StoreError, StoreUnavailable
 from lookalike.points import CATEGORY, IMAGE_SOURCE, PRODUCT_ID, SHA256, point_id
-from lookalike.queries import Example, Query, SearchFilter, Term, metadata_matches
+from lookalike.queries import Example, Query, SearchFilter, Term, formula_defaults, formula_terms, metadata_matches
 from lookalike.settings import Settings
 from lookalike.store.base import Record, VectorStore
 from lookalike.store.rollout import CollectionInfo
@@ -276,10 +276,9 @@ def _arguments(query: Query) -> dict[str, Any]:
     rescored = [
         models.Prefetch(query=_vector_query(t), using=t.using, limit=depth, prefetch=pools) for t in query.terms
     ]
-    formula = models.SumExpression(
-        sum=[models.MultExpression(mult=[t.weight, f"$score[{n}]"]) for n, t in enumerate(query.terms)]
-    )
-    return {**common, "query": models.FormulaQuery(formula=formula), "prefetch": rescored}
+    formula = models.SumExpression(sum=[models.MultExpression(mult=[w, v]) for w, v in formula_terms(query)])
+    query_formula = models.FormulaQuery(formula=formula, defaults=formula_defaults(query))
+    return {**common, "query": query_formula, "prefetch": rescored}
 
 
 def _vector_query(term: Term) -> Any:
