@@ -27,9 +27,10 @@ from torchvision import transforms
 from lookalike.classifier import CategoryClassifier
 from lookalike.cpu import has_native_bf16
 from lookalike.device import FP32, Placement, fastest_precision, inference_placement
-from lookalike.errors import ModelLoadError
+from lookalike.errors import InvalidRequest, ModelLoadError
 from lookalike.model_source import ModelSource
 from lookalike.settings import Settings
+from lookalike.text import TextTower, text_tower
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,9 @@ class ImageEncoder:
         self.dim = int(self._probe_dim())
         #: Untrained weights (no MODEL_PRETRAINED, no checkpoint): /readyz and the page say so.
         self.random_weights = False
+        #: CLIP's text tower where the model keeps one (`lookalike.text`), else why not.
+        self.text: TextTower | None = None
+        self.no_text_reason = "this encoder was built without its text tower"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ImageEncoder:
@@ -139,13 +143,15 @@ class ImageEncoder:
         if settings.precision == "int8":
             raise ModelLoadError("PRECISION=int8 needs ENCODER_RUNTIME=onnx (an int8 export); torch has fp32 and bf16")
         source = ModelSource.from_settings(settings)
-        visual, preprocess = load_visual(source)
+        clip, _, preprocess = create_clip(source)
+        visual = clip.visual
         classifier = CategoryClassifier.load(settings.model_checkpoint) if settings.model_checkpoint else None
         placement = inference_placement(settings.device, settings.precision)
         if settings.precision == "auto" and placement.device.type == "cpu" and has_native_bf16():
             placement = Placement(placement.device, measure_cpu_precision(visual, open_clip_image_size(preprocess)))
         encoder = cls(visual, preprocess, source.label, classifier, placement)
         encoder.random_weights = source.random_init
+        encoder.text, encoder.no_text_reason = text_tower(clip, source, settings.text_search, placement.device)
         if placement.device.type == "cuda":
             encoder.warm_up(8)
         if source.random_init:
@@ -169,6 +175,16 @@ class ImageEncoder:
         with self._autocast():
             features = self.visual(pixels)
         return F.normalize(features.float(), dim=-1).cpu().numpy().astype(np.float32, copy=False)
+
+    @property
+    def searches_text(self) -> bool:
+        return self.text is not None
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts into the image embeddings' space; `InvalidRequest` (400) saying why where there is no text tower."""
+        if self.text is None:
+            raise InvalidRequest(f"this service cannot search by text: {self.no_text_reason}")
+        return self.text.embed(texts)
 
     def warm_up(self, batch_size: int) -> None:
         """One batch of this size through the model: on a GPU the first one pays for cuDNN's

@@ -31,7 +31,7 @@ from PIL import Image
 
 from lookalike.classifier import CategoryClassifier
 from lookalike.cpu import cpu_model
-from lookalike.errors import ModelLoadError
+from lookalike.errors import InvalidRequest, ModelLoadError
 from lookalike.model_source import ModelSource
 from lookalike.settings import Settings
 
@@ -210,6 +210,15 @@ class OnnxEncoder:
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.embed_batch(np.stack([self.worker_preprocess(image) for image in images]))
+
+    #: The export holds the image tower only.
+    searches_text = False
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        raise InvalidRequest(
+            "this service cannot search by text: the ONNX export holds the image tower only "
+            "(ENCODER_RUNTIME=torch with a pretrained CLIP keeps the text tower)"
+        )
 
 
 def export_in_child_process(settings: Settings, directory: Path) -> None:

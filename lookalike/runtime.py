@@ -33,12 +33,18 @@ class Encoder(Protocol):
     classifier: CategoryClassifier | None
     random_weights: bool
     placement: EncoderPlacement
+    #: Whether `embed_texts` works (a text tower sharing the image embeddings' space).
+    searches_text: bool
     #: The per-image half of preprocessing, run in ingest's decode workers; `embed_batch` takes a stack of them.
     worker_preprocess: Callable[[Image.Image], Any]
 
     def embed_batch(self, pixels: Any) -> np.ndarray: ...
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Words into the same space; `InvalidRequest` (400) where the encoder has no text tower."""
+        ...
 
 
 def load_encoder(settings: Settings) -> Encoder:

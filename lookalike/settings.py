@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     #: measures faster at start), fp32 or bf16. onnx: auto or fp32, or int8 (dynamic quantisation;
     #: its vectors are its own model's, so ingest and the service must both use it).
     precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
+    #: Keep CLIP's text tower for `text=` searches (torch runtime, pretrained models; ~250 MB for
+    #: ViT-B-32): false saves the memory, and `text=` answers 400 saying so.
+    text_search: bool = True
     #: Where ONNX exports of models that are not checkpoints are kept (a checkpoint keeps its own).
     onnx_dir: Path = Path("./models/onnx")
     #: Images per forward pass in ingest; unset: 32 on a CPU, 256 on a GPU.

@@ -18,6 +18,11 @@ PAGE_CSP = (
 )
 
 
+def numeric_fields(filterable_fields: list[str]) -> list[str]:
+    """The `name:number` FILTERABLE_FIELDS: the page offers a range filter and a boost for each."""
+    return [entry.partition(":")[0] for entry in filterable_fields if entry.endswith(":number")]
+
+
 @bp.get("/")
 def index():
     resources = get_resources()
@@ -27,8 +32,10 @@ def index():
         "index.html",
         model=resources.encoder.identity,
         has_head=resources.encoder.classifier is not None,
+        has_text=resources.encoder.searches_text,
         colour_weight=resources.colour_weight,
         display_fields=",".join(resources.settings.display_fields),
+        numeric_fields=numeric_fields(resources.settings.filterable_fields),
         random_weights=resources.encoder.random_weights,
         protect_reads=resources.settings.protect_reads,
     )

@@ -149,6 +149,8 @@ class SearchParams(BaseModel):
 MIN_BOX_PIXELS = 8
 #: Regions of one photo searched in one request (`boxes`): one engine batch.
 MAX_BOXES = 10
+#: Longest `text=` accepted (characters); the tokenizer truncates to the model's context anyway.
+MAX_TEXT = 300
 Box = tuple[float, float, float, float]
 
 
@@ -202,6 +204,19 @@ class UploadSearchParams(PhotoSearchParams):
         "engine batch; with `category=auto` each region gets its own prediction), and `results` is empty",
     )
 
+    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT)] | None = Field(
+        None,
+        description="search by words (CLIP's text tower; a pretrained model): alone, with no image, or mixed with "
+        "the photo by `text_weight`. 400 where the encoder has no text tower (a fine-tuned checkpoint, the onnx "
+        "runtime, TEXT_SEARCH=false), saying which",
+    )
+    text_weight: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="with a photo and `text`: the query embedding is (1 - w)·photo + w·text, normalised",
+    )
+
     @field_validator("boxes")
     @classmethod
     def _boxes_inside_the_photo(cls, value: list[list[float]] | None) -> list[list[float]] | None:
@@ -216,6 +231,8 @@ class UploadSearchParams(PhotoSearchParams):
     def _box_or_boxes(self) -> UploadSearchParams:
         if self.box is not None and self.boxes is not None:
             raise ValueError("give `box` or `boxes`, not both")
+        if self.text is not None and self.boxes is not None:
+            raise ValueError("`text` searches one query: not with `boxes`")
         return self
 
     def regions(self) -> list[Box]:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
 from flask import Blueprint, request
 
+from lookalike.colour import DIM as COLOUR_DIM
 from lookalike.errors import InvalidRequest, UnsupportedMediaType
+from lookalike.looks import Look
+from lookalike.queries import Ranking
 from service.openapi import Operation, documented
 from service.params import FILTER_NOTE, RecommendParams, UploadSearchParams, crop_to, parse_params
 from service.resources import Resources, get_resources
 from service.schemas import PredictedCategory, RecommendImages, SearchResults
 from service.serialise import regions_json, results_json
-from service.uploads import Upload, read_upload, read_uploads
+from service.uploads import IMAGE_FIELD, Upload, read_upload, read_uploads
 
 bp = Blueprint("search", __name__, url_prefix="/v1")
 
@@ -21,36 +25,55 @@ bp = Blueprint("search", __name__, url_prefix="/v1")
 @bp.post("/search")
 @documented(
     Operation(
-        "Look-alikes of an uploaded photo",
+        "Look-alikes of an uploaded photo (or of words, or both)",
         {200: SearchResults},
         query=UploadSearchParams,
-        upload="required",
+        upload="optional",
         errors=(400, 413, 415, 422, 503),
         description=FILTER_NOTE
         + " Parameters may also be sent as form fields. `category=auto` filters by the category the"
         " fine-tuned head predicts, when it is probable enough. `boxes` searches several regions of the"
-        " photo in one round trip: one result list per region in `regions`.",
+        " photo in one round trip: one result list per region in `regions`. `text` searches by words"
+        " (CLIP's text tower), alone or mixed with the photo by `text_weight`; without `text` the image is required.",
     )
 )
 def search_by_upload():
     started = time.perf_counter()
     resources = get_resources()
     params = parse_params(UploadSearchParams, request.values)
-    upload = read_upload(resources.settings.max_image_pixels)
+    words_only = params.text is not None and IMAGE_FIELD not in request.files
+    upload = None if words_only else read_upload(resources.settings.max_image_pixels)
     resources.check_collection()
-    if params.boxes is not None:
+    if upload is not None and params.boxes is not None:
         return search_regions(resources, params, upload, started)
-    (look,) = resources.looks([params.crop(upload.image)], "upload")
+    look, ranking = query_look(resources, params, upload)
     categories, prediction = None, None
     if params.auto_category:
         prediction = predict_category(resources, look.embedding)
         categories = [prediction.category] if prediction.applied else []
-    ranking = params.ranking(resources.colour_weight)
     with resources.metrics.searching("upload", ranking):
-        query_sha256s = [upload.sha256] if params.hide_duplicates else []  # hash only when asked
+        query_sha256s = [upload.sha256] if upload is not None and params.hide_duplicates else []  # hash when asked
         search_filter = params.search_filter(categories, query_sha256s)
         hits = resources.store.similar(look, search_filter, ranking)
     return results_json(hits, started, prediction)
+
+
+def query_look(resources: Resources, params: UploadSearchParams, upload: Upload | None) -> tuple[Look, Ranking]:
+    """What the search compares with: the photo's look, the words' embedding, or their mix
+    ((1 - w)·photo + w·text, normalised; the colour stays the photo's). Words alone have no colour,
+    so colour counts for nothing in their ranking."""
+    ranking = params.ranking(resources.colour_weight)
+    photo = resources.looks([params.crop(upload.image)], "upload")[0] if upload is not None else None
+    if params.text is None:
+        return photo, ranking  # type: ignore[return-value]  # an upload without text is required above
+    with resources.metrics.encode.labels("text").time():
+        (words,) = resources.encoder.embed_texts([params.text])
+    if photo is None:
+        if params.colour is not None:
+            raise InvalidRequest("`colour` recolours the photo's colours: send an image with `text` to use it")
+        return Look(words, np.zeros(COLOUR_DIM, dtype=np.float32)), dataclasses.replace(ranking, colour_weight=0.0)
+    mixed = (1 - params.text_weight) * photo.embedding + params.text_weight * words
+    return Look(mixed / max(float(np.linalg.norm(mixed)), 1e-12), photo.colour), ranking
 
 
 def search_regions(resources: Resources, params: UploadSearchParams, upload: Upload, started: float) -> dict:

@@ -194,3 +194,72 @@ def test_dragging_a_box_on_the_photo_searches_with_that_part(page, live_url, tmp
     expect(page.locator("#query-caption")).to_have_text("two.png")
     expect(page.locator("#query-box")).to_be_hidden()
     assert "box=" not in searches[-1]
+
+
+def test_words_search_by_text_alone_and_with_the_photo_shown(page, live_url, tmp_path):
+    posts: list[bytes] = []  # multipart bodies (Chromium hands over none for bodies with a file part)
+    page.on("request", lambda r: posts.append(r.post_data_buffer or b"") if "/v1/search" in r.url else None)
+    page.goto(live_url)
+    page.fill("#words", "a round red thing")
+    page.click("#search-words")
+    expect(page.locator("#query-caption")).to_have_text("“a round red thing”")
+    page.locator("#results li").first.wait_for()
+    expect(page.locator("#query-image")).to_be_hidden()
+    assert b'name="text"' in posts[-1] and b'name="image"' not in posts[-1]
+    photo = tmp_path / "photo.png"
+    draw_item("blue_bar", 1).save(photo)
+    page.set_input_files("#file", str(photo))
+    expect(page.locator("#query-caption")).to_have_text("photo.png")
+    page.fill("#words", "striped")
+    page.press("#words", "Enter")
+    expect(page.locator("#query-caption")).to_have_text("photo.png + “striped”")  # set from the same `file`
+    assert len(posts) == 3  # words, the photo, the photo with words
+
+
+def test_numeric_fields_get_range_and_boost_inputs_and_variety_a_slider(page, settings, encoder, store, ingested):
+    """FILTERABLE_FIELDS=price:number: the page filters by a price range and boosts by price."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from lookalike.looks import looks_of
+    from lookalike.points import StoredItem
+    from service import create_app
+
+    priced = [
+        StoredItem(f"p{n}", "priced", "x.jpg", "0" * 64, encoder.identity, metadata={"price": n}) for n in (5, 15, 25)
+    ]
+    store.upsert(priced, looks_of(encoder, [draw_item("red_round", i) for i in (1, 2, 3)]))
+    numeric = {"filterable_fields": ["price:number"], "display_fields": ["price"]}
+    app = create_app(settings.model_copy(update=numeric), encoder=encoder, store=store)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def shown_prices() -> list[float]:
+        return [float(text.split(": ")[1]) for text in page.locator("#results li .field").all_inner_texts()]
+
+    def rerun(url_part: str, change) -> None:
+        with page.expect_response(lambda response: url_part in response.url):
+            change()
+        page.wait_for_timeout(100)  # the answer painted
+
+    try:
+        page.goto(f"http://127.0.0.1:{server.server_port}")
+        page.locator("#category option").nth(1).wait_for(state="attached")
+        page.select_option("#category", "priced")
+        page.fill("#k", "10")
+        page.click("#random")
+        page.locator("#results li").first.wait_for()
+        prices = page.locator('fieldset.numeric[data-field="price"]')
+        prices.locator(".gte").fill("10")
+        rerun("filter.price.gte=10", lambda: prices.locator(".gte").dispatch_event("change"))
+        assert shown_prices() and all(price >= 10 for price in shown_prices())
+        prices.locator(".gte").fill("")
+        prices.locator(".boost").fill("1")
+        rerun("boost.price=1", lambda: prices.locator(".boost").dispatch_event("change"))
+        assert shown_prices() == sorted(shown_prices(), reverse=True) and len(shown_prices()) == 2
+        rerun("diversity=0.5", lambda: page.fill("#diversity", "0.5"))
+        expect(page.locator("#results li")).to_have_count(2)
+    finally:
+        server.shutdown()
+        app.extensions["lookalike"].inference.close()

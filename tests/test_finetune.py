@@ -137,6 +137,14 @@ def test_bf16_weights_keep_the_checkpoints_vectors_and_held_out_scores(trained, 
     assert scores["bf16"]["overall"]["P@4"] >= scores["fp32"]["overall"]["P@4"] - 0.005
 
 
+def test_a_fine_tuned_checkpoint_has_no_text_tower_and_says_why(trained):
+    from lookalike.errors import InvalidRequest
+
+    encoder = ImageEncoder.from_settings(Settings(model_checkpoint=trained[0]))
+    with pytest.raises(InvalidRequest, match="fine-tuned on a catalogue"):
+        encoder.embed_texts(["a red shoe"])
+
+
 def test_classifier_head_predicts_shapes(trained, shapes_dir):
     output, _ = trained
     encoder = ImageEncoder.from_settings(Settings(model_checkpoint=output))

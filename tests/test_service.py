@@ -753,6 +753,39 @@ def test_boxes_with_category_auto_predict_per_region(auto_client):
         assert {hit["category"] for hit in region["results"]} == {expected}
 
 
+def test_text_searches_by_words_alone_or_mixed_with_the_photo(client, ingested):
+    """The wiring, on a random-init CLIP (its text tower exists; its answers mean nothing)."""
+
+    def search(image: bool = True, **fields: str) -> list[tuple[str, float]]:
+        form = {**(upload(draw_item("red_round", 2)) if image else {}), "k": "4", **fields}
+        response = client.post("/v1/search", data=form, content_type="multipart/form-data")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return [(r["id"], r["score"]) for r in response.get_json()["results"]]
+
+    words = search(image=False, text="a round red thing")
+    assert len(words) == 4
+    assert search(text="a round red thing", text_weight="0") == search()  # the photo alone
+    mixed_all_words = search(text="a round red thing", text_weight="1", colour_weight="0")
+    assert [i for i, _ in mixed_all_words] == [i for i, _ in words]
+    assert [s for _, s in mixed_all_words] == pytest.approx([s for _, s in words], abs=1e-5)
+    for bad in ({"text": "   "}, {"text": "x" * 301}, {"text": "red", "colour": "red"}, {"text_weight": "2"}):
+        response = client.post("/v1/search", data=bad, content_type="multipart/form-data")
+        assert_error(response, 400, "invalid_request")
+    with_boxes = {**upload(draw_item("red_round", 2)), "text": "red", "boxes": "[[0, 0, 1, 1]]"}
+    assert_error(client.post("/v1/search", data=with_boxes), 400, "invalid_request")
+    assert_error(client.post("/v1/search", data={"k": "3"}), 400, "invalid_request")  # no image, no text
+
+
+def test_text_search_without_a_text_tower_is_a_400_saying_why(settings: Settings, store, ingested):
+    from lookalike.encoder import ImageEncoder
+
+    image_only = ImageEncoder.from_settings(settings.model_copy(update={"text_search": False}))
+    client = create_app(settings, encoder=image_only, store=store).test_client()
+    response = client.post("/v1/search", data={"text": "red"})
+    assert_error(response, 400, "invalid_request")
+    assert "TEXT_SEARCH=false" in response.get_json()["error"]["message"]
+
+
 def test_recommend_with_a_json_body_is_a_415_saying_what_it_takes(client, ingested):
     response = client.post("/v1/recommend", json={"positive": ["red_round-0"]})
     assert_error(response, 415, "unsupported_media_type")

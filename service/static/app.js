@@ -27,6 +27,14 @@ function params() {
   if ($("per-product").checked) query.append("group_by", "product_id");
   if ($("in-colour").checked) query.append("colour", $("target-colour").value);
   if ($("hide-duplicates").checked) query.append("hide_duplicates", "true");
+  if (Number($("diversity").value) > 0) query.append("diversity", $("diversity").value);
+  for (const numeric of document.querySelectorAll("fieldset.numeric")) {  // range filters and boosts
+    const field = numeric.dataset.field;
+    for (const [cls, name] of [["gte", `filter.${field}.gte`], ["lte", `filter.${field}.lte`], ["boost", `boost.${field}`]]) {
+      const value = numeric.querySelector(`.${cls}`).value;
+      if (value !== "") query.append(name, value);
+    }
+  }
   return query;
 }
 
@@ -60,6 +68,8 @@ async function callApi(url, options) {
 
 function showQuery(src, caption) {
   $("query").hidden = false;
+  $("query-image").hidden = !src;
+  if (!src) { $("query-caption").textContent = caption; return; }
   if (src.startsWith("blob:")) $("query-image").src = src;
   else showImage($("query-image"), src);
   $("query-caption").textContent = caption;
@@ -188,6 +198,20 @@ function searchByUpload(file) {
   });
 }
 
+function searchByWords(words) {  // mixed with the uploaded photo shown, if any (text_weight 0.5)
+  lastSearch = () => searchByWords(words);
+  const file = queryFile;
+  queryBox = null;
+  return run(async () => {
+    const form = new FormData();
+    if (file) form.append("image", file);
+    form.append("text", words);
+    const body = await callApi(`/v1/search?${params()}`, { method: "POST", body: form });
+    const caption = file ? `${file.name} + “${words}”` : `“${words}”`;
+    return () => { showQuery(file ? URL.createObjectURL(file) : "", caption); showBoxControls(); showResults(body); };
+  });
+}
+
 async function loadCategories() {
   try {
     const body = await callApi("/v1/categories");
@@ -211,6 +235,11 @@ $("random").addEventListener("click", () => run(async () => {
   if (!item) throw new Error("the catalogue is empty");
   return () => searchById(item.id, item.image_url, item.category);
 }));
+if ($("search-words")) {
+  const searchWords = () => { if ($("words").value.trim()) searchByWords($("words").value.trim()); };
+  $("search-words").addEventListener("click", searchWords);
+  $("words").addEventListener("keydown", (event) => { if (event.key === "Enter") { event.preventDefault(); searchWords(); } });
+}
 const drop = $("drop");
 drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
@@ -226,8 +255,11 @@ $("in-colour").addEventListener("change", () => {  // a colour target needs some
     $("colour-value").textContent = "0.5";
   }
 });
-for (const control of ["colour", "per-product", "category", "k", "in-colour", "target-colour", "hide-duplicates"]) {
+for (const control of ["colour", "per-product", "category", "k", "in-colour", "target-colour", "hide-duplicates", "diversity"]) {
   $(control).addEventListener("change", () => { if (lastSearch) lastSearch(); });
+}
+for (const input of document.querySelectorAll("fieldset.numeric input")) {
+  input.addEventListener("change", () => { if (lastSearch) lastSearch(); });
 }
 if (!hasHead) $("category").title = "category=auto needs a fine-tuned checkpoint";
 if (protectReads) {
