@@ -64,10 +64,10 @@ def query_look(resources: Resources, params: UploadSearchParams, upload: Upload 
     so colour counts for nothing in their ranking."""
     ranking = params.ranking(resources.colour_weight)
     photo = resources.looks([params.crop(upload.image)], "upload")[0] if upload is not None else None
-    if params.text is None:
-        return photo, ranking  # type: ignore[return-value]  # an upload without text is required above
-    with resources.metrics.encode.labels("text").time():
-        (words,) = resources.encoder.embed_texts([params.text])
+    if photo is not None and params.text is None:
+        return photo, ranking
+    with resources.metrics.encode.labels("text").time():  # on the request thread: a text pass is rare and short
+        (words,) = resources.encoder.embed_texts([params.text or ""])
     if photo is None:
         if params.colour is not None:
             raise InvalidRequest("`colour` recolours the photo's colours: send an image with `text` to use it")
