@@ -110,7 +110,7 @@ def export_encoder(source: ModelSource, directory: Path, images: Sequence[Image.
         _export_graph(encoder.visual, open_clip_image_size(preprocess), fp32)
         _quantise(fp32, int8)
         base = {"label": source.label, "dim": encoder.dim, "steps": steps, "mean": mean, "std": std}
-        base = {**base, "random_weights": source.random_init}
+        base |= {"random_weights": source.random_init}
         infos = {
             "fp32": ExportInfo(identity=encoder.identity, variant="fp32", **base),
             "int8": ExportInfo(identity=f"{encoder.identity}+int8", variant="int8", **base),
