@@ -168,14 +168,18 @@ class PhotoSearchParams(SearchParams):
     @classmethod
     def _box_inside_the_photo(cls, value: str | None) -> str | None:
         if value is not None:
-            _checked(tuple(float(part) for part in value.split(",")))
+            _parsed_box(value)
         return value
 
     def crop(self, image: Image.Image) -> Image.Image:
         """The photo, or its ``box`` region (400 when that region is a few pixels only)."""
         if self.box is None:
             return image
-        return crop_to(image, _checked(tuple(float(part) for part in self.box.split(","))))
+        return crop_to(image, _parsed_box(self.box))
+
+
+def _parsed_box(text: str) -> Box:
+    return _checked(tuple(float(part) for part in text.split(",")))
 
 
 def _checked(box: Sequence[float]) -> Box:

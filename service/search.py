@@ -47,10 +47,8 @@ def search_by_upload():
     if upload is not None and params.boxes is not None:
         return search_regions(resources, params, upload, started)
     look, ranking = query_look(resources, params, upload)
-    categories, prediction = None, None
-    if params.auto_category:
-        prediction = predict_category(resources, look.embedding)
-        categories = [prediction.category] if prediction.applied else []
+    prediction = predict_category(resources, look.embedding) if params.auto_category else None
+    categories = predicted_categories(prediction)
     with resources.metrics.searching("upload", ranking):
         query_sha256s = [upload.sha256] if upload is not None and params.hide_duplicates else []  # hash when asked
         search_filter = params.search_filter(categories, query_sha256s)
@@ -82,14 +80,19 @@ def search_regions(resources: Resources, params: UploadSearchParams, upload: Upl
     looks = resources.looks([crop_to(upload.image, box) for box in boxes], "upload")
     predictions = [predict_category(resources, look.embedding) if params.auto_category else None for look in looks]
     query_sha256s = [upload.sha256] if params.hide_duplicates else []
-    filters = [
-        params.search_filter(None if p is None else [p.category] if p.applied else [], query_sha256s)
-        for p in predictions
-    ]
+    filters = [params.search_filter(predicted_categories(p), query_sha256s) for p in predictions]
     ranking = params.ranking(resources.colour_weight)
     with resources.metrics.searching("upload", ranking):
         answers = resources.store.similar_looks(looks, filters, ranking)
     return regions_json(list(zip(boxes, answers, predictions, strict=True)), started)
+
+
+def predicted_categories(prediction: PredictedCategory | None) -> list[str] | None:
+    """The categories a search filters by after `category=auto`: the predicted one when probable
+    enough, none otherwise; None (the request's own categories) without a prediction."""
+    if prediction is None:
+        return None
+    return [prediction.category] if prediction.applied else []
 
 
 def predict_category(resources: Resources, embedding: np.ndarray) -> PredictedCategory:
