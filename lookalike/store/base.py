@@ -171,12 +171,11 @@ class VectorStore(CollectionLifecycle):
 
         A stored item is never among its own results.
         """
-        if isinstance(query, str):
-            if ranking.colour_target is None:
-                self.get(query)  # a clear 404 before any engine error (reading its colour 404s too)
-            stored = self._stored_colours([query]) if ranking.colour_target else {}
-            colour = self._colour_example(query, ranking, stored)
-            return self._hits(ranked(search_filter.excluding([query]), ranking, *nearest(query, colour)), ranking)
+        if isinstance(query, str):  # the one-entry batch: a clear 404 before any engine error
+            (answer,) = self.similar_many([SimilarQuery(query, search_filter, ranking)])
+            if isinstance(answer, ItemNotFound):
+                raise answer
+            return answer
         (hits,) = self.similar_looks([query], [search_filter], ranking)
         return hits
 
