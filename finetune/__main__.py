@@ -54,6 +54,9 @@ OPTIONS = (
     ("max_minutes", positive_float(), "stop training after this many minutes"),
     ("seed", int_range(0, 2**32 - 1), "random seed"),
     ("instance_weight", float_range(0.0, 10.0), "weight of the instance-discrimination loss (two views an image)"),
+    ("head_scale", positive_float(100.0), "scale of the cosine head's logits (lower: a softer softmax)"),
+    ("margin", float_range(0.0, 1.0), "additive margin on the true class's cosine (CosFace)"),
+    ("label_smoothing", float_range(0.0, 0.9), "label smoothing of the class loss"),
 )
 
 

@@ -192,9 +192,11 @@ def test_cli_and_evaluate_report(shapes_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MODEL_PRETRAINED", "")
     output = tmp_path / "ckpt"
     args = [str(shapes_dir), "--preset", "model", "--output", str(output), "--epochs", "2", "--batch-size", "8"]
-    args.append("--no-progress")
+    args += ["--head-scale", "8", "--margin", "0", "--label-smoothing", "0", "--no-progress"]
     assert finetune_main(args) == 0
     assert "heldout_P@4=" in capsys.readouterr().out
+    recipe = json.loads((output / "training.json").read_text())["training"]
+    assert (recipe["head_scale"], recipe["margin"], recipe["label_smoothing"]) == (8.0, 0.0, 0.0)
     assert finetune_main(args) == 0  # cached: same catalogue, finished checkpoint
     assert "already trained" in capsys.readouterr().out
 

@@ -166,7 +166,17 @@ def test_ingest_refuses_bad_options_with_exit_2(option, capsys):
 
 
 @pytest.mark.parametrize(
-    "option", [["--epochs", "0"], ["--batch-size", "-3"], ["--lr", "nan"], ["--wise-alpha", "2"], ["--lr", "0"]]
+    "option",
+    [
+        ["--epochs", "0"],
+        ["--batch-size", "-3"],
+        ["--lr", "nan"],
+        ["--wise-alpha", "2"],
+        ["--lr", "0"],
+        ["--head-scale", "0"],
+        ["--margin", "-0.1"],
+        ["--label-smoothing", "1"],
+    ],
 )
 def test_finetune_refuses_bad_options_with_exit_2(option, capsys):
     with pytest.raises(SystemExit) as exit_info:
