@@ -134,7 +134,12 @@ def test_bf16_weights_keep_the_checkpoints_vectors_and_held_out_scores(trained, 
     cosines = (encoders["bf16"].embed_images(queries.images) * encoders["fp32"].embed_images(queries.images)).sum(1)
     assert cosines.min() >= 0.999
     scores = evaluate_candidates(queries, gallery, [encoder_candidate(p, e) for p, e in encoders.items()])
-    assert scores["bf16"]["overall"]["P@4"] >= scores["fp32"]["overall"]["P@4"] - 0.005
+    # 9 held-out queries here: 36 ranked results, so a near-tie that bf16 rounding swaps moves P@4 by
+    # 1/36 (the tiny model is trained anew each run, not bit for bit the same on a CPU; under the old
+    # 0.005 it failed 1 run in 3). At most that one result; the shared catalogue's checkpoint (531
+    # queries) keeps its P@4 exactly (bench.p0_encoder: 0.7806 for both).
+    one_result = 1 / (4 * len(queries.items))
+    assert scores["bf16"]["overall"]["P@4"] >= scores["fp32"]["overall"]["P@4"] - one_result - 1e-9
 
 
 def test_a_fine_tuned_checkpoint_has_no_text_tower_and_says_why(trained):
