@@ -45,15 +45,25 @@ def retrieval_scores(
     gallery_labels: Sequence[str],
     ks: Sequence[int] = KS,
     colours: tuple[np.ndarray, np.ndarray] | None = None,
+    leave_one_out: bool = False,
 ) -> RetrievalScores:
     """Rank the gallery for every query by cosine similarity and score the ranking.
 
-    ``colours``: the (query, gallery) colour descriptors, to add ``colour@4``.
+    ``colours``: the (query, gallery) colour descriptors, to add ``colour@4``. ``leave_one_out``:
+    the gallery *is* the queries, and each query ranks all the others (never itself): every photo
+    of a set the model never trained on is a query, five times the queries of a 20 % split.
     """
     query_labels_arr, gallery_labels_arr = np.asarray(query_labels), np.asarray(gallery_labels)
-    order = np.argsort(-(queries @ gallery.T), axis=1, kind="stable")
+    similarities = queries @ gallery.T
+    if leave_one_out:
+        if queries.shape != gallery.shape:
+            raise ValueError("leave-one-out ranks a set against itself: queries and gallery must be the same")
+        np.fill_diagonal(similarities, -np.inf)
+    order = np.argsort(-similarities, axis=1, kind="stable")
+    if leave_one_out:
+        order = order[:, :-1]  # the query itself, ranked last
     relevant = gallery_labels_arr[order] == query_labels_arr[:, None]
-    n_relevant = (gallery_labels_arr[None, :] == query_labels_arr[:, None]).sum(axis=1)
+    n_relevant = (gallery_labels_arr[None, :] == query_labels_arr[:, None]).sum(axis=1) - int(leave_one_out)
     per_query = query_scores(relevant, n_relevant, ks)
     if colours is not None:
         per_query[f"colour@{COLOUR_K}"] = colour_agreement(order[:, :COLOUR_K], *colours)

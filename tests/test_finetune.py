@@ -361,8 +361,11 @@ def test_leave_categories_out_protocol_trains_and_reports_apart(shapes_dir, tmp_
     assert "## unseen categories (never trained on)" in captured.out and "## seen categories" in captured.out
     assert "warning" not in captured.err
     parts = json.loads((reports / "evaluation.json").read_text())["parts"]
-    unseen_report = parts["unseen categories (never trained on)"]["models"]
-    assert set(next(iter(unseen_report.values()))["per_category"]) == set(held_out)
+    unseen_part = parts["unseen categories (never trained on)"]
+    assert set(next(iter(unseen_part["models"].values()))["per_category"]) == set(held_out)
+    # every unseen photo is a query against the others; the seen ones keep their fixed split
+    assert unseen_part["split"] == {"queries": len(unseen), "gallery": None}
+    assert parts["seen categories (trained on)"]["split"]["queries"] < len(seen)
 
 
 def test_products_as_classes_rank_the_same_product_first_and_report_both(tmp_path, monkeypatch, capsys):

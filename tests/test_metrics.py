@@ -31,3 +31,16 @@ def test_colour_histogram_is_unit_length_and_tells_colours_apart():
     )
     assert np.linalg.norm(red) == pytest.approx(1.0)
     assert red @ dark_red > red @ blue
+
+
+def test_leave_one_out_ranks_each_item_against_the_others_never_itself():
+    # Four items on a circle: a at 0 and 10 degrees, b at 30 and 90.
+    angles = np.radians([0, 10, 30, 90])
+    vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    scores = retrieval_scores(vectors, list("aabb"), vectors, list("aabb"), ks=(1,), leave_one_out=True)
+    # 0: 10(a) 30(b) 90(b) -> P@1 1, R 1, AP 1      10: 0(a) 30(b) 90(b) -> P@1 1, AP 1
+    # 30: 10(a) 0(a) 90(b) -> P@1 0, R 1, AP 0      90: 30(b) 10(a) 0(a) -> P@1 1, AP 1
+    assert scores.per_category["a"] == pytest.approx({"P@1": 1.0, "mAP@R": 1.0})
+    assert scores.per_category["b"] == pytest.approx({"P@1": 0.5, "mAP@R": 0.5})
+    with pytest.raises(ValueError, match="the same"):
+        retrieval_scores(vectors, list("aabb"), vectors[:3], list("aab"), leave_one_out=True)
