@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from finetune.data import LABELS, catalogue_fingerprint, split_by_holdout
+from finetune.model import EMBEDDINGS
 from finetune.run import TrainingConfig, fine_tune
 from lookalike.catalogue import read_catalogue
 from lookalike.checkpoint import RESUME_FILE, is_complete
@@ -82,6 +83,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=LABELS,
         help="what a class is: category (default) or product (photos sharing a product_id: the same product "
         "ranks first; the evaluation reports category and product P@k)",
+    )
+    parser.add_argument(
+        "--embedding",
+        choices=EMBEDDINGS,
+        help="what retrieval ranks by: the projection the class loss trains, or the trunk's features before "
+        "it (they generalise better to categories never trained on; README) "
+        f"(default: the preset's; {', '.join(f'{n} {c.embedding}' for n, (_, c) in sorted(PRESETS.items()))})",
     )
     parser.add_argument(
         "--holdout-categories",

@@ -3,6 +3,11 @@
 Normalised softmax with an additive margin (CosFace): logits are ``scale * (cos - margin)``
 for the true class and ``scale * cos`` otherwise. Training the classes through the *normalised*
 embedding shapes exactly the space that retrieval ranks by cosine similarity.
+
+Retrieval may instead rank by the trunk's pooled features, before the projection the class loss
+trains (``embedding="trunk"``): the projection absorbs most of the collapse onto the training
+classes, and what it leaves in the trunk tells categories never trained on apart better
+(issue 18's leave-categories-out protocol, README).
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lookalike.errors import ModelLoadError
 
 
 class CosineHead(nn.Module):
@@ -29,16 +36,50 @@ class CosineHead(nn.Module):
         return self.scale * cosine
 
 
-class RetrievalModel(nn.Module):
-    """``visual`` (an open_clip image tower) -> normalised embedding -> cosine head."""
+EMBEDDINGS = ("projection", "trunk")
 
-    def __init__(self, visual: nn.Module, dim: int, n_classes: int, scale: float = 16.0, margin: float = 0.1):
+
+def linear_projection(visual: nn.Module) -> nn.Linear | None:
+    """The linear projection (no bias) ending an open_clip timm tower (``visual.head.proj``), if any."""
+    projection = getattr(getattr(visual, "head", None), "proj", None)
+    if isinstance(projection, nn.Linear) and projection.bias is None and hasattr(visual, "trunk"):
+        return projection
+    return None
+
+
+class RetrievalModel(nn.Module):
+    """``visual`` (an open_clip image tower) -> normalised embedding -> cosine head; retrieval ranks
+    by that embedding, or by the trunk's features before the projection (``embedding="trunk"``)."""
+
+    def __init__(
+        self,
+        visual: nn.Module,
+        dim: int,
+        n_classes: int,
+        scale: float = 16.0,
+        margin: float = 0.1,
+        embedding: str = "projection",
+    ):
         super().__init__()
+        if embedding == "trunk" and linear_projection(visual) is None:
+            raise ModelLoadError(
+                "--embedding trunk needs a timm tower ending in a linear projection (the small and large presets)"
+            )
         self.visual = visual
         self.head = CosineHead(dim, n_classes, scale, margin)
+        self.embedding = embedding
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The normalised embedding the head classifies."""
         return F.normalize(self.visual(pixels).float(), dim=-1)
+
+    def embed_both(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the embedding retrieval ranks by, the one the head classifies), both normalised."""
+        if self.embedding == "projection":
+            embedded = self.embed(pixels)
+            return embedded, embedded
+        pooled = self.visual.trunk(pixels)
+        return F.normalize(pooled.float(), dim=-1), F.normalize(self.visual.head(pooled).float(), dim=-1)
 
     def forward(self, pixels: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.embed(pixels), labels)

@@ -25,7 +25,14 @@ from finetune.export import export_checkpoint
 from finetune.model import RetrievalModel
 from finetune.train import WarmupCosine, evaluate, train_one_epoch, training_loss
 from lookalike.catalogue import CatalogueItem
-from lookalike.checkpoint import load_resume_state, model_config, save_checkpoint, save_resume_state
+from lookalike.checkpoint import (
+    ClassifierHead,
+    ends_at_trunk,
+    load_resume_state,
+    model_config,
+    save_checkpoint,
+    save_resume_state,
+)
 from lookalike.device import BF16, FP32, Placement, default_workers, fastest_training_precision
 from lookalike.encoder import create_clip
 from lookalike.errors import CatalogueError
@@ -60,6 +67,9 @@ class TrainingConfig:
     #: What a class is: "category", or "product" (photos sharing a product_id; "the same product"
     #: then ranks first, and the head predicts products, so the service's category=auto is off).
     label: str = "category"
+    #: What retrieval ranks by: "projection" (the embedding the head classifies) or "trunk" (the
+    #: features before it; a checkpoint then ends at the trunk, `finetune.model`).
+    embedding: str = "projection"
     #: Weight of an instance-discrimination loss beside the class loss (two views an image; 0 = off).
     instance_weight: float = 0.0
     #: Evaluate every N epochs (default: as often as keeps evaluation <= EVAL_SHARE of the time).
@@ -116,7 +126,7 @@ def fine_tune(
     )
 
     dim = int(_embedding_dim(clip.visual, val_transform, gallery))
-    model = RetrievalModel(clip.visual, dim, len(classes), config.head_scale, config.margin)
+    model = RetrievalModel(clip.visual, dim, len(classes), config.head_scale, config.margin, config.embedding)
     model.to(device, memory_format=torch.channels_last)
     start_state = copy.deepcopy(clip.visual.state_dict())
     loader = _training_batches(clip, gallery, train_transform, classes, side, config, device)
@@ -173,8 +183,11 @@ def fine_tune(
         "phases_s": {name: round(seconds, 2) for name, seconds in phases.items()},
         "metrics": metrics,
     }
-    head = (model.head.weight, config.head_scale, classes)
-    save_checkpoint(output, clip, head, model_config(source), get_model_preprocess_cfg(clip), info)
+    head = ClassifierHead(model.head.weight, config.head_scale, classes)
+    model_cfg = model_config(source)
+    if config.embedding == "trunk":  # the saved tower ends at the trunk; the head keeps the projection
+        head, model_cfg = ends_at_trunk(clip.visual, head, model_cfg)
+    save_checkpoint(output, clip, head, model_cfg, get_model_preprocess_cfg(clip), info)
     export_checkpoint(output)
     return TrainingResult(
         output,

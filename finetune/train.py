@@ -110,9 +110,10 @@ def embed_cache(
     preprocess: Callable[[Image.Image], torch.Tensor],
     placement: Placement,
     batch_size: int = 128,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
+    """(retrieval embeddings, the embeddings the head classifies) of every cached image."""
     model.eval()
-    chunks = []
+    chunks: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
     for start in range(0, len(cache.images), batch_size):
         if cache.pixels is not None:  # through the transform once (`ImageCache.with_pixels`)
             pixels = cache.pixels.batch(start, start + batch_size)
@@ -120,8 +121,11 @@ def embed_cache(
             pixels = torch.stack([preprocess(image) for image in cache.images[start : start + batch_size]])
         pixels = pixels.to(placement.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with placement.autocast():
-            chunks.append(model.embed(pixels).float().cpu().numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, 1), np.float32)
+            for chunk, embedded in zip(chunks, model.embed_both(pixels), strict=True):
+                chunk.append(embedded.float().cpu().numpy())
+    if not chunks[0]:
+        return np.zeros((0, 1), np.float32), np.zeros((0, 1), np.float32)
+    return np.concatenate(chunks[0]), np.concatenate(chunks[1])
 
 
 def evaluate(
@@ -134,13 +138,13 @@ def evaluate(
     label: str = "category",
 ) -> tuple[RetrievalScores, float]:
     """Held-out retrieval scores by ``label``, and the head's classification accuracy on the queries."""
-    query_embeddings = embed_cache(model, queries, preprocess, placement)
-    gallery_embeddings = embed_cache(model, gallery, preprocess, placement)
+    query_embeddings, query_classified = embed_cache(model, queries, preprocess, placement)
+    gallery_embeddings, _ = embed_cache(model, gallery, preprocess, placement)
     query_labels = [label_of(item, label) for item in queries.items]
     gallery_labels = [label_of(item, label) for item in gallery.items]
     scores = retrieval_scores(query_embeddings, query_labels, gallery_embeddings, gallery_labels)
     with torch.inference_mode():
-        cosine = model.head.cosine(torch.from_numpy(query_embeddings).to(placement.device))
+        cosine = model.head.cosine(torch.from_numpy(query_classified).to(placement.device))
         predicted = cosine.argmax(dim=1).cpu().numpy()
     accuracy = float(np.mean([classes[p] == label for p, label in zip(predicted, query_labels, strict=True)]))
     return scores, accuracy

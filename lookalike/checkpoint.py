@@ -3,7 +3,8 @@ encoder, `finetune.evaluate` and a resumed run read. open_clip's ``local-dir:`` 
 
     open_clip_config.json        model_cfg + preprocess_cfg (loads with open_clip's factory)
     open_clip_model.safetensors  the weights
-    head.safetensors             the cosine classifier (category=auto in the service)
+    head.safetensors             the cosine classifier (category=auto in the service), and for a
+                                 tower that ends at its trunk the projection it classifies through
     classes.json                 class names, in head order
     training.json                version, base model (label and structured source), arguments, metrics
     resume.pt                    only while training: the state to resume from
@@ -13,7 +14,9 @@ encoder, `finetune.evaluate` and a resumed run read. open_clip's ``local-dir:`` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,13 +84,45 @@ def read_classes(directory: Path) -> list[str] | None:
         return None
 
 
-def read_head(directory: Path) -> tuple[list[str], np.ndarray, float] | None:
-    """The category head (classes, weight, scale); None without one, or when it predicts products."""
+@dataclass(frozen=True)
+class ClassifierHead:
+    """The cosine classifier: ``weight`` (classes, dim), its logit scale and class names; for a tower
+    that ends at its trunk (``finetune --embedding trunk``) the ``projection`` (dim, trunk features)
+    from the stored embedding to the space the head classifies. Tensors when written, numpy when read."""
+
+    weight: Any
+    scale: float
+    classes: list[str]
+    projection: Any = None
+
+
+def read_head(directory: Path) -> ClassifierHead | None:
+    """The category head; None without one, or when it predicts products."""
     classes = read_classes(directory)
     if classes is None or not (directory / HEAD_FILE).is_file() or trained_label(directory) != "category":
         return None
     tensors = load_numpy(directory / HEAD_FILE)
-    return classes, tensors["weight"].astype(np.float32), float(tensors["scale"])
+    projection = tensors.get("projection")
+    return ClassifierHead(
+        tensors["weight"].astype(np.float32),
+        float(tensors["scale"]),
+        classes,
+        None if projection is None else projection.astype(np.float32),
+    )
+
+
+def ends_at_trunk(
+    visual: torch.nn.Module, head: ClassifierHead, model_cfg: dict[str, Any]
+) -> tuple[ClassifierHead, dict[str, Any]]:
+    """Cut ``visual``'s linear projection off (in place) so the tower ends at its trunk's pooled
+    features; the projection moves into the head, and the config says ``timm_proj: none``. The saved
+    model stays a plain open_clip model: ingest, the service and the ONNX export need nothing new."""
+    import torch
+
+    projection = visual.head.proj.weight
+    visual.head = torch.nn.Sequential()
+    vision_cfg = {**model_cfg["vision_cfg"], "timm_proj": "none"}
+    return dataclasses.replace(head, projection=projection), {**model_cfg, "vision_cfg": vision_cfg}
 
 
 def model_config(source: ModelSource) -> dict[str, Any] | None:
@@ -102,22 +137,24 @@ def model_config(source: ModelSource) -> dict[str, Any] | None:
 def save_checkpoint(
     directory: Path,
     clip: torch.nn.Module,
-    head: tuple[torch.Tensor, float, list[str]],
+    head: ClassifierHead,
     model_cfg: dict[str, Any],
     preprocess_cfg: dict[str, Any],
     info: dict[str, Any],
 ) -> None:
-    """Write every file, ``training.json`` last; ``head`` is (weight, scale, classes)."""
+    """Write every file, ``training.json`` last."""
     import torch
     from safetensors.torch import save_file
 
-    weight, scale, classes = head
     directory.mkdir(parents=True, exist_ok=True)
     config = {"model_cfg": model_cfg, "preprocess_cfg": _jsonable(preprocess_cfg)}
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     save_file({k: v.detach().contiguous().clone() for k, v in clip.state_dict().items()}, directory / WEIGHTS_FILE)
-    save_file({"weight": weight.detach().contiguous(), "scale": torch.tensor(scale)}, directory / HEAD_FILE)
-    (directory / CLASSES_FILE).write_text(json.dumps(classes, indent=2))
+    tensors = {"weight": head.weight.detach().contiguous(), "scale": torch.tensor(head.scale)}
+    if head.projection is not None:
+        tensors["projection"] = head.projection.detach().contiguous()
+    save_file(tensors, directory / HEAD_FILE)
+    (directory / CLASSES_FILE).write_text(json.dumps(head.classes, indent=2))
     (directory / RESUME_FILE).unlink(missing_ok=True)
     (directory / INFO_FILE).write_text(json.dumps(info, indent=2))
 

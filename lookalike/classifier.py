@@ -18,6 +18,8 @@ class CategoryClassifier:
     classes: list[str]
     weight: np.ndarray  # (classes, dim), rows L2-normalised
     scale: float
+    #: (dim, embedding dim) for a tower that ends at its trunk: the head classifies the projection.
+    projection: np.ndarray | None = None
 
     @classmethod
     def load(cls, checkpoint: Path) -> CategoryClassifier | None:
@@ -25,11 +27,13 @@ class CategoryClassifier:
         head = read_head(checkpoint)
         if head is None:
             return None
-        classes, weight, scale = head
-        norms = np.maximum(np.linalg.norm(weight, axis=1, keepdims=True), 1e-12)  # as F.normalize
-        return cls(classes, (weight / norms).astype(np.float32), scale)
+        norms = np.maximum(np.linalg.norm(head.weight, axis=1, keepdims=True), 1e-12)  # as F.normalize
+        return cls(head.classes, (head.weight / norms).astype(np.float32), head.scale, head.projection)
 
     def predict(self, embedding: np.ndarray) -> tuple[str, float]:
+        if self.projection is not None:
+            projected = self.projection @ embedding
+            embedding = projected / max(float(np.linalg.norm(projected)), 1e-12)
         logits = self.scale * (self.weight @ embedding)
         probabilities = np.exp(logits - logits.max())
         probabilities /= probabilities.sum()

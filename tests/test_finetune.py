@@ -465,3 +465,35 @@ def test_trunk_mix_ranks_by_the_features_before_the_projection(shapes_dir):
             ImageEncoder.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None)),
             1.0,
         )
+
+
+def test_a_checkpoint_that_ranks_by_its_trunk_is_a_plain_tower_and_its_head_still_classifies(shapes_dir, tmp_path):
+    """--embedding trunk: the saved tower ends at the trunk's pooled features (512-d for ResNet-18),
+    the recorded scores are what that tower gives when loaded, and category=auto's head classifies
+    through the projection the checkpoint keeps beside it."""
+    from lookalike.checkpoint import CONFIG_FILE, read_head
+    from lookalike.classifier import CategoryClassifier
+    from lookalike.errors import ModelLoadError
+
+    items = read_catalogue(shapes_dir).items
+    source = ModelSource.from_settings(
+        Settings(model_name="lookalike-small", model_pretrained="", model_checkpoint=None)
+    )
+    config = dataclasses.replace(FAST, epochs=4, embedding="trunk")
+    result = fine_tune(items, source, tmp_path / "trunk", config, max_pixels=10**7)
+
+    saved = json.loads((tmp_path / "trunk" / CONFIG_FILE).read_text())["model_cfg"]
+    assert saved["vision_cfg"]["timm_proj"] == "none" and saved["embed_dim"] == 256
+    assert read_head(tmp_path / "trunk").projection.shape == (256, 512)
+    encoder = ImageEncoder.from_settings(Settings(model_checkpoint=tmp_path / "trunk", precision="fp32"))
+    assert encoder.dim == 512
+    queries, gallery = held_out(shapes_dir)
+    report = evaluate_candidates(queries, gallery, [encoder_candidate("loaded", encoder)])["loaded"]
+    shared = {name: report["overall"][name] for name in result.metrics["overall"]}
+    assert shared == pytest.approx(result.metrics["overall"], abs=1e-6)
+    assert report["head_accuracy"] == pytest.approx(result.metrics["head_accuracy"])
+    assert isinstance(encoder.classifier, CategoryClassifier) and encoder.classifier.projection is not None
+
+    with pytest.raises(ModelLoadError, match="linear projection"):  # a ViT has no trunk to rank by
+        vit = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
+        fine_tune(items, vit, tmp_path / "vit", config, max_pixels=10**7)

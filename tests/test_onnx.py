@@ -141,13 +141,13 @@ def _write_checkpoint(directory: Path) -> None:
     """A checkpoint folder in the fine-tuning format, for the tiny test model with a 2-class head."""
     import torch
 
-    from lookalike.checkpoint import model_config, save_checkpoint
+    from lookalike.checkpoint import ClassifierHead, model_config, save_checkpoint
     from lookalike.encoder import create_clip
 
     source = ModelSource("random-init", TEST_MODEL)
     clip, _, preprocess = create_clip(source)
     normalize = preprocess.transforms[-1]
     preprocess_cfg = {"size": 32, "mode": "RGB", "mean": list(normalize.mean), "std": list(normalize.std)}
-    head = (torch.nn.functional.normalize(torch.randn(2, 32), dim=-1), 10.0, ["a", "b"])
+    head = ClassifierHead(torch.nn.functional.normalize(torch.randn(2, 32), dim=-1), 10.0, ["a", "b"])
     info = {"version": 1, "base_source": source.to_dict(), "training": {"label": "category"}}
     save_checkpoint(directory, clip, head, model_config(source), preprocess_cfg, info)
