@@ -474,6 +474,7 @@ def test_a_checkpoint_that_ranks_by_its_trunk_is_a_plain_tower_and_its_head_stil
     from lookalike.checkpoint import CONFIG_FILE, read_head
     from lookalike.classifier import CategoryClassifier
     from lookalike.errors import ModelLoadError
+    from lookalike.onnx_encoder import OnnxEncoder
 
     items = read_catalogue(shapes_dir).items
     source = ModelSource.from_settings(
@@ -493,6 +494,10 @@ def test_a_checkpoint_that_ranks_by_its_trunk_is_a_plain_tower_and_its_head_stil
     assert shared == pytest.approx(result.metrics["overall"], abs=1e-6)
     assert report["head_accuracy"] == pytest.approx(result.metrics["head_accuracy"])
     assert isinstance(encoder.classifier, CategoryClassifier) and encoder.classifier.projection is not None
+    exported = OnnxEncoder.from_settings(Settings(model_checkpoint=tmp_path / "trunk", encoder_runtime="onnx"))
+    onnx_report = evaluate_candidates(queries, gallery, [encoder_candidate("onnx", exported)])["onnx"]
+    assert exported.dim == 512 and onnx_report["overall"]["P@4"] == pytest.approx(report["overall"]["P@4"], abs=1e-6)
+    assert onnx_report["head_accuracy"] == pytest.approx(report["head_accuracy"])
 
     with pytest.raises(ModelLoadError, match="linear projection"):  # a ViT has no trunk to rank by
         vit = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
