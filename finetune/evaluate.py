@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from finetune.data import LABELS, ImageCache, label_of, split_by_holdout, split_catalogue
+from finetune.model import linear_projection
 from lookalike.catalogue import CatalogueItem, read_catalogue
 from lookalike.checkpoint import read_base_source, read_classes, read_info
 from lookalike.classifier import CategoryClassifier
@@ -60,9 +61,9 @@ def encoder_candidate(name: str, encoder: ImageEncoder) -> Candidate:
 def trunk_candidate(name: str, encoder: ImageEncoder, mix: float) -> Candidate:
     """The cosine (1 - mix)·projection + mix·trunk, where the trunk's features are those before the
     projection the class loss trains (a timm tower with a projection head: the small and large presets)."""
-    trunk, projection = getattr(encoder.visual, "trunk", None), getattr(encoder.visual, "head", None)
-    if trunk is None or projection is None:
+    if linear_projection(encoder.visual) is None:  # a ViT, or a checkpoint that already ends at its trunk
         raise ModelLoadError(f"{encoder.identity} has no timm trunk with a projection head: --trunk-mix needs one")
+    trunk, projection = encoder.visual.trunk, encoder.visual.head
 
     def embed(images: Sequence[Image.Image]) -> np.ndarray:
         parts = []

@@ -471,6 +471,7 @@ def test_a_checkpoint_that_ranks_by_its_trunk_is_a_plain_tower_and_its_head_stil
     """--embedding trunk: the saved tower ends at the trunk's pooled features (512-d for ResNet-18),
     the recorded scores are what that tower gives when loaded, and category=auto's head classifies
     through the projection the checkpoint keeps beside it."""
+    from finetune.evaluate import trunk_candidate
     from lookalike.checkpoint import CONFIG_FILE, read_head
     from lookalike.classifier import CategoryClassifier
     from lookalike.errors import ModelLoadError
@@ -499,6 +500,8 @@ def test_a_checkpoint_that_ranks_by_its_trunk_is_a_plain_tower_and_its_head_stil
     assert exported.dim == 512 and onnx_report["overall"]["P@4"] == pytest.approx(report["overall"]["P@4"], abs=1e-6)
     assert onnx_report["head_accuracy"] == pytest.approx(report["head_accuracy"])
 
+    with pytest.raises(ModelLoadError, match="projection head"):  # it ranks by its trunk already
+        trunk_candidate("mix", encoder, 0.5)
     with pytest.raises(ModelLoadError, match="linear projection"):  # a ViT has no trunk to rank by
         vit = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
         fine_tune(items, vit, tmp_path / "vit", config, max_pixels=10**7)
