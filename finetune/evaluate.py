@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     for title, (items, leave_one_out) in parts.items():
         queries, gallery = _queries_and_gallery(items, leave_one_out, args.label, settings.max_image_pixels)
         report = evaluate_candidates(queries, gallery, candidates, args.colour_weights, args.label)
-        split_info = {"queries": len(queries.items), "gallery": len(gallery.items) if gallery else None}
+        split_info = {"queries": len(queries.items), "gallery": None if gallery is None else len(gallery.items)}
         results[title] = {"split": split_info, "models": report}
         if gallery is None:
             heading = f"## {title}: all {len(queries.items)} photos as queries, each against the others (leave-one-out)"
