@@ -23,7 +23,7 @@ from finetune.data import ImageCache, LabelledImages, catalogue_fingerprint, lab
 from finetune.device_data import DeviceBatches
 from finetune.export import export_checkpoint
 from finetune.model import RetrievalModel
-from finetune.train import WarmupCosine, evaluate, train_one_epoch, training_loss
+from finetune.train import HeldOut, WarmupCosine, evaluate, train_one_epoch, training_loss
 from lookalike.catalogue import CatalogueItem
 from lookalike.checkpoint import (
     ClassifierHead,
@@ -154,9 +154,10 @@ def fine_tune(
         ImageCache.load(split.gallery, None, max_pixels),
     )
     fp32 = Placement(device, FP32)
-    scores, accuracy = evaluate(model, queries, gallery, val_transform, classes, fp32, config.label)
+    held_out = evaluate(model, queries, gallery, val_transform, classes, fp32, config.label)
+    scores, accuracy = held_out.scores, held_out.accuracy
     by_category = (
-        scores if config.label == "category" else evaluate(model, queries, gallery, val_transform, classes, fp32)[0]
+        scores if config.label == "category" else evaluate(model, queries, gallery, val_transform, classes, fp32).scores
     )
     model.cpu()
     phases["final_eval"] = time.perf_counter() - final_started
@@ -336,13 +337,13 @@ class EpochLoop:
                 timing = {"train_s": round(train_s, 3)}
                 if self.epoch % self.eval_every == 0 or self.epoch >= self.planned_epochs:
                     eval_started = time.perf_counter()
-                    scores, accuracy = evaluate_now()
+                    held_out = evaluate_now()
                     eval_s = time.perf_counter() - eval_started
                     self.phases_s["eval"] += eval_s
                     timing["eval_s"] = round(eval_s, 3)
                     self._pace_evaluation(eval_s)
-                    bar.set_postfix(loss=f"{loss:.3f}", p_at_4=f"{scores.overall['P@4']:.3f}")
-                    self._record(loss, scores.overall["P@4"], accuracy, timing)
+                    bar.set_postfix(loss=f"{loss:.3f}", p_at_4=f"{held_out.scores.overall['P@4']:.3f}")
+                    self._record(loss, held_out, timing)
             saving = time.perf_counter()
             self._save_resume_state()
             self.phases_s["save"] += time.perf_counter() - saving
@@ -377,8 +378,16 @@ class EpochLoop:
         else:
             log.info("epochs fitted to the time budget", extra={"epochs": fits, "per_epoch_s": round(per_epoch, 2)})
 
-    def _record(self, loss: float, p_at_4: float, accuracy: float, timing: dict[str, float]) -> None:
-        self.history.append({"epoch": self.epoch, "loss": loss, "P@4": p_at_4, "accuracy": accuracy, **timing})
+    def _record(self, loss: float, held_out: HeldOut, timing: dict[str, float]) -> None:
+        """Keep the epoch whose embedding *the head trains* scores best on the held-out queries, also
+        when retrieval ranks by the trunk: measured on issue 18's split, the trunk at epochs chosen
+        by the projection kept the seen categories' P@4 (0.841-0.852, four runs) where epochs
+        chosen by the trunk's own P@4 lost 0.017 (two runs)."""
+        p_at_4 = held_out.trained.overall["P@4"]
+        entry = {"epoch": self.epoch, "loss": loss, "P@4": held_out.scores.overall["P@4"]}
+        if held_out.trained is not held_out.scores:
+            entry["trained P@4"] = p_at_4
+        self.history.append({**entry, "accuracy": held_out.accuracy, **timing})
         log.info("epoch done", extra=self.history[-1])
         if p_at_4 > self.best_score:
             self.best_score, self.best_epoch = p_at_4, self.epoch

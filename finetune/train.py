@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -128,6 +129,16 @@ def embed_cache(
     return np.concatenate(chunks[0]), np.concatenate(chunks[1])
 
 
+@dataclass
+class HeldOut:
+    """Held-out retrieval by the embedding retrieval ranks by (``scores``) and by the one the head
+    classifies (``trained``: the same unless the model ranks by its trunk), and the head's accuracy."""
+
+    scores: RetrievalScores
+    trained: RetrievalScores
+    accuracy: float
+
+
 def evaluate(
     model: RetrievalModel,
     queries: ImageCache,
@@ -136,15 +147,18 @@ def evaluate(
     classes: list[str],
     placement: Placement,
     label: str = "category",
-) -> tuple[RetrievalScores, float]:
+) -> HeldOut:
     """Held-out retrieval scores by ``label``, and the head's classification accuracy on the queries."""
     query_embeddings, query_classified = embed_cache(model, queries, preprocess, placement)
-    gallery_embeddings, _ = embed_cache(model, gallery, preprocess, placement)
+    gallery_embeddings, gallery_classified = embed_cache(model, gallery, preprocess, placement)
     query_labels = [label_of(item, label) for item in queries.items]
     gallery_labels = [label_of(item, label) for item in gallery.items]
     scores = retrieval_scores(query_embeddings, query_labels, gallery_embeddings, gallery_labels)
+    trained = scores
+    if model.embedding != "projection":
+        trained = retrieval_scores(query_classified, query_labels, gallery_classified, gallery_labels)
     with torch.inference_mode():
         cosine = model.head.cosine(torch.from_numpy(query_classified).to(placement.device))
         predicted = cosine.argmax(dim=1).cpu().numpy()
     accuracy = float(np.mean([classes[p] == label for p, label in zip(predicted, query_labels, strict=True)]))
-    return scores, accuracy
+    return HeldOut(scores, trained, accuracy)

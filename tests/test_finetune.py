@@ -468,8 +468,8 @@ def test_trunk_mix_ranks_by_the_features_before_the_projection(shapes_dir):
 
 
 def test_a_checkpoint_that_ranks_by_its_trunk_is_a_plain_tower_and_its_head_still_classifies(shapes_dir, tmp_path):
-    """--embedding trunk: the saved tower ends at the trunk's pooled features (512-d for ResNet-18),
-    the recorded scores are what that tower gives when loaded, and category=auto's head classifies
+    """--embedding trunk: the epoch is chosen by the projection, the saved tower ends at the trunk's
+    pooled features (512-d for ResNet-18), the recorded scores are what that tower gives when loaded, and category=auto's head classifies
     through the projection the checkpoint keeps beside it."""
     from finetune.evaluate import trunk_candidate
     from lookalike.checkpoint import CONFIG_FILE, read_head
@@ -481,8 +481,12 @@ def test_a_checkpoint_that_ranks_by_its_trunk_is_a_plain_tower_and_its_head_stil
     source = ModelSource.from_settings(
         Settings(model_name="lookalike-small", model_pretrained="", model_checkpoint=None)
     )
-    config = dataclasses.replace(FAST, epochs=4, embedding="trunk")
+    config = dataclasses.replace(FAST, epochs=4, embedding="trunk", eval_every=1)
     result = fine_tune(items, source, tmp_path / "trunk", config, max_pixels=10**7)
+    history = json.loads((tmp_path / "trunk" / "training.json").read_text())["history"]
+    assert len(history) == 4 and all(0 <= entry["trained P@4"] <= 1 for entry in history)
+    # the epoch kept is the one whose projection (what the loss trains) ranked the held-out queries best
+    assert result.best_epoch == max(history, key=lambda entry: entry["trained P@4"])["epoch"]
 
     saved = json.loads((tmp_path / "trunk" / CONFIG_FILE).read_text())["model_cfg"]
     assert saved["vision_cfg"]["timm_proj"] == "none" and saved["embed_dim"] == 256
