@@ -469,8 +469,8 @@ def test_trunk_mix_ranks_by_the_features_before_the_projection(shapes_dir):
 
 def test_a_checkpoint_that_ranks_by_its_trunk_is_a_plain_tower_and_its_head_still_classifies(shapes_dir, tmp_path):
     """--embedding trunk: the epoch is chosen by the projection, the saved tower ends at the trunk's
-    pooled features (512-d for ResNet-18), the recorded scores are what that tower gives when loaded, and category=auto's head classifies
-    through the projection the checkpoint keeps beside it."""
+    pooled features (512-d for ResNet-18), the recorded scores are what that tower gives when
+    loaded, and category=auto's head classifies through the projection kept beside it."""
     from finetune.evaluate import trunk_candidate
     from lookalike.checkpoint import CONFIG_FILE, read_head
     from lookalike.classifier import CategoryClassifier
