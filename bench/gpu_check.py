@@ -2,7 +2,7 @@
 
 Prints, one line each: PIL decode + resize rate over the catalogue (one process per core); the
 forward throughput of ViT-B/32 at 224 (fp32 -- TF32 on a GPU -- and bf16) and of the small
-preset's ResNet-18 at 112 (bf16); fine-tuning the small preset (data held on the device, then
+preset's ResNet-18 at its size (bf16); fine-tuning the small preset (data held on the device, then
 from PIL workers) and the large preset on the catalogue's split (seconds, where they went,
 held-out P@4 and mAP@R, the protocol of finetune.evaluate); and ingest of the whole catalogue
 with the large checkpoint into a fresh embedded store at two batch sizes, against the decode
@@ -106,8 +106,9 @@ def main() -> None:
         emit("vit_b32_224_forward", precision=precision, batch=batch, images_per_s=round(rate, 1))
     small_settings = Settings(model_name="lookalike-small", model_pretrained="")
     resnet18 = load_visual(ModelSource.from_settings(small_settings))[0]
-    rate = forward_rate(resnet18, 112, batch, steps, Placement(device, "bf16"))
-    emit("resnet18_112_forward", precision="bf16", batch=batch, images_per_s=round(rate, 1))
+    side = resnet18.image_size[0]  # open_clip's timm tower keeps it as (h, w)
+    rate = forward_rate(resnet18, side, batch, steps, Placement(device, "bf16"))
+    emit(f"resnet18_{side}_forward", precision="bf16", batch=batch, images_per_s=round(rate, 1))
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
