@@ -19,7 +19,7 @@ from finetune.data import LABELS, catalogue_fingerprint, split_by_holdout
 from finetune.model import EMBEDDINGS
 from finetune.run import TrainingConfig, fine_tune
 from lookalike.catalogue import read_catalogue
-from lookalike.checkpoint import RESUME_FILE, is_complete
+from lookalike.checkpoint import RESUME_FILE, is_complete, model_config, recipe_changes
 from lookalike.cli import description, float_range, int_range, positive_float, program
 from lookalike.device import resolve_device
 from lookalike.errors import CatalogueError, LookalikeError
@@ -133,6 +133,19 @@ def choose_recipe(
     return source, dataclasses.replace(config, progress=not args.no_progress, **overrides)
 
 
+def already_trained(output: Path, source: ModelSource, config: TrainingConfig) -> str:
+    """Why a finished checkpoint is reused, and what differs when this recipe would train another
+    (it is kept all the same: training again is minutes to hours, and `--force` says so)."""
+    image_size = (model_config(source) or {}).get("vision_cfg", {}).get("image_size")
+    changes = recipe_changes(output, dataclasses.asdict(config), image_size, dataclasses.asdict(TrainingConfig()))
+    if not changes:
+        return f"checkpoint {output} is already trained for this catalogue (--force to train again)"
+    return (
+        f"checkpoint {output} is already trained for this catalogue, with another recipe than this one "
+        f"({', '.join(changes)}): using it; --force trains it again with this recipe"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = Settings()
@@ -148,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         suffix = ("-seen" if args.holdout_categories else "") + ("-product" if args.label == "product" else "")
         output = args.output or Path("models") / f"{name}-{catalogue_fingerprint(catalogue.items)[:10]}{suffix}"
         if is_complete(output) and not args.force:
-            message = f"checkpoint {output} is already trained for this catalogue (--force to train again)"
+            message = already_trained(output, source, config)
             print(output if args.print_checkpoint else message)
             if args.print_checkpoint:
                 print(message, file=sys.stderr)

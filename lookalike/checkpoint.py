@@ -131,6 +131,9 @@ def model_config(source: ModelSource) -> dict[str, Any] | None:
         return json.loads((Path(source.name) / CONFIG_FILE).read_text())["model_cfg"]
     import open_clip
 
+    from lookalike.encoder import register_model_configs
+
+    register_model_configs()  # the presets' architectures, before anything has loaded a model
     return open_clip.get_model_config(source.open_clip_arguments[0])
 
 
@@ -179,14 +182,32 @@ def load_resume_state(directory: Path, config: dict[str, Any]) -> dict[str, Any]
         return None
     state = torch.load(path, weights_only=True, map_location="cpu")
     saved, wanted = state.get("config") or {}, _jsonable(config)
-    keys = (wanted.keys() | saved.keys()) - RESUMABLE_CHANGES
-    changed = [f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in sorted(keys) if saved.get(k) != wanted.get(k)]
+    changed = _changes(saved, wanted, wanted.keys() | saved.keys())
     if changed:
         raise ResumeRefused(
             f"{path} was written by a run with other settings ({', '.join(changed)}): "
             "rerun with the same options to resume, or pass --force to start over"
         )
     return state
+
+
+def recipe_changes(directory: Path, config: dict[str, Any], image_size: Any, defaults: dict[str, Any]) -> list[str]:
+    """How the recipe that trained the finished checkpoint in ``directory`` differs from ``config``
+    and the architecture's ``image_size`` (say, after an upgrade changed a preset): what it learns,
+    not how long or how visibly it ran. A setting its training.json predates counts as its value
+    in ``defaults`` (a new setting's default keeps the behaviour from before it existed)."""
+    saved = {**_jsonable(defaults), **(read_info(directory).get("training") or {})}
+    wanted = _jsonable(config)
+    changed = _changes(saved, wanted, wanted.keys())
+    saved_size = json.loads((directory / CONFIG_FILE).read_text())["model_cfg"]["vision_cfg"].get("image_size")
+    if image_size is not None and saved_size != image_size:
+        changed.insert(0, f"image_size: {saved_size!r} -> {image_size!r}")
+    return changed
+
+
+def _changes(saved: dict[str, Any], wanted: dict[str, Any], keys: set[str]) -> list[str]:
+    keys = set(keys) - RESUMABLE_CHANGES
+    return [f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in sorted(keys) if saved.get(k) != wanted.get(k)]
 
 
 def _jsonable(value: Any) -> Any:

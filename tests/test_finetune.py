@@ -207,7 +207,22 @@ def test_cli_and_evaluate_report(shapes_dir, tmp_path, monkeypatch, capsys):
     recipe = json.loads((output / "training.json").read_text())["training"]
     assert (recipe["head_scale"], recipe["margin"], recipe["label_smoothing"]) == (8.0, 0.0, 0.0)
     assert finetune_main(args) == 0  # cached: same catalogue, finished checkpoint
-    assert "already trained" in capsys.readouterr().out
+    cached = capsys.readouterr().out
+    assert "already trained" in cached and "another recipe" not in cached
+    weights = (output / "open_clip_model.safetensors").read_bytes()
+    # a recipe that learns differently (as after an upgrade changed a preset) is named, the checkpoint kept
+    assert finetune_main([*args, "--margin", "0.1", "--max-minutes", "5"]) == 0
+    assert "with another recipe than this one (margin: 0.0 -> 0.1)" in capsys.readouterr().out
+    assert (output / "open_clip_model.safetensors").read_bytes() == weights
+    config_file = output / "open_clip_config.json"
+    original = config_file.read_text()
+    saved = json.loads(original)
+    size = saved["model_cfg"]["vision_cfg"]["image_size"]
+    saved["model_cfg"]["vision_cfg"]["image_size"] = size - 16  # as the small preset went 112 -> 128
+    config_file.write_text(json.dumps(saved))
+    assert finetune_main(args) == 0
+    assert f"(image_size: {size - 16} -> {size})" in capsys.readouterr().out
+    config_file.write_text(original)
 
     reports = tmp_path / "reports"
     assert evaluate_main([str(shapes_dir), "--checkpoint", str(output), "--output-dir", str(reports)]) == 0
