@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -205,9 +206,9 @@ def recipe_changes(directory: Path, config: dict[str, Any], image_size: Any, def
     return changed
 
 
-def _changes(saved: dict[str, Any], wanted: dict[str, Any], keys: set[str]) -> list[str]:
-    keys = set(keys) - RESUMABLE_CHANGES
-    return [f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in sorted(keys) if saved.get(k) != wanted.get(k)]
+def _changes(saved: dict[str, Any], wanted: dict[str, Any], keys: Iterable[str]) -> list[str]:
+    compared = sorted(set(keys) - RESUMABLE_CHANGES)
+    return [f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in compared if saved.get(k) != wanted.get(k)]
 
 
 def _jsonable(value: Any) -> Any:
