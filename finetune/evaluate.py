@@ -60,9 +60,26 @@ def encoder_candidate(name: str, encoder: ImageEncoder) -> Candidate:
 
 def trunk_candidate(name: str, encoder: ImageEncoder, mix: float) -> Candidate:
     """The cosine (1 - mix)·projection + mix·trunk, where the trunk's features are those before the
-    projection the class loss trains (a timm tower with a projection head: the small and large presets)."""
-    if linear_projection(encoder.visual) is None:  # a ViT, or a checkpoint that already ends at its trunk
+    projection the class loss trains (a timm tower with a projection head: the small and large
+    presets). For a checkpoint that ranks by its trunk (``--embedding trunk``) the projection is the
+    one kept beside its head, so mix 0 shows what ``--embedding projection`` would have ranked."""
+    if linear_projection(encoder.visual) is not None:
+        return Candidate(name, _projection_and_trunk(encoder, mix))
+    kept = encoder.classifier.projection if isinstance(encoder.classifier, CategoryClassifier) else None
+    if kept is None:  # a ViT, or a checkpoint trained on products (no category head to keep it)
         raise ModelLoadError(f"{encoder.identity} has no timm trunk with a projection head: --trunk-mix needs one")
+    trunk_vectors = encoder_candidate(name, encoder).embed
+
+    def embed(images: Sequence[Image.Image]) -> np.ndarray:
+        trunk = trunk_vectors(images)
+        projected = trunk @ kept.T
+        projected /= np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
+        return np.hstack([(1 - mix) ** 0.5 * projected, mix**0.5 * trunk]).astype(np.float32)
+
+    return Candidate(name, embed)
+
+
+def _projection_and_trunk(encoder: ImageEncoder, mix: float) -> Callable[[Sequence[Image.Image]], np.ndarray]:
     trunk, projection = encoder.visual.trunk, encoder.visual.head
 
     def embed(images: Sequence[Image.Image]) -> np.ndarray:
@@ -76,7 +93,7 @@ def trunk_candidate(name: str, encoder: ImageEncoder, mix: float) -> Candidate:
             parts.append(torch.cat([(1 - mix) ** 0.5 * both[0], mix**0.5 * both[1]], dim=1).cpu().numpy())
         return np.concatenate(parts)
 
-    return Candidate(name, embed)
+    return embed
 
 
 def colour_candidate() -> Candidate:
@@ -205,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         type=float_list(0.0, 1.0),
         default=[],
         help="also rank the checkpoint by its trunk's features (before the projection), mixed m with the "
-        "projection's cosine, for each comma-separated m (issue 18's candidate for unseen categories)",
+        "projection's cosine, for each comma-separated m (issue 18); on a checkpoint that ranks by its trunk, "
+        "0 ranks by the projection it keeps beside its head",
     )
     parser.add_argument(
         "--label",

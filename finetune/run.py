@@ -169,6 +169,8 @@ def fine_tune(
     }
     if config.label != "category":  # "the same product" and "the same kind of thing", side by side
         metrics["by_label"] = {"category": by_category.overall, config.label: scores.overall}
+    if held_out.trained is not held_out.scores:  # ranked by the trunk: what the projection gave beside it
+        metrics["by_projection"] = held_out.trained.overall
     info = {
         "version": output.name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

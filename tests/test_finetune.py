@@ -519,8 +519,13 @@ def test_a_checkpoint_that_ranks_by_its_trunk_is_a_plain_tower_and_its_head_stil
     assert exported.dim == 512 and onnx_report["overall"]["P@4"] == pytest.approx(report["overall"]["P@4"], abs=1e-6)
     assert onnx_report["head_accuracy"] == pytest.approx(report["head_accuracy"])
 
-    with pytest.raises(ModelLoadError, match="projection head"):  # it ranks by its trunk already
-        trunk_candidate("mix", encoder, 0.5)
+    # mix 0 ranks by the projection kept beside the head: what training measured before the cut
+    measured = evaluate_candidates(queries, gallery, [trunk_candidate("projection", encoder, 0.0)])["projection"]
+    recorded = result.metrics["by_projection"]  # the projection's own figures, beside the trunk's
+    assert {name: measured["overall"][name] for name in recorded} == pytest.approx(recorded, abs=1e-6)
+    assert trunk_candidate("trunk", encoder, 1.0).embed(queries.images)[:, 256:] == pytest.approx(
+        encoder.embed_images(queries.images), abs=1e-6
+    )
     with pytest.raises(ModelLoadError, match="linear projection"):  # a ViT has no trunk to rank by
         vit = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
         fine_tune(items, vit, tmp_path / "vit", config, max_pixels=10**7)
