@@ -417,11 +417,16 @@ class EpochLoop:
                 "stale": self.stale,
                 "history": self.history,
             },
-            dataclasses.asdict(self.config),
+            self._recipe(),
         )
 
+    def _recipe(self) -> dict[str, Any]:
+        """What a resume file must match: the training settings and the tower's input size (after
+        a preset changed size, as the small one did for issue 18, an older run must not continue)."""
+        return {**dataclasses.asdict(self.config), "image_size": self.model.visual.image_size}
+
     def _resume(self) -> None:
-        state = load_resume_state(self.output, dataclasses.asdict(self.config))
+        state = load_resume_state(self.output, self._recipe())
         if state is None:
             return
         self.model.load_state_dict(state["model"])

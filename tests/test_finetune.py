@@ -187,6 +187,15 @@ def test_interrupted_training_resumes_from_its_last_epoch(shapes_dir, tmp_path, 
     monkeypatch.setattr(run.EpochLoop, "_save_resume_state", save)
     with pytest.raises(ResumeRefused, match=re.escape("lr: 0.003 -> 0.01")):  # another recipe never continues it
         fine_tune(items, source, tmp_path / "run", dataclasses.replace(config, lr=1e-2), max_pixels=10**7)
+    resume_file = tmp_path / "run" / "resume.pt"
+    original = resume_file.read_bytes()
+    state = torch.load(resume_file, weights_only=True)
+    size = state["config"]["image_size"]
+    state["config"]["image_size"] = [side - 16 for side in size]  # written by a tower of another input size
+    torch.save(state, resume_file)
+    with pytest.raises(ResumeRefused, match=re.escape(f"image_size: {[s - 16 for s in size]} -> {size}")):
+        fine_tune(items, source, tmp_path / "run", config, max_pixels=10**7)
+    resume_file.write_bytes(original)
     epochs_trained = []
     train = run.train_one_epoch
     monkeypatch.setattr(run, "train_one_epoch", lambda *a: epochs_trained.append(1) or train(*a))
@@ -328,7 +337,9 @@ def test_a_time_budget_plans_fewer_epochs_and_ends_the_schedule_with_them():
 
     from finetune.run import EpochLoop
 
-    model = RetrievalModel(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4)), 4, 2)
+    tower = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    tower.image_size = (2, 2)  # as every open_clip tower records its input size
+    model = RetrievalModel(tower, 4, 2)
     loader = [None] * 10  # ten steps an epoch
     config = dataclasses.replace(FAST, epochs=100, max_minutes=1.0)
     placement = Placement(torch.device("cpu"), "fp32")
