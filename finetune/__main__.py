@@ -62,6 +62,12 @@ OPTIONS = (
     ("head_scale", positive_float(100.0), "scale of the cosine head's logits (lower: a softer softmax)"),
     ("margin", float_range(0.0, 1.0), "additive margin on the true class's cosine (CosFace)"),
     ("label_smoothing", float_range(0.0, 0.9), "label smoothing of the class loss"),
+    (
+        "whitening",
+        float_range(0.0, 0.5),
+        "with --embedding trunk: power of the partial whitening of the trunk's features, fitted on the "
+        "training photos after training (0: none; 0.5: full whitening)",
+    ),
 )
 
 

@@ -61,12 +61,15 @@ def encoder_candidate(name: str, encoder: ImageEncoder) -> Candidate:
 def trunk_candidate(name: str, encoder: ImageEncoder, mix: float) -> Candidate:
     """The cosine (1 - mix)·projection + mix·trunk, where the trunk's features are those before the
     projection the class loss trains (a timm tower with a projection head: the small and large
-    presets). For a checkpoint that ranks by its trunk (``--embedding trunk``) the projection is the
-    one kept beside its head, so mix 0 shows what ``--embedding projection`` would have ranked."""
-    if linear_projection(encoder.visual) is not None:
-        return Candidate(name, _projection_and_trunk(encoder, mix))
+    presets). For a checkpoint that ranks by its trunk (``--embedding trunk``) the trunk's features
+    are the stored ones (whitened, where it was) and the projection is the one kept beside its
+    head, so mix 0 shows what ``--embedding projection`` would have ranked (through a whitening's
+    inverse: from the trunk's strongest directions only)."""
     kept = encoder.classifier.projection if isinstance(encoder.classifier, CategoryClassifier) else None
-    if kept is None:  # a ViT, or a checkpoint trained on products (no category head to keep it)
+    if kept is None:
+        if linear_projection(encoder.visual) is not None:
+            return Candidate(name, _projection_and_trunk(encoder, mix))
+        # a ViT, or a checkpoint trained on products (no category head to keep it)
         raise ModelLoadError(f"{encoder.identity} has no timm trunk with a projection head: --trunk-mix needs one")
     trunk_vectors = encoder_candidate(name, encoder).embed
 

@@ -68,6 +68,9 @@ class RetrievalModel(nn.Module):
         self.visual = visual
         self.head = CosineHead(dim, n_classes, scale, margin)
         self.embedding = embedding
+        #: (trunk features, dim) applied to the trunk's features before ranking (`finetune.whitening`),
+        #: fitted once training is over; None: rank by the features as they are.
+        self.whitening: torch.Tensor | None = None
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """The normalised embedding the head classifies."""
@@ -79,7 +82,8 @@ class RetrievalModel(nn.Module):
             embedded = self.embed(pixels)
             return embedded, embedded
         pooled = self.visual.trunk(pixels)
-        return F.normalize(pooled.float(), dim=-1), F.normalize(self.visual.head(pooled).float(), dim=-1)
+        ranked = pooled.float() if self.whitening is None else pooled.float() @ self.whitening
+        return F.normalize(ranked, dim=-1), F.normalize(self.visual.head(pooled).float(), dim=-1)
 
     def forward(self, pixels: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.embed(pixels), labels)

@@ -22,8 +22,9 @@ from tqdm import tqdm
 from finetune.data import ImageCache, LabelledImages, catalogue_fingerprint, label_of, split_catalogue
 from finetune.device_data import DeviceBatches
 from finetune.export import export_checkpoint
-from finetune.model import RetrievalModel
-from finetune.train import HeldOut, WarmupCosine, evaluate, train_one_epoch, training_loss
+from finetune.model import RetrievalModel, linear_projection
+from finetune.train import HeldOut, WarmupCosine, embed_cache, evaluate, train_one_epoch, training_loss
+from finetune.whitening import Whitening, fit_whitening, replace_projection
 from lookalike.catalogue import CatalogueItem
 from lookalike.checkpoint import (
     ClassifierHead,
@@ -35,7 +36,7 @@ from lookalike.checkpoint import (
 )
 from lookalike.device import BF16, FP32, Placement, default_workers, fastest_training_precision
 from lookalike.encoder import create_clip
-from lookalike.errors import CatalogueError
+from lookalike.errors import CatalogueError, ModelLoadError
 from lookalike.model_source import ModelSource
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,10 @@ class TrainingConfig:
     #: What retrieval ranks by: "projection" (the embedding the head classifies) or "trunk" (the
     #: features before it; a checkpoint then ends at the trunk, `finetune.model`).
     embedding: str = "projection"
+    #: With ``embedding="trunk"``: the power of the partial whitening fitted on the training photos'
+    #: trunk features once training is over, which then replaces the projection in the saved tower
+    #: (`finetune.whitening`; 0 = none, the trunk's features as they are).
+    whitening: float = 0.0
     #: Weight of an instance-discrimination loss beside the class loss (two views an image; 0 = off).
     instance_weight: float = 0.0
     #: Evaluate every N epochs (default: as often as keeps evaluation <= EVAL_SHARE of the time).
@@ -108,6 +113,8 @@ def fine_tune(
     device: torch.device | None = None,
 ) -> TrainingResult:
     started = time.perf_counter()
+    if config.whitening and config.embedding != "trunk":
+        raise ModelLoadError("whitening applies to the trunk's features: it needs --embedding trunk")
     device = device or torch.device("cpu")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes (the last partial batch is dropped)
@@ -154,6 +161,10 @@ def fine_tune(
         ImageCache.load(split.gallery, None, max_pixels),
     )
     fp32 = Placement(device, FP32)
+    whitening, unwhitened = None, None
+    if config.whitening:
+        unwhitened = evaluate(model, queries, gallery, val_transform, classes, fp32, config.label)
+        whitening = _fit_whitening(model, gallery, val_transform, fp32, config.whitening)
     held_out = evaluate(model, queries, gallery, val_transform, classes, fp32, config.label)
     scores, accuracy = held_out.scores, held_out.accuracy
     by_category = (
@@ -171,6 +182,8 @@ def fine_tune(
         metrics["by_label"] = {"category": by_category.overall, config.label: scores.overall}
     if held_out.trained is not held_out.scores:  # ranked by the trunk: what the projection gave beside it
         metrics["by_projection"] = held_out.trained.overall
+    if unwhitened is not None:
+        metrics["unwhitened"] = unwhitened.scores.overall
     info = {
         "version": output.name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -188,7 +201,9 @@ def fine_tune(
     }
     head = ClassifierHead(model.head.weight, config.head_scale, classes)
     model_cfg = model_config(source)
-    if config.embedding == "trunk":  # the saved tower ends at the trunk; the head keeps the projection
+    if whitening is not None:  # the saved tower ends at the whitening; the head keeps the projection
+        head = replace_projection(clip.visual, head, whitening)
+    elif config.embedding == "trunk":  # the saved tower ends at the trunk; the head keeps the projection
         head, model_cfg = ends_at_trunk(clip.visual, head, model_cfg)
     save_checkpoint(output, clip, head, model_cfg, get_model_preprocess_cfg(clip), info)
     export_checkpoint(output)
@@ -203,6 +218,17 @@ def fine_tune(
         placement.describe(),
         info["phases_s"],
     )
+
+
+def _fit_whitening(
+    model: RetrievalModel, gallery: ImageCache, val_transform, placement: Placement, power: float
+) -> Whitening:
+    """The whitening of the training photos' trunk features, kept as wide as the projection it
+    replaces; ``model`` ranks by it from now on."""
+    features, _ = embed_cache(model, gallery, val_transform, placement)
+    whitening = fit_whitening(features, linear_projection(model.visual).out_features, power)
+    model.whitening = torch.from_numpy(whitening.matrix).to(placement.device)
+    return whitening
 
 
 def _training_batches(

@@ -4,7 +4,7 @@ encoder, `finetune.evaluate` and a resumed run read. open_clip's ``local-dir:`` 
     open_clip_config.json        model_cfg + preprocess_cfg (loads with open_clip's factory)
     open_clip_model.safetensors  the weights
     head.safetensors             the cosine classifier (category=auto in the service), and for a
-                                 tower that ends at its trunk the projection it classifies through
+                                 tower that ranks by its trunk the projection it classifies through
     classes.json                 class names, in head order
     training.json                version, base model (label and structured source), arguments, metrics
     resume.pt                    only while training: the state to resume from
@@ -88,8 +88,10 @@ def read_classes(directory: Path) -> list[str] | None:
 @dataclass(frozen=True)
 class ClassifierHead:
     """The cosine classifier: ``weight`` (classes, dim), its logit scale and class names; for a tower
-    that ends at its trunk (``finetune --embedding trunk``) the ``projection`` (dim, trunk features)
-    from the stored embedding to the space the head classifies. Tensors when written, numpy when read."""
+    that ranks by its trunk (``finetune --embedding trunk``) the ``projection`` (dim, stored dim) from
+    the stored embedding to the space the head classifies: the class-trained projection, composed
+    with the whitening's inverse where one was fitted (`finetune.whitening`). Tensors when written,
+    numpy when read."""
 
     weight: Any
     scale: float

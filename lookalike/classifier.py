@@ -18,7 +18,7 @@ class CategoryClassifier:
     classes: list[str]
     weight: np.ndarray  # (classes, dim), rows L2-normalised
     scale: float
-    #: (dim, embedding dim) for a tower that ends at its trunk: the head classifies the projection.
+    #: (dim, embedding dim) for a tower that ranks by its trunk: the head classifies the projection.
     projection: np.ndarray | None = None
 
     @classmethod

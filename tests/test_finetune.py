@@ -545,3 +545,48 @@ def test_a_checkpoint_that_ranks_by_its_trunk_is_a_plain_tower_and_its_head_stil
     with pytest.raises(ModelLoadError, match="linear projection"):  # a ViT has no trunk to rank by
         vit = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
         fine_tune(items, vit, tmp_path / "vit", config, max_pixels=10**7)
+
+
+def test_a_whitened_checkpoint_keeps_the_presets_shape_and_ranks_as_training_measured(shapes_dir, tmp_path):
+    """--whitening: the whitening of the training photos' trunk features takes the projection's place
+    in the saved tower (the same shape: the model config is the preset's own, the stored vectors
+    256-d); the loaded tower and its ONNX export rank as training measured, the unwhitened figures are
+    the trunk's, and the head classifies through the class projection carried by the inverse."""
+    from finetune.evaluate import trunk_candidate
+    from lookalike.checkpoint import CONFIG_FILE, model_config, read_head
+    from lookalike.errors import ModelLoadError
+    from lookalike.metrics import retrieval_scores
+    from lookalike.onnx_encoder import OnnxEncoder
+
+    items = read_catalogue(shapes_dir).items
+    source = ModelSource.from_settings(
+        Settings(model_name="lookalike-small", model_pretrained="", model_checkpoint=None)
+    )
+    config = dataclasses.replace(FAST, epochs=4, embedding="trunk", whitening=0.25, eval_every=1)
+    result = fine_tune(items, source, tmp_path / "white", config, max_pixels=10**7)
+    assert json.loads((tmp_path / "white" / CONFIG_FILE).read_text())["model_cfg"] == model_config(source)
+    assert read_head(tmp_path / "white").projection.shape == (256, 256)
+    encoder = ImageEncoder.from_settings(Settings(model_checkpoint=tmp_path / "white", precision="fp32"))
+    assert encoder.dim == 256
+    queries, gallery = held_out(shapes_dir)
+    report = evaluate_candidates(queries, gallery, [encoder_candidate("loaded", encoder)])["loaded"]
+    assert {name: report["overall"][name] for name in result.metrics["overall"]} == pytest.approx(
+        result.metrics["overall"], abs=1e-6
+    )
+    assert report["head_accuracy"] == pytest.approx(result.metrics["head_accuracy"])
+    exported = OnnxEncoder.from_settings(Settings(model_checkpoint=tmp_path / "white", encoder_runtime="onnx"))
+    onnx_report = evaluate_candidates(queries, gallery, [encoder_candidate("onnx", exported)])["onnx"]
+    assert exported.dim == 256 and onnx_report["overall"]["P@4"] == pytest.approx(report["overall"]["P@4"], abs=1e-6)
+
+    def trunk(cache: ImageCache) -> np.ndarray:  # the features before the whitening, as the loaded tower has them
+        with torch.inference_mode():
+            pooled = encoder.visual.trunk(torch.stack([encoder.preprocess(image) for image in cache.images]))
+        return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+
+    labels = [item.category for item in queries.items], [item.category for item in gallery.items]
+    unwhitened = retrieval_scores(trunk(queries), labels[0], trunk(gallery), labels[1]).overall
+    assert unwhitened == pytest.approx(result.metrics["unwhitened"], abs=1e-6)
+    stored = trunk_candidate("stored", encoder, 1.0).embed(queries.images)[:, 256:]
+    assert stored == pytest.approx(encoder.embed_images(queries.images), abs=1e-6)
+    with pytest.raises(ModelLoadError, match="needs --embedding trunk"):
+        fine_tune(items, source, tmp_path / "p", dataclasses.replace(config, embedding="projection"), 10**7)
