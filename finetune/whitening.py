@@ -24,7 +24,7 @@ from lookalike.checkpoint import ClassifierHead
 
 #: Added to every eigenvalue, as a share of their mean: the weakest directions (noise) are not
 #: blown up. Chosen with the power on issue 18's validation categories (README).
-SHRINK = 0.1
+SHRINK = 0.03
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def replace_projection(visual: torch.nn.Module, head: ClassifierHead, whitening:
     """Put ``whitening`` in place of ``visual``'s linear projection (in place; the same shape, so the
     model config stays as it is) and return ``head`` classifying through the projection it replaced,
     applied to a stored vector mapped back by the whitening's inverse."""
-    projection = visual.head.proj.weight.detach().float()
+    projection = visual.head.proj.weight.detach().float().clone()  # a copy: the weight is overwritten next
     with torch.no_grad():
         visual.head.proj.weight.copy_(torch.from_numpy(whitening.matrix.T))
     return dataclasses.replace(head, projection=projection.cpu() @ torch.from_numpy(whitening.inverse).T)
