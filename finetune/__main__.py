@@ -30,7 +30,7 @@ from lookalike.settings import Settings
 log = logging.getLogger("finetune")
 
 #: Offline presets, trained from scratch: an architecture of lookalike/model_configs and its recipe.
-#: small: ResNet-18 at 128 px, fits 2 CPU cores in ~25 minutes, ranking by its trunk's features
+#: small: ResNet-18 at 128 px, fits 2 CPU cores in ~25-27 minutes, ranking by its trunk's features
 #: partially whitened (issue 18: they carry to categories never trained on; 90 epochs win back on
 #: the trained ones what the whitening costs their deep ranking, README); large: ResNet-50 at
 #: 160 px, for a GPU (about 3 minutes on one H100).
@@ -38,7 +38,7 @@ PRESETS: dict[str, tuple[str, TrainingConfig]] = {
     "small": (
         "lookalike-small",
         TrainingConfig(
-            epochs=90, batch_size=64, lr=2e-3, patience=90, max_minutes=26, embedding="trunk", whitening=0.2
+            epochs=90, batch_size=64, lr=2e-3, patience=90, max_minutes=28, embedding="trunk", whitening=0.2
         ),
     ),
     "large": (
