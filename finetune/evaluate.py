@@ -1,8 +1,9 @@
 """``python -m finetune.evaluate``: the retrieval report, several encoders side by side on one split.
 
 Compared by default: the fine-tuned checkpoint (``--checkpoint`` or MODEL_CHECKPOINT), the same
-encoder fused with colour at several weights (as the service fuses its two vectors), the untuned
-encoder it started from, and the HSV colour histogram alone. Protocol in `finetune.data` (fixed
+encoder fused with colour at several weights (as the service fuses its two vectors), a whitened
+checkpoint's trunk before its whitening, the untuned encoder it started from, and the HSV colour
+histogram alone. Protocol in `finetune.data` (fixed
 query/gallery split) and `lookalike.metrics` (P@1, P@4, P@10, mAP@R, colour@4). Writes JSON and
 Markdown.
 """
@@ -83,20 +84,34 @@ def trunk_candidate(name: str, encoder: ImageEncoder, mix: float) -> Candidate:
 
 
 def _projection_and_trunk(encoder: ImageEncoder, mix: float) -> Callable[[Sequence[Image.Image]], np.ndarray]:
-    trunk, projection = encoder.visual.trunk, encoder.visual.head
+    def mixed(pooled: torch.Tensor) -> torch.Tensor:
+        both = F.normalize(encoder.visual.head(pooled).float(), dim=-1), F.normalize(pooled.float(), dim=-1)
+        return torch.cat([(1 - mix) ** 0.5 * both[0], mix**0.5 * both[1]], dim=1)
 
-    def embed(images: Sequence[Image.Image]) -> np.ndarray:
-        parts = []
-        for start in range(0, len(images), EMBED_BATCH):
-            batch = [encoder.preprocess(image) for image in images[start : start + EMBED_BATCH]]
-            pixels = torch.stack(batch).to(encoder.placement.device, encoder.weights_dtype)
-            with torch.inference_mode():
-                pooled = trunk(pixels)
-                both = F.normalize(projection(pooled).float(), dim=-1), F.normalize(pooled.float(), dim=-1)
-            parts.append(torch.cat([(1 - mix) ** 0.5 * both[0], mix**0.5 * both[1]], dim=1).cpu().numpy())
-        return np.concatenate(parts)
+    return lambda images: _from_trunk(encoder, images, mixed)
 
-    return embed
+
+def unwhitened_candidate(name: str, encoder: ImageEncoder) -> Candidate:
+    """A whitened checkpoint (`finetune.whitening`) ranked by its trunk's features before the
+    whitening: what the whitening changes on this catalogue."""
+    return Candidate(name, lambda images: _from_trunk(encoder, images, _unit))
+
+
+def _unit(pooled: torch.Tensor) -> torch.Tensor:
+    return F.normalize(pooled.float(), dim=-1)
+
+
+def _from_trunk(
+    encoder: ImageEncoder, images: Sequence[Image.Image], vectors: Callable[[torch.Tensor], torch.Tensor]
+) -> np.ndarray:
+    """``vectors`` of the trunk's pooled features of ``images``, in batches."""
+    parts = []
+    for start in range(0, len(images), EMBED_BATCH):
+        batch = [encoder.preprocess(image) for image in images[start : start + EMBED_BATCH]]
+        pixels = torch.stack(batch).to(encoder.placement.device, encoder.weights_dtype)
+        with torch.inference_mode():
+            parts.append(vectors(encoder.visual.trunk(pixels)).cpu().numpy())
+    return np.concatenate(parts)
 
 
 def colour_candidate() -> Candidate:
@@ -179,6 +194,8 @@ def build_candidates(args: argparse.Namespace, settings: Settings) -> list[Candi
     if checkpoint is not None:
         tuned = ImageEncoder.from_settings(settings.model_copy(update={"model_checkpoint": checkpoint}))
         candidates.append(encoder_candidate(f"fine-tuned ({Path(checkpoint).name})", tuned))
+        if (read_info(Path(checkpoint)).get("training") or {}).get("whitening"):
+            candidates.append(unwhitened_candidate("fine-tuned, its trunk before the whitening", tuned))
         candidates += [trunk_candidate(f"fine-tuned, trunk mix {mix:g}", tuned, mix) for mix in args.trunk_mix]
         base = untuned_source(Path(checkpoint))
         candidates.append(encoder_candidate(f"untuned ({base.label})", untuned_encoder(base)))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import pytest
+import torch
 
-from finetune.whitening import fit_whitening
+from finetune.whitening import fit_whitening, replace_projection
+from lookalike.checkpoint import ClassifierHead
 from lookalike.metrics import retrieval_scores
 
 
@@ -56,3 +60,21 @@ def test_whitening_gives_quiet_directions_their_say_back():
 def test_whitening_refuses_more_directions_than_features():
     with pytest.raises(ValueError, match="cannot keep 11 of 10"):
         fit_whitening(np.ones((5, 10)), dim=11, power=0.2)
+
+
+def test_the_whitening_replaces_the_projection_and_the_head_keeps_classifying_through_it():
+    """Features in a 4-d subspace of 8, so the 4 kept directions lose nothing: a stored vector
+    mapped by the head's projection lands where the class projection put the features."""
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(8, 4)))[0]
+    features = (rng.normal(size=(50, 4)) @ basis.T).astype(np.float32)
+    visual = torch.nn.Module()
+    visual.head = torch.nn.Sequential(OrderedDict(proj=torch.nn.Linear(8, 4, bias=False)))
+    class_projection = visual.head.proj.weight.detach().clone().numpy()
+    whitening = fit_whitening(features, dim=4, power=0.3)
+
+    head = replace_projection(visual, ClassifierHead(torch.zeros(3, 4), 16.0, ["a", "b", "c"]), whitening)
+    with torch.no_grad():
+        stored = visual.head(torch.from_numpy(features)).numpy()
+    np.testing.assert_allclose(stored, features @ whitening.matrix, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stored @ head.projection.numpy().T, features @ class_projection.T, atol=1e-4)
