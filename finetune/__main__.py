@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"checkpoint={result.output} epochs={result.epochs_run} best_epoch={result.best_epoch} "
         f"seconds={result.seconds:.0f} heldout_P@4={overall['P@4']:.3f} mAP@R={overall['mAP@R']:.3f} "
-        f"head_accuracy={result.metrics['head_accuracy']:.3f}",
+        f"head_accuracy={result.metrics['head_accuracy']:.3f}" + _unwhitened(result.metrics),
         file=out,
     )
     print(f"use it: MODEL_CHECKPOINT={result.output}", file=out)
@@ -196,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         preset = preset_for(args.preset, settings, resolve_device(settings.device))
         print(budget_note(result, config, overall["P@4"], f"--preset {preset}" if preset else ""), file=out)
     return 0
+
+
+def _unwhitened(metrics: dict) -> str:
+    """The held-out figures before the whitening, where one was fitted: what it changed."""
+    before = metrics.get("unwhitened")
+    return f" unwhitened_P@4={before['P@4']:.3f} unwhitened_mAP@R={before['mAP@R']:.3f}" if before else ""
 
 
 def budget_note(result, config: TrainingConfig, p_at_4: float, preset_option: str) -> str:

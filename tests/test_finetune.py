@@ -205,6 +205,19 @@ def test_interrupted_training_resumes_from_its_last_epoch(shapes_dir, tmp_path, 
     assert [h["epoch"] for h in json.loads((tmp_path / "run" / "training.json").read_text())["history"]] == [1, 2, 3, 4]
 
 
+def test_cli_whitening_option_and_its_summary(shapes_dir, tmp_path, capsys):
+    """The small preset whitens its trunk; --whitening sets the power, and the summary line gives
+    the held-out figures before the whitening beside those after."""
+    output = tmp_path / "white"
+    args = [str(shapes_dir), "--preset", "small", "--output", str(output), "--epochs", "2", "--batch-size", "8"]
+    assert finetune_main([*args, "--whitening", "0.3", "--no-progress"]) == 0
+    summary = capsys.readouterr().out
+    info = json.loads((output / "training.json").read_text())
+    assert (info["training"]["embedding"], info["training"]["whitening"]) == ("trunk", 0.3)
+    before = info["metrics"]["unwhitened"]
+    assert f"unwhitened_P@4={before['P@4']:.3f} unwhitened_mAP@R={before['mAP@R']:.3f}" in summary
+
+
 def test_cli_and_evaluate_report(shapes_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MODEL_NAME", TEST_MODEL)
     monkeypatch.setenv("MODEL_PRETRAINED", "")
