@@ -3,9 +3,8 @@
 Compared by default: the fine-tuned checkpoint (``--checkpoint`` or MODEL_CHECKPOINT), the same
 encoder fused with colour at several weights (as the service fuses its two vectors), a whitened
 checkpoint's trunk before its whitening, the untuned encoder it started from, and the HSV colour
-histogram alone. Protocol in `finetune.data` (fixed
-query/gallery split) and `lookalike.metrics` (P@1, P@4, P@10, mAP@R, colour@4). Writes JSON and
-Markdown.
+histogram alone. Protocol in `finetune.data` (fixed query/gallery split) and `lookalike.metrics`
+(P@1, P@4, P@10, mAP@R, colour@4). Writes JSON and Markdown.
 """
 
 from __future__ import annotations
