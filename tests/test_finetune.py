@@ -602,7 +602,8 @@ def test_a_whitened_checkpoint_keeps_the_presets_shape_and_ranks_as_training_mea
     assert unwhitened_candidate("before", encoder).embed(queries.images) == pytest.approx(
         torch.nn.functional.normalize(pooled, dim=-1).numpy(), abs=1e-6
     )
-    assert evaluate_main(["--checkpoint", str(tmp_path / "white"), "--output-dir", str(tmp_path / "report")]) == 0
+    report_args = [str(shapes_dir), "--checkpoint", str(tmp_path / "white"), "--output-dir", str(tmp_path / "report")]
+    assert evaluate_main(report_args) == 0
     assert "| fine-tuned, its trunk before the whitening |" in (tmp_path / "report" / "evaluation.md").read_text()
     stored = trunk_candidate("stored", encoder, 1.0).embed(queries.images)[:, 256:]
     assert stored == pytest.approx(encoder.embed_images(queries.images), abs=1e-6)
