@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import open_clip
 import torch
 from open_clip.model import get_model_preprocess_cfg
@@ -23,7 +24,7 @@ from finetune.data import ImageCache, LabelledImages, catalogue_fingerprint, lab
 from finetune.device_data import DeviceBatches
 from finetune.export import export_checkpoint
 from finetune.model import RetrievalModel, linear_projection
-from finetune.train import HeldOut, WarmupCosine, embed_cache, evaluate, train_one_epoch, training_loss
+from finetune.train import HeldOut, WarmupCosine, evaluate, train_one_epoch, training_loss
 from finetune.whitening import Whitening, fit_whitening, replace_projection
 from lookalike.catalogue import CatalogueItem
 from lookalike.checkpoint import (
@@ -164,7 +165,7 @@ def fine_tune(
     whitening, unwhitened = None, None
     if config.whitening:
         unwhitened = evaluate(model, queries, gallery, val_transform, classes, fp32, config.label)
-        whitening = _fit_whitening(model, gallery, val_transform, fp32, config.whitening)
+        whitening = _fit_whitening(model, unwhitened.gallery, config.whitening, device)
     held_out = evaluate(model, queries, gallery, val_transform, classes, fp32, config.label)
     scores, accuracy = held_out.scores, held_out.accuracy
     by_category = (
@@ -220,14 +221,11 @@ def fine_tune(
     )
 
 
-def _fit_whitening(
-    model: RetrievalModel, gallery: ImageCache, val_transform, placement: Placement, power: float
-) -> Whitening:
-    """The whitening of the training photos' trunk features, kept as wide as the projection it
+def _fit_whitening(model: RetrievalModel, features: np.ndarray, power: float, device: torch.device) -> Whitening:
+    """The whitening of the training photos' trunk ``features``, kept as wide as the projection it
     replaces; ``model`` ranks by it from now on."""
-    features, _ = embed_cache(model, gallery, val_transform, placement)
     whitening = fit_whitening(features, linear_projection(model.visual).out_features, power)
-    model.whitening = torch.from_numpy(whitening.matrix).to(placement.device)
+    model.whitening = torch.from_numpy(whitening.matrix).to(device)
     return whitening
 
 

@@ -137,6 +137,8 @@ class HeldOut:
     scores: RetrievalScores
     trained: RetrievalScores
     accuracy: float
+    #: The gallery's embeddings that ``scores`` ranked (a whitening is fitted on them).
+    gallery: np.ndarray
 
 
 def evaluate(
@@ -161,4 +163,4 @@ def evaluate(
         cosine = model.head.cosine(torch.from_numpy(query_classified).to(placement.device))
         predicted = cosine.argmax(dim=1).cpu().numpy()
     accuracy = float(np.mean([classes[p] == label for p, label in zip(predicted, query_labels, strict=True)]))
-    return HeldOut(scores, trained, accuracy)
+    return HeldOut(scores, trained, accuracy, gallery_embeddings)
