@@ -122,6 +122,28 @@ def test_training_precision_is_whichever_measures_faster_on_a_cpu():
     assert fastest_training_precision(cpu, step_with(0.02, 0.021), repeats=1) == FP32  # bf16 must win by 10 %
 
 
+def test_a_bf16_that_cannot_win_stops_being_timed():
+    calls = {True: 0, False: 0}
+
+    def step(bf16: bool) -> None:
+        calls[bf16] += 1
+        time.sleep(0.05 if bf16 else 0.005)
+
+    assert fastest_training_precision(torch.device("cpu"), step, repeats=3) == FP32
+    assert calls == {False: 4, True: 2}  # fp32: warm-up + 3; bf16: warm-up + the one step that lost
+
+
+def test_a_bf16_that_wins_is_timed_in_full():
+    calls = {True: 0, False: 0}
+
+    def step(bf16: bool) -> None:
+        calls[bf16] += 1
+        time.sleep(0.005 if bf16 else 0.05)
+
+    assert fastest_training_precision(torch.device("cpu"), step, repeats=3) == BF16
+    assert calls == {False: 4, True: 4}
+
+
 def test_preset_auto_picks_the_recipe_for_the_machine():
     plain = Settings(_env_file=None, model_pretrained="")
     assert preset_for("auto", plain, torch.device("cpu")) == "small"
