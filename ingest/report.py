@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -45,9 +46,9 @@ class IngestSummary:
 
     def add(self, other: IngestSummary) -> None:
         """Count another pass (the API-added items after the catalogue) into this summary."""
-        for name in ("ingested", "skipped", "updated", "failed", "pruned", "duplicates", "near_duplicates", "repaired"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.seconds += other.seconds
+        for counter in dataclasses.fields(self):
+            if counter.name != "stages":  # the counts and the seconds add up
+                setattr(self, counter.name, getattr(self, counter.name) + getattr(other, counter.name))
         for name, seconds in other.stages.items():
             self.stages[name] = self.stages.get(name, 0.0) + seconds
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import threading
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
@@ -37,6 +38,7 @@ from lookalike.queries import (
 from lookalike.settings import Settings
 from lookalike.store.rollout import CollectionLifecycle
 
+log = logging.getLogger(__name__)
 SCROLL_PAGE = 1000
 #: Stored cosine vectors are unit length (Qdrant normalises them on write).
 UNIT_TOLERANCE = 1e-3
@@ -213,7 +215,8 @@ class VectorStore(CollectionLifecycle):
         stored = self._stored_colours([e for e in positive if isinstance(e, str)]) if ranking.colour_target else {}
         targeted = tuple(self._colour_example(e, ranking, stored) for e in positive)
         colour = dataclasses.replace(term(COLOUR), positive=targeted)
-        return self._hits(ranked(search_filter.excluding(ids), ranking, term(EMBEDDING), colour), ranking)
+        (records,) = self._search([ranked(search_filter.excluding(ids), ranking, term(EMBEDDING), colour)])
+        return _page(records, ranking)
 
     def similar_many(self, queries: Sequence[SimilarQuery]) -> list[list[Hit] | ItemNotFound]:
         """Look-alikes of several stored items in one batch; answers keep the order.
@@ -303,10 +306,6 @@ class VectorStore(CollectionLifecycle):
             raise ItemNotFound(f"no item with id {missing[0]!r}")
         return stored
 
-    def _hits(self, query: Query, ranking: Ranking) -> list[Hit]:
-        (records,) = self._search([query])
-        return _page(records, ranking)
-
     def _search(self, queries: Sequence[Query]) -> list[list[Record]]:
         """Run queries (one engine batch where it can); an item named as an example but deleted
         meanwhile (a DELETE racing the search) is an `ItemNotFound` (404), not an engine error."""
@@ -323,6 +322,11 @@ class VectorStore(CollectionLifecycle):
             if missing:
                 raise ItemNotFound(f"no item with id {missing[0]!r}") from e
             raise
+
+    def _damaged(self, cause: Exception) -> StoreDamaged:
+        """An engine that cannot read its own files: logged with the cause, a `StoreDamaged` to raise."""
+        log.error("store damaged", extra={"collection": self.collection, "reason": str(cause)[:500]})
+        return StoreDamaged(f"collection {self.collection!r} cannot be read (a storage error, logged); {DAMAGED_HINT}")
 
     # -- engine upkeep (no-ops where the engine does it itself) ------------------------------------
 

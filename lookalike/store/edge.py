@@ -34,7 +34,6 @@ from lookalike.points import CATEGORY, IMAGE_SOURCE, PRODUCT_ID, SHA256, point_i
 from lookalike.queries import (
     Example,
     MetadataMatch,
-    Pool,
     Query,
     SearchFilter,
     Term,
@@ -239,15 +238,14 @@ class EdgeStore(VectorStore):
         return edge.Formula(edge.Expression.Sum(products), defaults=formula_defaults(query))
 
     def _prefetches(self, query: Query, vectors: dict) -> list[edge.Prefetch] | None:
-        pools = [self._pool(pool, vectors) for pool in query.pools]
+        pools = [
+            edge.Prefetch(limit=p.limit, query=self._vector_query(p.term, vectors), score_threshold=p.score_threshold)
+            for p in query.pools
+        ]
         if not query.fused:
             return pools or None
         depth = sum(pool.limit for pool in query.pools)
         return [edge.Prefetch(limit=depth, query=self._vector_query(t, vectors), prefetches=pools) for t in query.terms]
-
-    def _pool(self, pool: Pool, vectors: dict) -> edge.Prefetch:
-        query = self._vector_query(pool.term, vectors)
-        return edge.Prefetch(limit=pool.limit, query=query, score_threshold=pool.score_threshold)
 
     def _vector_query(self, term: Term, vectors: dict) -> Any:
         def vector(example: Example) -> list[float]:
@@ -281,10 +279,7 @@ class EdgeStore(VectorStore):
         except Exception as e:
             if type(e) is not Exception:
                 raise
-            log.error("store damaged", extra={"collection": self.collection, "reason": str(e)[:500]})
-            raise StoreDamaged(
-                f"collection {self.collection!r} cannot be read (a storage error, logged); {DAMAGED_HINT}"
-            ) from e
+            raise self._damaged(e) from e
 
     def _physical(self, collection: str) -> str:
         return self.folder.aliases.get(collection, collection)

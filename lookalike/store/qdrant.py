@@ -20,7 +20,7 @@ import httpx
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from lookalike.errors import DAMAGED_HINT, StoreDamaged, StoreError, StoreUnavailable
+from lookalike.errors import StoreError, StoreUnavailable
 from lookalike.points import CATEGORY, IMAGE_SOURCE, PRODUCT_ID, SHA256, point_id
 from lookalike.queries import Example, Query, SearchFilter, Term, formula_defaults, formula_terms, metadata_matches
 from lookalike.settings import Settings
@@ -211,10 +211,7 @@ class QdrantStore(VectorStore):
         except (ValueError, KeyError) as e:  # local mode's answer to a missing collection or point
             raise self._refused(e) from e
         except (sqlite3.DatabaseError, pickle.UnpicklingError, EOFError) as e:  # local mode's storage
-            log.error("store damaged", extra={"collection": self.collection, "reason": str(e)[:500]})
-            raise StoreDamaged(
-                f"collection {self.collection!r} cannot be read (a storage error, logged); {DAMAGED_HINT}"
-            ) from e
+            raise self._damaged(e) from e
 
     def _refused(self, cause: Exception) -> StoreError:
         """A request Qdrant refused: a missing collection says so; anything else is logged."""
