@@ -161,7 +161,7 @@ def evaluate_candidates(
     return report
 
 
-def markdown(report: dict, worst: int = 5, per_label: bool = True) -> str:
+def markdown(report: dict, per_label: bool = True) -> str:
     """The overall table, then P@4 per category (worst categories of the first model first)."""
     lines = ["| encoder | " + " | ".join(METRICS) + " | head accuracy |", "|---" * (len(METRICS) + 2) + "|"]
     for name, result in report.items():
