@@ -609,3 +609,19 @@ def test_a_whitened_checkpoint_keeps_the_presets_shape_and_ranks_as_training_mea
     assert stored == pytest.approx(encoder.embed_images(queries.images), abs=1e-6)
     with pytest.raises(ModelLoadError, match="needs --embedding trunk"):
         fine_tune(items, source, tmp_path / "p", dataclasses.replace(config, embedding="projection"), 10**7)
+
+
+def test_the_budget_note_names_the_budget_that_holds_every_planned_epoch():
+    from finetune.__main__ import budget_note
+    from finetune.run import TrainingResult
+
+    config = dataclasses.replace(FAST, epochs=90, max_minutes=28)
+
+    def note(epochs_run: int) -> str:
+        result = TrainingResult(Path("m"), epochs_run, epochs_run, 1680.0, {}, 90, True, "cpu (AVX2), fp32")
+        return budget_note(result, config, 0.755, "--preset small")
+
+    slow = note(36)  # a CPU without bf16 instructions: 47 s an epoch
+    assert "the 28-minute budget held 36 of 90 planned epochs on cpu (AVX2), fp32" in slow
+    assert slow.endswith("to train all 90: python -m finetune --preset small --max-minutes 77 --force")
+    assert "--max-minutes 32 --force" in note(89)  # one epoch short: a little more, not twice the budget
