@@ -31,15 +31,16 @@ from lookalike.settings import Settings
 log = logging.getLogger("finetune")
 
 #: Offline presets, trained from scratch: an architecture of lookalike/model_configs and its recipe.
-#: small: ResNet-18 at 128 px, fits 2 CPU cores in ~25-27 minutes, ranking by its trunk's features
-#: partially whitened (issue 18: they carry to categories never trained on; 90 epochs win back on
+#: small: ResNet-18 at 128 px, 90 epochs in ~27 minutes on 2 cores with bf16 and at most 45 on a
+#: CPU without it (~58 epochs there, P@4 ~0.80; 28 minutes held 36: 0.755), ranking by its trunk's
+#: features partially whitened (issue 18: they carry to categories never trained on; 90 epochs win back on
 #: the trained ones what the whitening costs their deep ranking, README); large: ResNet-50 at
 #: 160 px, for a GPU (about 3 minutes on one H100).
 PRESETS: dict[str, tuple[str, TrainingConfig]] = {
     "small": (
         "lookalike-small",
         TrainingConfig(
-            epochs=90, batch_size=64, lr=2e-3, patience=90, max_minutes=28, embedding="trunk", whitening=0.2
+            epochs=90, batch_size=64, lr=2e-3, patience=90, max_minutes=45, embedding="trunk", whitening=0.2
         ),
     ),
     "large": (
@@ -207,8 +208,8 @@ def _unwhitened(metrics: dict) -> str:
 
 def budget_note(result, config: TrainingConfig, p_at_4: float, preset_option: str) -> str:
     """One line for whoever watches `make demo`: the budget held fewer epochs, and the budget that
-    holds them all at this run's pace, a tenth more for a pace that varies (on a CPU without bf16
-    the small preset's 28 minutes held 36 of 90 epochs: it needs 77, not twice 28)."""
+    holds them all at this run's pace, a tenth more for a pace that varies (on a CPU without bf16,
+    28 minutes held 36 of 90 epochs of the small preset: all 90 need 77, not twice 28)."""
     per_epoch = (config.max_minutes or 0) / max(result.epochs_run, 1)
     enough = math.ceil(1.1 * per_epoch * result.epochs_planned)
     return (

@@ -47,7 +47,7 @@ def quality_advice(calibration: Calibration, catalogue: str, checkpoint: Path | 
         )
     else:
         return None
-    duration = "about 3 minutes on this GPU" if on_gpu else "about 20 minutes on 2 CPU cores"
+    duration = "about 3 minutes on this GPU" if on_gpu else "about half an hour on 2 CPU cores"
     return (
         f"quality: {reason}; fine-tune on it ({duration}), then re-index: python -m finetune {catalogue} "
         f"&& MODEL_CHECKPOINT=<the checkpoint it prints> python -m ingest {catalogue} --reindex"

@@ -110,7 +110,7 @@ def test_the_quality_line_says_when_colour_beats_the_encoder_and_what_to_run(tmp
     weak = Calibration(1.0, {"0": 0.37, "0.5": 0.73, "1": 0.86}, {"0": 0.2, "0.5": 0.5, "1": 0.7}, 300, 1700, 0.2)
     line = quality_advice(weak, "shop/manifest.csv", None, on_gpu=False)
     assert "no better than colour alone (P@4 0.370 vs 0.860)" in line
-    assert "python -m finetune shop/manifest.csv" in line and "--reindex" in line and "20 minutes" in line
+    assert "python -m finetune shop/manifest.csv" in line and "--reindex" in line and "half an hour" in line
 
     checkpoint = tmp_path / "ckpt"
     checkpoint.mkdir()
