@@ -122,26 +122,19 @@ def test_training_precision_is_whichever_measures_faster_on_a_cpu():
     assert fastest_training_precision(cpu, step_with(0.02, 0.021), repeats=1) == FP32  # bf16 must win by 10 %
 
 
-def test_a_bf16_that_cannot_win_stops_being_timed():
+@pytest.mark.parametrize(
+    ("bf16_s", "fp32_s", "chosen", "bf16_steps"),
+    [(0.05, 0.005, FP32, 2), (0.005, 0.05, BF16, 4)],  # a losing bf16: warm-up + the one step that lost
+)
+def test_a_bf16_that_cannot_win_stops_being_timed(bf16_s, fp32_s, chosen, bf16_steps):
     calls = {True: 0, False: 0}
 
     def step(bf16: bool) -> None:
         calls[bf16] += 1
-        time.sleep(0.05 if bf16 else 0.005)
+        time.sleep(bf16_s if bf16 else fp32_s)
 
-    assert fastest_training_precision(torch.device("cpu"), step, repeats=3) == FP32
-    assert calls == {False: 4, True: 2}  # fp32: warm-up + 3; bf16: warm-up + the one step that lost
-
-
-def test_a_bf16_that_wins_is_timed_in_full():
-    calls = {True: 0, False: 0}
-
-    def step(bf16: bool) -> None:
-        calls[bf16] += 1
-        time.sleep(0.005 if bf16 else 0.05)
-
-    assert fastest_training_precision(torch.device("cpu"), step, repeats=3) == BF16
-    assert calls == {False: 4, True: 4}
+    assert fastest_training_precision(torch.device("cpu"), step, repeats=3) == chosen
+    assert calls == {False: 4, True: bf16_steps}  # fp32: warm-up + 3
 
 
 def test_preset_auto_picks_the_recipe_for_the_machine():
