@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,8 +119,6 @@ def fine_tune(
     if config.whitening and config.embedding != "trunk":
         raise ModelLoadError("whitening applies to the trunk's features: it needs --embedding trunk")
     device = device or torch.device("cpu")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes (the last partial batch is dropped)
     torch.manual_seed(config.seed)
     clip, train_transform, val_transform = create_clip(source, aug_cfg=AUGMENTATION)
     train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
@@ -149,7 +149,8 @@ def fine_tune(
     log.info("training on", extra={"placement": placement.describe(), "data": type(loader).__name__})
     loop = EpochLoop(model, loader, config, output, placement, started)
     phases = {"prepare": time.perf_counter() - started}
-    loop.run(lambda: evaluate(model, queries, eval_gallery, val_transform, classes, placement, config.label))
+    with _cudnn_autotuning(device):
+        loop.run(lambda: evaluate(model, queries, eval_gallery, val_transform, classes, placement, config.label))
     phases.update(loop.phases_s)
 
     model.load_state_dict(loop.best_state)
@@ -219,6 +220,19 @@ def fine_tune(
         placement.describe(),
         info["phases_s"],
     )
+
+
+@contextlib.contextmanager
+def _cudnn_autotuning(device: torch.device) -> Iterator[None]:
+    """cuDNN times its algorithms for each new input shape: worth it for training's fixed shapes
+    (the last partial batch is dropped), and only there. Left on, whatever runs next in the
+    process (gpu-check's ingest) paid the timing again for every new batch shape."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def _fit_whitening(model: RetrievalModel, features: np.ndarray, power: float, device: torch.device) -> Whitening:

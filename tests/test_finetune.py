@@ -19,7 +19,7 @@ from finetune.device_data import DeviceBatches
 from finetune.evaluate import encoder_candidate, evaluate_candidates, untuned_encoder, untuned_source
 from finetune.evaluate import main as evaluate_main
 from finetune.model import RetrievalModel
-from finetune.run import TrainingConfig, fine_tune
+from finetune.run import TrainingConfig, _cudnn_autotuning, fine_tune
 from lookalike.catalogue import read_catalogue
 from lookalike.checkpoint import ResumeRefused
 from lookalike.device import Placement
@@ -625,3 +625,13 @@ def test_the_budget_note_names_the_budget_that_holds_every_planned_epoch():
     assert "the 28-minute budget held 36 of 90 planned epochs on cpu (AVX2), fp32" in slow
     assert slow.endswith("to train all 90: python -m finetune --preset small --max-minutes 77 --force")
     assert "--max-minutes 32 --force" in note(89)  # one epoch short: a little more, not twice the budget
+
+
+def test_cudnn_autotuning_is_on_for_gpu_training_only_and_restored():
+    assert torch.backends.cudnn.benchmark is False
+    with _cudnn_autotuning(torch.device("cpu")):
+        assert torch.backends.cudnn.benchmark is False
+    with pytest.raises(RuntimeError), _cudnn_autotuning(torch.device("cuda", 0)):
+        assert torch.backends.cudnn.benchmark is True
+        raise RuntimeError("training failed")
+    assert torch.backends.cudnn.benchmark is False  # a later ingest in the process does not autotune
