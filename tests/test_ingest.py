@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from ingest.__main__ import main as ingest_main
+from ingest.decode import chunk_size, iter_batches
 from ingest.pipeline import BatchWriter, IngestOptions, ingest
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
@@ -226,6 +227,23 @@ def test_decoding_in_worker_processes_gives_the_same_result(catalogue_dir, encod
     summary = ingest(read_catalogue(catalogue_dir), encoder, store, report, options)
     report.close()
     assert (summary.ingested, summary.failed) == (12, 1)
+
+
+@pytest.mark.parametrize(("batch_size", "chunk"), [(256, 16), (32, 16), (8, 8), (100, 4), (3, 3), (37, 37)])
+def test_workers_decode_chunks_that_divide_the_batch(batch_size, chunk):
+    assert chunk_size(batch_size) == chunk
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_assembled_from_chunks_keep_size_and_order(catalogue_dir, encoder, workers, monkeypatch):
+    monkeypatch.setattr("ingest.decode.DECODE_CHUNK", 4)  # batches of 8 from chunks of 4
+    items = read_catalogue(catalogue_dir).items  # 13, one of them broken
+    batches = list(iter_batches(items, {}, encoder.worker_preprocess, max_pixels=10**6, batch_size=8, workers=workers))
+
+    assert [len(b.decoded) for b in batches] == [8, 5]
+    assert [d.item.id for b in batches for d in b.decoded] == [item.id for item in items]
+    for batch in batches:
+        assert batch.pixels.shape[0] == sum(d.decoded for d in batch.decoded)
 
 
 def test_shards_split_the_catalogue_and_prune_only_their_own(catalogue_dir, encoder, store, tmp_path):
