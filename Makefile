@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv demo ingest serve test-tools test bench load gpu-check clean
+.PHONY: venv demo ingest serve test-tools test bench load gpu-check device-pack clean
 
 # The settings default to real weights (MODEL_PRETRAINED unset = laion2b_s34b_b79k for ViT-B-32,
 # downloaded once). These targets run offline unless you set it: the demo trains its own encoder
@@ -71,6 +71,11 @@ bench: venv
 # fine-tuning the small and large presets, ingest vs decode). --quick checks it on a CPU.
 gpu-check: venv
 	$(PY) -m bench.gpu_check $(GPU_CHECK_ARGS)
+
+# What gpu-check needs on a lent accelerator that has torch but not this project's packages:
+# their wheels and a smaller copy of the catalogue in .device/ (< 64 MiB); prints the command.
+device-pack: venv
+	$(PY) -m bench.device_pack
 
 # Bounded load run on loopback (50 clients, 60 s, mixed by-id / filtered / upload).
 load: venv
