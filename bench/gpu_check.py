@@ -1,10 +1,11 @@
 """`make gpu-check`: the machine's figures for issue 13, on whatever device DEVICE resolves to.
 
 Prints, one line each: PIL decode + resize rate over the catalogue (one process per core); the
-forward throughput of ViT-B/32 at 224 (fp32 -- TF32 on a GPU -- and bf16) and of the small
-preset's ResNet-18 at its size (bf16); fine-tuning the large preset on the catalogue's split
-(seconds, where they went, held-out P@4 and mAP@R, the protocol of finetune.evaluate); ingest of
-the whole catalogue with that checkpoint into a fresh embedded store at two batch sizes, against
+milliseconds a photo of each step of an ingest worker, in one process; the forward throughput
+of ViT-B/32 at 224 (fp32 -- TF32 on a GPU -- and bf16) and of the small preset's ResNet-18 at
+its size (bf16); fine-tuning the large preset on the catalogue's split (seconds, where they
+went, held-out P@4 and mAP@R, the protocol of finetune.evaluate); ingest with that checkpoint
+into a fresh embedded store (the catalogue at two batch sizes, then four times over), against
 the decode rate (goal: >= 0.8x, i.e. the forward pass is not the bottleneck); then the small
 preset, data held on the device and from PIL workers. ``--quick`` shrinks everything so the
 script itself can be checked on a CPU in a minute. On a lent accelerator: `make device-pack`.
@@ -28,9 +29,10 @@ from finetune.run import fine_tune
 from ingest.pipeline import IngestOptions, ingest
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, CatalogueItem, read_catalogue
+from lookalike.colour import colour_histogram
 from lookalike.device import Placement, default_workers, describe_device, resolve_device
-from lookalike.encoder import ImageEncoder, create_clip, load_visual
-from lookalike.images import decode_image, read_bytes
+from lookalike.encoder import ImageEncoder, Preprocess, create_clip, load_visual, split_normalisation
+from lookalike.images import decode_image, read_bytes, sha256_hex
 from lookalike.model_source import ModelSource
 from lookalike.queries import NearDuplicateRule
 from lookalike.settings import Settings
@@ -62,6 +64,29 @@ def decode_rate(paths: list[str], processes: int) -> float:
         started = time.perf_counter()
         done = sum(pool.map(_decode_one, paths, chunksize=16))
     return done / (time.perf_counter() - started)
+
+
+def worker_photo_ms(items: list[CatalogueItem], preprocess: Preprocess) -> dict[str, float]:
+    """Milliseconds a photo, in one process, of each step of an ingest worker (`DecodeDataset`)
+    beside the plain decode + resize that `decode_rate` times: the ceiling of a CPU-decoding
+    ingest is the decode rate over their ratio."""
+    datas = [read_bytes(item.path) for item in items]
+    images = [decode_image(data, 40_000_000) for data in datas]
+    steps = {
+        "plain_decode_resize_128": lambda i: _decode_one(str(items[i].path)),
+        "read": lambda i: read_bytes(items[i].path),
+        "sha256": lambda i: sha256_hex(datas[i]),
+        "decode": lambda i: decode_image(datas[i], 40_000_000),
+        "model_resize_crop": lambda i: preprocess(images[i]),
+        "colour_histogram": lambda i: colour_histogram(images[i]),
+    }
+    timings = {}
+    for name, step in steps.items():
+        started = time.perf_counter()
+        for index in range(len(items)):
+            step(index)
+        timings[name] = round(1000 * (time.perf_counter() - started) / len(items), 3)
+    return timings
 
 
 def forward_rate(model: torch.nn.Module, size: int, batch: int, steps: int, placement: Placement) -> float:
@@ -100,6 +125,13 @@ def main() -> None:
     paths = [str(item.path) for item in items]
     decode = decode_rate(paths, cores)
     emit("pil_decode_resize_128", processes=cores, images_per_s=round(decode, 1))
+
+    large_source = ModelSource.from_settings(Settings(model_name=PRESETS["large"][0], model_pretrained=""))
+    worker_steps = split_normalisation(load_visual(large_source)[1])[0]
+    costs = worker_photo_ms(items[:: max(1, len(items) // 400)], worker_steps)
+    worker_ms = sum(ms for name, ms in costs.items() if not name.startswith("plain"))
+    ratio = worker_ms / costs["plain_decode_resize_128"]
+    emit("ingest_worker_photo_ms", process=1, **costs, worker_total=round(worker_ms, 3), vs_plain=round(ratio, 2))
 
     batch, steps = (8, 2) if args.quick else (256, 20)
     if device.type == "cuda":
