@@ -121,8 +121,8 @@ def iter_batches(
 
 
 def chunk_size(batch_size: int) -> int:
-    """Images per worker task: a divisor of the batch (batches stay whole) of at most
-    `DECODE_CHUNK`; the whole batch where only tiny divisors exist (each task has its cost)."""
+    """Images per worker task: the batch's largest power-of-two divisor up to `DECODE_CHUNK`
+    (batches stay whole); the whole batch when that is below 4 (each task has its cost)."""
     common = math.gcd(batch_size, DECODE_CHUNK)
     return common if common >= 4 else batch_size
 
