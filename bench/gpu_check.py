@@ -150,7 +150,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # Most telling first, in case the device's time runs out: the large preset and ingest with
         # it (the two goals), then the small preset with its data on the device and from PIL workers.
-        large = finetune_figure("large", True, items, Path(tmp), device, args.quick)
+        large = finetune_figure("large", True, items, Path(tmp), device, settings, args.quick)
         # x4: the catalogue four times under new ids, so start-up costs weigh less than in 2,607 photos.
         for batch_size, copies in ((64, 1), (256, 1), (256, 4)):
             copied = Catalogue(catalogue.root, repeated(items, copies), [])
@@ -166,13 +166,17 @@ def main() -> None:
                 goal=">=0.8",
                 seconds=round(summary.seconds, 3),
                 pil_decode_s=round(len(copied.items) / decode, 3),
+                duplicates=summary.duplicates,  # x4: every copy is reported (a log line each)
+                near_duplicates=summary.near_duplicates,
                 stages_s={name: round(seconds, 3) for name, seconds in summary.stages.items()},
             )
         for on_device in (True, False):  # the small preset both ways compares the data paths
-            finetune_figure("small", on_device, items, Path(tmp), device, args.quick)
+            finetune_figure("small", on_device, items, Path(tmp), device, settings, args.quick)
 
 
-def finetune_figure(preset: str, on_device: bool, items: list, tmp: Path, device: torch.device, quick: bool) -> Path:
+def finetune_figure(
+    preset: str, on_device: bool, items: list, tmp: Path, device: torch.device, settings: Settings, quick: bool
+) -> Path:
     """Fine-tune a preset on the catalogue's split (data held on the device, or decoded by PIL
     workers every epoch), emit its figure; returns the checkpoint."""
     model_name, config = PRESETS[preset]
@@ -181,7 +185,7 @@ def finetune_figure(preset: str, on_device: bool, items: list, tmp: Path, device
     config = dataclasses.replace(config, progress=False, data_on_device=on_device)
     source = ModelSource.from_settings(Settings(model_name=model_name, model_pretrained=""))
     output = tmp / f"{preset}-{'device' if on_device else 'pil'}"
-    result = fine_tune(items, source, output, config, Settings().max_image_pixels, device)
+    result = fine_tune(items, source, output, config, settings.max_image_pixels, device)
     overall = result.metrics["overall"]
     history = json.loads((output / "training.json").read_text())["history"]
     emit(
