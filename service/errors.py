@@ -28,6 +28,11 @@ def error_response(status: int, code: str, message: str) -> tuple[Response, int]
     return jsonify(error=error), status
 
 
+def error_code(name: str) -> str:
+    """An HTTP reason phrase as an error code: "URI Too Long" -> ``uri_too_long``."""
+    return re.sub(r"[^a-z]+", "_", name.lower()).strip("_") or "error"
+
+
 def add_security_headers(response: Response) -> Response:
     """Every answer: browsers must take the declared type as it is (no sniffing an image into HTML)."""
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -50,7 +55,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException) -> tuple[Response, int]:
-        code = re.sub(r"[^a-z]+", "_", (e.name or "error").lower()).strip("_")
+        code = error_code(e.name or "error")
         response, status = error_response(e.code or 500, code, e.description or e.name)
         log.info("request failed", extra={"path": request.path, "status": status, "code": code})
         if e.code == 405 and e.valid_methods:  # type: ignore[attr-defined]

@@ -14,7 +14,11 @@ from lookalike.store import open_embedded
 _settings = Settings()
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
-worker_class = "gthread"
+# gthread, with the requests gunicorn refuses itself (too long, malformed) answered in JSON too.
+worker_class = "service.gunicorn_worker.JsonErrorWorker"
+# gunicorn's largest request line (its default is 4094): query strings carry lists (`exclude`,
+# `category`); nginx's default buffers (deploy/nginx.conf) allow as much.
+limit_request_line = 8190
 # Threads wait on the inference thread, the store and slow networks, not on the CPU: 32 keep the
 # service answering while 20 slow clients each hold one (bench/slow_clients.py; with 4 every probe
 # failed). A body must still arrive within REQUEST_BODY_TIMEOUT_S (service/body_deadline.py).

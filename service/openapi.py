@@ -28,6 +28,7 @@ ERROR_TEXT = {
     403: "writes are disabled (no API_KEY configured)",
     404: "no such item",
     413: "request or image too large",
+    414: "query string too long (over 8,190 bytes with the request line): fewer or shorter values",
     415: "not an image in an accepted format",
     422: "a corrupt or truncated image",
     503: "store unavailable, collection missing, or built by another model",
@@ -146,7 +147,8 @@ def _operation(operation: Operation, rule, schemas: dict[str, dict], deployment:
         result["responses"]["200"] = {"description": "the file", "content": content}
     for status, model in operation.responses.items():
         result["responses"][str(status)] = _response("OK" if status < 300 else "", model, schemas)
-    for status in operation.errors:
+    too_long = (414,) if operation.query is not None else ()  # gunicorn's limit_request_line
+    for status in (*operation.errors, *too_long):
         result["responses"][str(status)] = _response(ERROR_TEXT[status], ErrorResponse, schemas)
     secured = deployment.secured(operation, rule.rule)
     result["security"] = [{"bearer": []}] if secured else []  # an explicit "public" for linters

@@ -83,3 +83,12 @@ def test_filters_of_the_filterable_fields_and_read_security_are_declared(setting
 def test_reads_are_public_in_the_document_unless_protected(client):
     document = client.get("/openapi.json").get_json()
     assert document["paths"]["/v1/items/{item_id}/similar"]["get"]["security"] == []
+
+
+def test_operations_with_a_query_string_document_gunicorns_414(client):
+    document = client.get("/openapi.json").get_json()
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            has_query = any(p["in"] == "query" for p in operation["parameters"])
+            assert ("414" in operation["responses"]) == has_query, (path, method)
+    assert "414" in document["paths"]["/v1/items/{item_id}/similar"]["get"]["responses"]

@@ -1,8 +1,10 @@
-"""The real server (gunicorn, service/gunicorn.conf.py) keeps answering while slow clients
-hold connections (issue 12, defect 11)."""
+"""The real server (gunicorn, service/gunicorn.conf.py): it keeps answering while slow clients
+hold connections (issue 12, defect 11), and what it refuses before Flask sees a request is
+answered in the API's JSON error shape too."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -99,3 +101,52 @@ def test_twenty_slow_clients_do_not_stall_the_service_and_get_408(server):
             client.join()
     assert len(answers) == SLOW_CLIENTS
     assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), answers[:3]
+
+
+def raw_request(port: int, request: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Send bytes as they are (httpx would refuse some of them); the status line, headers, body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    return status, {k.lower(): v for k, v in headers.items()}, body
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (
+            b"GET /v1/items:random?" + b"&".join([b"category=" + b"x" * 60] * 150) + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            "414 URI Too Long",
+            "uri_too_long",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n",
+            "431 Request Header Fields Too Large",
+            "request_header_fields_too_large",
+        ),
+        (b"GARBAGE\r\n\r\n", "400 Bad Request", "bad_request"),
+    ],
+    ids=["request-line-too-long", "header-too-large", "malformed"],
+)
+def test_requests_gunicorn_refuses_get_json_errors(server, request_bytes, status, code):
+    port, _ = server
+    status_line, headers, body = raw_request(port, request_bytes)
+    assert status_line == f"HTTP/1.1 {status}"
+    assert headers["content-type"] == "application/json"
+    assert int(headers["content-length"]) == len(body)
+    error = json.loads(body)["error"]
+    assert error["code"] == code
+    assert error["message"].startswith(status.split(" ", 1)[1])
+
+
+def test_a_request_line_over_gunicorns_default_limit_reaches_the_app(server):
+    _, url = server
+    padding = "&".join(["category=" + "x" * 60] * 90)  # 6,300 bytes: over gunicorn's 4,094, under 8,190
+    answer = httpx.get(f"{url}/healthz?{padding}", timeout=10)
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "ok"
