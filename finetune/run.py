@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from tqdm import tqdm
 
-from finetune.data import ImageCache, LabelledImages, catalogue_fingerprint, label_of, split_catalogue
+from finetune.data import ImageCache, LabelledImages, Split, catalogue_fingerprint, label_of, split_catalogue
 from finetune.device_data import DeviceBatches
 from finetune.export import export_checkpoint
 from finetune.model import RetrievalModel, linear_projection
@@ -38,7 +38,7 @@ from lookalike.checkpoint import (
     save_resume_state,
 )
 from lookalike.device import BF16, FP32, Placement, default_workers, fastest_training_precision
-from lookalike.encoder import create_clip
+from lookalike.encoder import Preprocess, create_clip
 from lookalike.errors import CatalogueError, ModelLoadError
 from lookalike.model_source import ModelSource
 
@@ -115,6 +115,8 @@ def fine_tune(
     max_pixels: int,
     device: torch.device | None = None,
 ) -> TrainingResult:
+    """Train on the catalogue's split, keep the best epoch, measure it as the product will use it,
+    save the checkpoint (and its ONNX export)."""
     started = time.perf_counter()
     if config.whitening and config.embedding != "trunk":
         raise ModelLoadError("whitening applies to the trunk's features: it needs --embedding trunk")
@@ -156,36 +158,10 @@ def fine_tune(
     model.load_state_dict(loop.best_state)
     if config.wise_alpha is not None:
         interpolate_weights(clip.visual, start_state, config.wise_alpha)
-    # The reported numbers: full-resolution images in fp32, as ingest and the service see them on a CPU.
     final_started = time.perf_counter()
-    queries, gallery = (
-        ImageCache.load(split.queries, None, max_pixels),
-        ImageCache.load(split.gallery, None, max_pixels),
-    )
-    fp32 = Placement(device, FP32)
-    whitening, unwhitened = None, None
-    if config.whitening:
-        unwhitened = evaluate(model, queries, gallery, val_transform, classes, fp32, config.label)
-        whitening = _fit_whitening(model, unwhitened.gallery, config.whitening, device)
-    held_out = evaluate(model, queries, gallery, val_transform, classes, fp32, config.label)
-    scores, accuracy = held_out.scores, held_out.accuracy
-    by_category = (
-        scores if config.label == "category" else evaluate(model, queries, gallery, val_transform, classes, fp32).scores
-    )
+    metrics, whitening = _final_metrics(model, split, val_transform, classes, config, max_pixels, device)
     model.cpu()
     phases["final_eval"] = time.perf_counter() - final_started
-    metrics = {
-        "label": config.label,
-        "overall": scores.overall,  # by the training label
-        "per_category": by_category.per_category,
-        "head_accuracy": accuracy,
-    }
-    if config.label != "category":  # "the same product" and "the same kind of thing", side by side
-        metrics["by_label"] = {"category": by_category.overall, config.label: scores.overall}
-    if held_out.trained is not held_out.scores:  # ranked by the trunk: what the projection gave beside it
-        metrics["by_projection"] = held_out.trained.overall
-    if unwhitened is not None:
-        metrics["unwhitened"] = unwhitened.scores.overall
     info = {
         "version": output.name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -201,14 +177,7 @@ def fine_tune(
         "phases_s": {name: round(seconds, 2) for name, seconds in phases.items()},
         "metrics": metrics,
     }
-    head = ClassifierHead(model.head.weight, config.head_scale, classes)
-    model_cfg = model_config(source)
-    if whitening is not None:  # the saved tower ends at the whitening; the head keeps the projection
-        head = replace_projection(clip.visual, head, whitening)
-    elif config.embedding == "trunk":  # the saved tower ends at the trunk; the head keeps the projection
-        head, model_cfg = ends_at_trunk(clip.visual, head, model_cfg)
-    save_checkpoint(output, clip, head, model_cfg, get_model_preprocess_cfg(clip), info)
-    export_checkpoint(output)
+    _save(output, clip, model, classes, source, config, whitening, info)
     return TrainingResult(
         output,
         loop.epoch,
@@ -220,6 +189,67 @@ def fine_tune(
         placement.describe(),
         info["phases_s"],
     )
+
+
+def _final_metrics(
+    model: RetrievalModel,
+    split: Split,
+    val_transform: Preprocess,
+    classes: list[str],
+    config: TrainingConfig,
+    max_pixels: int,
+    device: torch.device,
+) -> tuple[dict[str, Any], Whitening | None]:
+    """The reported figures of the trained model, and its whitening when the config asks for one:
+    full-resolution images in fp32, as ingest and the service see them on a CPU."""
+    queries, gallery = (
+        ImageCache.load(split.queries, None, max_pixels),
+        ImageCache.load(split.gallery, None, max_pixels),
+    )
+    fp32 = Placement(device, FP32)
+    whitening, unwhitened = None, None
+    if config.whitening:
+        unwhitened = evaluate(model, queries, gallery, val_transform, classes, fp32, config.label)
+        whitening = _fit_whitening(model, unwhitened.gallery, config.whitening, device)
+    held_out = evaluate(model, queries, gallery, val_transform, classes, fp32, config.label)
+    scores, accuracy = held_out.scores, held_out.accuracy
+    by_category = (
+        scores if config.label == "category" else evaluate(model, queries, gallery, val_transform, classes, fp32).scores
+    )
+    metrics = {
+        "label": config.label,
+        "overall": scores.overall,  # by the training label
+        "per_category": by_category.per_category,
+        "head_accuracy": accuracy,
+    }
+    if config.label != "category":  # "the same product" and "the same kind of thing", side by side
+        metrics["by_label"] = {"category": by_category.overall, config.label: scores.overall}
+    if held_out.trained is not held_out.scores:  # ranked by the trunk: what the projection gave beside it
+        metrics["by_projection"] = held_out.trained.overall
+    if unwhitened is not None:
+        metrics["unwhitened"] = unwhitened.scores.overall
+    return metrics, whitening
+
+
+def _save(
+    output: Path,
+    clip: torch.nn.Module,
+    model: RetrievalModel,
+    classes: list[str],
+    source: ModelSource,
+    config: TrainingConfig,
+    whitening: Whitening | None,
+    info: dict[str, Any],
+) -> None:
+    """The checkpoint the service loads, then its ONNX export."""
+    head = ClassifierHead(model.head.weight, config.head_scale, classes)
+    model_cfg = model_config(source)
+    if whitening is not None:  # the saved tower ends at the whitening; the head keeps the projection
+        head = replace_projection(clip.visual, head, whitening)
+    elif config.embedding == "trunk":  # the saved tower ends at the trunk; the head keeps the projection
+        head, model_cfg = ends_at_trunk(clip.visual, head, model_cfg)
+    save_checkpoint(output, clip, head, model_cfg, get_model_preprocess_cfg(clip), info)
+    export_checkpoint(output)
 
 
 @contextlib.contextmanager
