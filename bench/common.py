@@ -28,6 +28,20 @@ def unit_rows(rng: np.random.Generator, n: int, dim: int, *, colour: bool = Fals
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
+class FreeEncoder:
+    """An encoder whose forward pass costs nothing: random unit vectors in its place, everything
+    else (identity, workers' preprocessing, placement) the wrapped encoder's. Ingest with it
+    measures the pipeline alone: what it would reach with an infinitely fast model."""
+
+    def __init__(self, encoder: Any, seed: int = 0) -> None:
+        self.wrapped, self.rng = encoder, np.random.default_rng(seed)
+        self.identity, self.dim = f"{encoder.identity}+free", encoder.dim
+        self.worker_preprocess, self.placement = encoder.worker_preprocess, encoder.placement
+
+    def embed_batch(self, pixels: Any) -> np.ndarray:
+        return unit_rows(self.rng, len(pixels), self.dim)
+
+
 def percentiles(samples_s: list[float]) -> dict[str, float]:
     values = np.asarray(samples_s) * 1000
     return {f"p{p}": round(float(np.percentile(values, p)), 3) for p in (50, 95, 99)}

@@ -5,8 +5,9 @@ milliseconds a photo of each step of an ingest worker, in one process; the forwa
 of ViT-B/32 at 224 (fp32 -- TF32 on a GPU -- and bf16) and of the small preset's ResNet-18 at
 its size (bf16); fine-tuning the large preset on the catalogue's split (seconds, where they
 went, held-out P@4 and mAP@R, the protocol of finetune.evaluate); ingest with that checkpoint
-into a fresh embedded store (the catalogue at two batch sizes, then four times over), against
-the decode rate (goal: >= 0.8x, i.e. the forward pass is not the bottleneck); then the small
+into a fresh embedded store (the catalogue at two batch sizes, then four times over, then with
+a forward pass that costs nothing: the pipeline alone), against the decode rate (goal: >= 0.8x,
+i.e. the forward pass is not the bottleneck); then the small
 preset, data held on the device and from PIL workers. ``--quick`` shrinks everything so the
 script itself can be checked on a CPU in a minute. On a lent accelerator: `make device-pack`.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from bench.common import FreeEncoder
 from finetune.__main__ import PRESETS
 from finetune.run import fine_tune
 from ingest.pipeline import IngestOptions, ingest
@@ -152,12 +154,14 @@ def main() -> None:
         # it (the two goals), then the small preset with its data on the device and from PIL workers.
         large = finetune_figure("large", True, items, Path(tmp), device, settings, args.quick)
         # x4: the catalogue four times under new ids, so start-up costs weigh less than in 2,607 photos.
-        for batch_size, copies in ((64, 1), (256, 1), (256, 4)):
+        # free: the forward pass replaced by random vectors, what the pipeline reaches without the model.
+        for batch_size, copies, free in ((64, 1, False), (256, 1, False), (256, 4, False), (256, 1, True)):
             copied = Catalogue(catalogue.root, repeated(items, copies), [])
-            summary = measure_ingest(settings, large, copied, Path(tmp), batch_size)
+            summary = measure_ingest(settings, large, copied, Path(tmp), batch_size, free=free)
             ingest_rate = summary.ingested / summary.seconds
+            name = "ingest_whole_catalogue" if copies == 1 else f"ingest_catalogue_x{copies}"
             emit(
-                "ingest_whole_catalogue" if copies == 1 else f"ingest_catalogue_x{copies}",
+                f"{name}_free_encoder" if free else name,
                 checkpoint="large",
                 batch_size=batch_size,
                 items=len(copied.items),
@@ -220,14 +224,15 @@ def median_train_s(history: list[dict]) -> float | None:
 
 
 def measure_ingest(
-    settings: Settings, checkpoint: Path, catalogue: Catalogue, tmp: Path, batch_size: int
+    settings: Settings, checkpoint: Path, catalogue: Catalogue, tmp: Path, batch_size: int, *, free: bool = False
 ) -> IngestSummary:
     """Ingest as `python -m ingest` runs it (decode workers, batches, near-duplicate check), into
-    a fresh embedded store."""
-    run = f"{batch_size}-{len(catalogue.items)}"
+    a fresh embedded store; ``free``: with a forward pass that costs nothing (`FreeEncoder`)."""
+    run = f"{batch_size}-{len(catalogue.items)}{'-free' if free else ''}"
     store_path = tmp / f"qdrant-{run}"
     run_settings = settings.with_overrides(model_checkpoint=checkpoint, qdrant_path=store_path, qdrant_url=None)
     encoder = ImageEncoder.from_settings(run_settings)
+    encoder = FreeEncoder(encoder) if free else encoder
     store = VectorStore.from_settings(run_settings)
     store.ensure_collection(encoder.dim, encoder.identity)
     report = ErrorReport.open(tmp / f"errors-{run}.jsonl")
