@@ -128,12 +128,19 @@ def chunk_size(batch_size: int) -> int:
 
 
 def merge(chunks: Sequence[Batch], pin_memory: bool = False) -> Batch:
-    """Consecutive chunks as one batch, in order."""
+    """Consecutive chunks as one batch, in order; page-locked for a GPU (one copy, straight there).
+
+    The copy is numpy's, on this thread: torch's copies are parallel, and beside busy decode
+    workers a parallel copy waits for cores (torch.cat took 14 ms a batch of 32 on 2 cores).
+    """
+    decoded = [d for chunk in chunks for d in chunk.decoded]
     pixels = [chunk.pixels for chunk in chunks if chunk.pixels is not None]
-    stacked = (pixels[0] if len(pixels) == 1 else torch.cat(pixels)) if pixels else None
-    if stacked is not None and pin_memory:
-        stacked = stacked.pin_memory()
-    return Batch([d for chunk in chunks for d in chunk.decoded], stacked)
+    if not pixels or (len(pixels) == 1 and not pin_memory):
+        return Batch(decoded, pixels[0] if pixels else None)
+    shape = (sum(len(p) for p in pixels), *pixels[0].shape[1:])
+    stacked = torch.empty(shape, dtype=pixels[0].dtype, pin_memory=pin_memory)
+    np.concatenate([p.numpy() for p in pixels], out=stacked.numpy())
+    return Batch(decoded, stacked)
 
 
 def _groups(chunks: Iterable[Batch], size: int) -> Iterator[list[Batch]]:

@@ -12,14 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ingest.__main__ import main as ingest_main
-from ingest.decode import chunk_size, iter_batches
+from ingest.decode import Batch, Decoded, chunk_size, iter_batches, merge
 from ingest.pipeline import BatchWriter, IngestOptions, ingest
 from ingest.report import ErrorReport
-from lookalike.catalogue import read_catalogue
+from lookalike.catalogue import CatalogueItem, read_catalogue
 from lookalike.encoder import ImageEncoder
+from lookalike.images import decode_image
 from lookalike.queries import NearDuplicateRule
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
@@ -244,6 +246,22 @@ def test_batches_assembled_from_chunks_keep_size_and_order(catalogue_dir, encode
     assert [d.item.id for b in batches for d in b.decoded] == [item.id for item in items]
     for batch in batches:
         assert batch.pixels.shape[0] == sum(d.decoded for d in batch.decoded)
+        expected = [
+            encoder.worker_preprocess(decode_image(d.item.path.read_bytes(), 10**6)) for d in batch.decoded if d.decoded
+        ]
+        assert torch.equal(batch.pixels, torch.stack(expected))  # each photo's pixels, in catalogue order
+
+
+def test_merge_concatenates_chunks_in_order_skipping_those_without_pixels():
+    def chunk(ids: str, pixels: torch.Tensor | None) -> Batch:
+        return Batch([Decoded(CatalogueItem(i, Path(i), i, "c"), None) for i in ids], pixels)
+
+    first, last = torch.rand(2, 3, 4, 4), torch.rand(1, 3, 4, 4)  # floats: a transform that was not split
+    merged = merge([chunk("ab", first), chunk("c", None), chunk("d", last)])
+    assert [d.item.id for d in merged.decoded] == list("abcd")
+    assert merged.pixels.dtype == torch.float32 and torch.equal(merged.pixels, torch.cat([first, last]))
+    assert merge([chunk("c", None)]).pixels is None
+    assert merge([chunk("ab", first)]).pixels is first  # one chunk: no copy
 
 
 def test_shards_split_the_catalogue_and_prune_only_their_own(catalogue_dir, encoder, store, tmp_path):
