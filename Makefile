@@ -46,11 +46,12 @@ serve: venv
 	BIND=$(HOST):$(PORT) exec $(VENV)/bin/gunicorn -c service/gunicorn.conf.py 'service:create_app()'
 
 # Test tools from Debian: chromium for the browser tests (playwright cannot download its own
-# browser here) and docker-compose to validate docker-compose.yml without a daemon.
+# browser here), docker-compose to validate docker-compose.yml without a daemon, and nginx to run
+# deploy/nginx.conf (the compose proxy) in front of the real server.
 test-tools:
-	@command -v chromium >/dev/null && command -v docker-compose >/dev/null || { apt-get update -qq \
-	  && apt-get install -y -qq --no-install-recommends chromium docker-compose >/dev/null; } \
-	  || echo "could not install chromium/docker-compose (needs root): those tests will be skipped"
+	@command -v chromium >/dev/null && command -v docker-compose >/dev/null && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null \
+	  || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium docker-compose nginx >/dev/null; } \
+	  || echo "could not install chromium/docker-compose/nginx (needs root): those tests will be skipped"
 
 test: venv test-tools
 	$(PY) -m ruff check .

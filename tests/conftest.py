@@ -6,10 +6,15 @@ import csv
 import io
 import json
 import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image, ImageDraw
 from werkzeug.serving import make_server
@@ -29,6 +34,7 @@ os.environ.setdefault("MODEL_PRETRAINED", "")
 # test would compare bf16 vectors with fp32 ones. The tests of that choice set it themselves.
 os.environ.setdefault("PRECISION", "fp32")
 
+ROOT = Path(__file__).resolve().parent.parent
 #: A random-init open_clip ViT small enough to run in milliseconds (lookalike/model_configs).
 TEST_MODEL = "lookalike-tiny"
 CATEGORIES = {"red_round": (220, 30, 30), "green_square": (30, 200, 60), "blue_bar": (40, 60, 220)}
@@ -198,3 +204,61 @@ def live_url(app, ingested) -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     thread.join()
+
+
+def raw_request(port: int, request: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Send bytes as they are (httpx would refuse some of them); the status line, headers, body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    return status, {k.lower(): v for k, v in headers.items()}, body
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def gunicorn_server(tmp_path: Path) -> Iterator[tuple[int, str]]:
+    """The API under gunicorn with the project's config, on a free port: (port, base URL)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "BIND": f"127.0.0.1:{port}",
+        "QDRANT_PATH": str(tmp_path / "qdrant"),
+        "UPLOAD_DIR": str(tmp_path / "uploads"),
+        "MODEL_NAME": TEST_MODEL,
+        "MODEL_PRETRAINED": "",
+        "MODEL_CHECKPOINT": "",
+        "REQUEST_BODY_TIMEOUT_S": "3",
+        "LOG_LEVEL": "WARNING",
+    }
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    process = subprocess.Popen(
+        [str(gunicorn), "-c", "service/gunicorn.conf.py", "--access-logfile", "/dev/null", "service:create_app()"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert process.poll() is None, "gunicorn exited"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield port, url
+    finally:
+        process.terminate()
+        process.wait(30)

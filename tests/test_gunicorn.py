@@ -5,61 +5,16 @@ answered in the API's JSON error shape too."""
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import TEST_MODEL
+from tests.conftest import raw_request
 
-ROOT = Path(__file__).resolve().parent.parent
 SLOW_CLIENTS = 20
-
-
-@pytest.fixture
-def server(tmp_path: Path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {
-        **os.environ,
-        "BIND": f"127.0.0.1:{port}",
-        "QDRANT_PATH": str(tmp_path / "qdrant"),
-        "UPLOAD_DIR": str(tmp_path / "uploads"),
-        "MODEL_NAME": TEST_MODEL,
-        "MODEL_PRETRAINED": "",
-        "MODEL_CHECKPOINT": "",
-        "REQUEST_BODY_TIMEOUT_S": "3",
-        "LOG_LEVEL": "WARNING",
-    }
-    gunicorn = Path(sys.executable).parent / "gunicorn"
-    process = subprocess.Popen(
-        [str(gunicorn), "-c", "service/gunicorn.conf.py", "--access-logfile", "/dev/null", "service:create_app()"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert process.poll() is None, "gunicorn exited"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        yield port, url
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def drip(port: int, answers: list[bytes], stop: threading.Event) -> None:
@@ -80,8 +35,8 @@ def drip(port: int, answers: list[bytes], stop: threading.Event) -> None:
                 return
 
 
-def test_twenty_slow_clients_do_not_stall_the_service_and_get_408(server):
-    port, url = server
+def test_twenty_slow_clients_do_not_stall_the_service_and_get_408(gunicorn_server):
+    port, url = gunicorn_server
     answers: list[bytes] = []
     stop = threading.Event()
     clients = [threading.Thread(target=drip, args=(port, answers, stop)) for _ in range(SLOW_CLIENTS)]
@@ -103,19 +58,6 @@ def test_twenty_slow_clients_do_not_stall_the_service_and_get_408(server):
     assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), answers[:3]
 
 
-def raw_request(port: int, request: bytes) -> tuple[str, dict[str, str], bytes]:
-    """Send bytes as they are (httpx would refuse some of them); the status line, headers, body."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status, *lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines)
-    return status, {k.lower(): v for k, v in headers.items()}, body
-
-
 @pytest.mark.parametrize(
     ("request_bytes", "status", "code"),
     [
@@ -133,8 +75,8 @@ def raw_request(port: int, request: bytes) -> tuple[str, dict[str, str], bytes]:
     ],
     ids=["request-line-too-long", "header-too-large", "malformed"],
 )
-def test_requests_gunicorn_refuses_get_json_errors(server, request_bytes, status, code):
-    port, _ = server
+def test_requests_gunicorn_refuses_get_json_errors(gunicorn_server, request_bytes, status, code):
+    port, _ = gunicorn_server
     status_line, headers, body = raw_request(port, request_bytes)
     assert status_line == f"HTTP/1.1 {status}"
     assert headers["content-type"] == "application/json"
@@ -144,8 +86,8 @@ def test_requests_gunicorn_refuses_get_json_errors(server, request_bytes, status
     assert error["message"].startswith(status.split(" ", 1)[1])
 
 
-def test_a_request_line_over_gunicorns_default_limit_reaches_the_app(server):
-    _, url = server
+def test_a_request_line_over_gunicorns_default_limit_reaches_the_app(gunicorn_server):
+    _, url = gunicorn_server
     padding = "&".join(["category=" + "x" * 60] * 90)  # 6,300 bytes: over gunicorn's 4,094, under 8,190
     answer = httpx.get(f"{url}/healthz?{padding}", timeout=10)
     assert answer.status_code == 200
