@@ -225,10 +225,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def gunicorn_server(tmp_path: Path) -> Iterator[tuple[int, str]]:
-    """The API under gunicorn with the project's config, on a free port: (port, base URL)."""
+@pytest.fixture(scope="module")
+def gunicorn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
+    """The API under gunicorn with the project's config, on a free port: (port, base URL). One per
+    test module (its start is most of such a test's time); the tests leave no state in it."""
     port = free_port()
+    tmp_path = tmp_path_factory.mktemp("gunicorn")
     env = {
         **os.environ,
         "BIND": f"127.0.0.1:{port}",
