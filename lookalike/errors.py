@@ -46,6 +46,13 @@ class ImageTooLarge(InvalidImage):
     code = "image_too_large"
 
 
+class DiskFull(LookalikeError):
+    """A write was refused, or failed, for lack of disk space; what was written before stays."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
 class InvalidRequest(LookalikeError):
     status = 400
     code = "invalid_request"

@@ -15,12 +15,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from lookalike.catalogue import Catalogue, CatalogueItem, RowError, resolve_inside
+from lookalike.files import write_atomically
 from lookalike.points import StoredItem, point_id
 
 log = logging.getLogger(__name__)
@@ -102,9 +101,7 @@ class UploadJournal:
 
     def _write(self, path: Path, data: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-            json.dump(data, tmp)
-        os.replace(tmp.name, path)
+        write_atomically(path, json.dumps(data).encode())
 
     @contextlib.contextmanager
     def _undone_on_failure(self, path: Path, previous: bytes | None) -> Iterator[None]:

@@ -12,7 +12,8 @@ import re
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from lookalike.errors import LookalikeError, StoreUnavailable
+from lookalike.errors import DiskFull, LookalikeError, StoreUnavailable
+from lookalike.files import is_disk_full
 from service.observability import current_request_id
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,13 @@ def register_error_handlers(app: Flask) -> None:
         if e.code == 405 and e.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(e.valid_methods)  # type: ignore[attr-defined]
         return response, status
+
+    @app.errorhandler(OSError)
+    def os_error(e: OSError) -> tuple[Response, int]:
+        """A full disk is the server's condition to report (507), not a bug; any other is a 500."""
+        if is_disk_full(e):
+            return domain_error(DiskFull("the server's disk is full: retry once space is freed"))
+        return unexpected_error(e)
 
     @app.errorhandler(Exception)
     def unexpected_error(e: Exception) -> tuple[Response, int]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +12,7 @@ from flask import Blueprint, request, send_file
 
 from lookalike.catalogue import ITEM_ID_PATTERN, resolve_inside
 from lookalike.errors import CatalogueError, InvalidRequest, ItemNotFound
+from lookalike.files import write_atomically
 from lookalike.images import image_mimetype, image_mimetypes
 from lookalike.journal import UploadJournal
 from lookalike.looks import Look
@@ -86,7 +85,7 @@ def image(item_id: str):
         {200: StoredItemResult, 201: StoredItemResult},
         form=PutForm,
         upload="required",
-        errors=(400, 401, 403, 413, 415, 422, 503),
+        errors=(400, 401, 403, 413, 415, 422, 503, 507),
         auth=True,
     )
 )
@@ -135,7 +134,7 @@ def _look_alike(resources: Resources, item_id: str, look: Look) -> Hit | None:
 
 
 @bp.delete("/<item_id>")
-@documented(Operation("Delete one item", {200: Deleted}, errors=(401, 403, 404, 503), auth=True))
+@documented(Operation("Delete one item", {200: Deleted}, errors=(401, 403, 404, 503, 507), auth=True))
 @require_api_key
 def delete_item(item_id: str):
     resources = get_resources()
@@ -161,9 +160,7 @@ def _saved_upload(upload_dir: Path, upload: Upload, name: str) -> Iterator[Path]
     created = False
     if not target.exists():
         upload_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=upload_dir, delete=False) as tmp:
-            tmp.write(upload.data)
-        os.replace(tmp.name, target)
+        write_atomically(target, upload.data)
         created = True
     try:
         yield target

@@ -32,6 +32,7 @@ ERROR_TEXT = {
     415: "not an image in an accepted format",
     422: "a corrupt or truncated image",
     503: "store unavailable, collection missing, or built by another model",
+    507: "the server's disk is full: nothing was written",
 }
 
 

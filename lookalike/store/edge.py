@@ -18,9 +18,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import numpy as np
 import qdrant_edge as edge
 
 from lookalike.errors import DAMAGED_HINT, ItemNotFound, StoreDamaged, StoreError
+from lookalike.files import MIB, ensure_free_space, write_atomically
 from lookalike.lockfile import ProcessLock
 from lookalike.points import CATEGORY, IMAGE_SOURCE, PRODUCT_ID, SHA256, point_id
 from lookalike.queries import (
@@ -59,6 +58,10 @@ HNSW = edge.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000)
 INDEX_KINDS = {"keyword": edge.PayloadSchemaType.Keyword, "number": edge.PayloadSchemaType.Float}
 #: Private payload key: a keyword per boolean in the payload (see the module docstring).
 BOOLEANS = "_edge_booleans"
+#: Edge maps its files into memory, so a write past the end of a full disk kills the process
+#: (SIGBUS) instead of failing. Writes are refused below this much free space: a new collection
+#: takes ~43 MiB at once (its write-ahead log), a new log segment 32 MiB, a batch well under 1.
+MIN_FREE = 64 * MIB
 
 
 class EdgeFolder:
@@ -92,6 +95,9 @@ class EdgeStore(VectorStore):
     def optimize(self) -> None:
         """Build the HNSW index of what was ingested (Edge leaves small or new segments unindexed)."""
         with self._call():
+            # The indexed copy: the vectors again and ~1 KiB a point of graph (30,000 points: +104 MiB).
+            vector_bytes = 4 * sum(self._describe(self.collection).vector_sizes.values())
+            self._ensure_room(self._count() * (vector_bytes + 1024))
             self._shard().optimize()
 
     def close(self) -> None:
@@ -116,6 +122,7 @@ class EdgeStore(VectorStore):
         return False
 
     def _create(self, collection: str, vector_sizes: dict[str, int], metadata: dict, indexes: dict[str, str]) -> None:
+        self._ensure_room()
         directory = self.folder.directory(collection)
         directory.mkdir(parents=True)
         vectors = {
@@ -156,11 +163,13 @@ class EdgeStore(VectorStore):
             edge.Point(r.point_id, {k: v.tolist() for k, v in r.vectors.items()}, _with_booleans(r.payload))
             for r in records
         ]
+        self._ensure_room()
         shard = self._shard()
         shard.update(edge.UpdateOperation.upsert_points(points))
         self._write_floor(shard.count(edge.CountRequest(exact=True)))
 
     def _overwrite_payload(self, point: str, payload: dict[str, Any]) -> None:
+        self._ensure_room()
         self._shard().update(edge.UpdateOperation.overwrite_payload([point], _with_booleans(payload)))
 
     def _retrieve(self, points: list[str], *, with_vectors: bool) -> list[Record]:
@@ -174,6 +183,7 @@ class EdgeStore(VectorStore):
         return [_record(p) for p in found], next_offset
 
     def _delete(self, points: list[str]) -> None:
+        self._ensure_room()  # a delete is written to the log too
         shard = self._shard()
         before = shard.count(edge.CountRequest(exact=True))
         self._write_floor(max(0, before - len(points)))  # first: a crash mid-delete is no false alarm
@@ -281,6 +291,9 @@ class EdgeStore(VectorStore):
                 raise
             raise self._damaged(e) from e
 
+    def _ensure_room(self, extra: int = 0) -> None:
+        ensure_free_space(self.folder.path, MIN_FREE + extra, f"writing to the embedded store ({self.collection!r})")
+
     def _physical(self, collection: str) -> str:
         return self.folder.aliases.get(collection, collection)
 
@@ -379,7 +392,4 @@ def _record(point: Any) -> Record:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Write atomically: a reader sees the old file or the new one, never half of one."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        json.dump(data, tmp)
-    os.replace(tmp.name, path)
+    write_atomically(path, json.dumps(data).encode())

@@ -20,7 +20,7 @@ import httpx
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from lookalike.errors import StoreError, StoreUnavailable
+from lookalike.errors import DiskFull, StoreError, StoreUnavailable
 from lookalike.points import CATEGORY, IMAGE_SOURCE, PRODUCT_ID, SHA256, point_id
 from lookalike.queries import Example, Query, SearchFilter, Term, formula_defaults, formula_terms, metadata_matches
 from lookalike.settings import Settings
@@ -211,6 +211,8 @@ class QdrantStore(VectorStore):
         except (ValueError, KeyError) as e:  # local mode's answer to a missing collection or point
             raise self._refused(e) from e
         except (sqlite3.DatabaseError, pickle.UnpicklingError, EOFError) as e:  # local mode's storage
+            if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise DiskFull("the disk of the embedded store is full: free some space and retry") from e
             raise self._damaged(e) from e
 
     def _refused(self, cause: Exception) -> StoreError:

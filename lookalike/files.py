@@ -1,0 +1,66 @@
+"""Writing files so that a full disk is an error that names itself, never a half-written file.
+
+A full disk surfaces as `DiskFull` (507 from the API, exit 2 from the commands): files are
+written whole or not at all, and the embedded engine's writes are refused while there is too
+little space to make them safely (`ensure_free_space`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from lookalike.errors import DiskFull
+
+log = logging.getLogger(__name__)
+MIB = 2**20
+
+
+def is_disk_full(error: OSError) -> bool:
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(path: Path, error: OSError | None = None) -> DiskFull:
+    """The `DiskFull` for a failed write to ``path`` (the full path goes to the log, not to clients)."""
+    log.warning("disk full", extra={"path": str(path), "reason": error.strerror if error else None})
+    return DiskFull(f"the disk is full (writing {path.name}): free some space and retry")
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` in one step, on disk before it is in place: a reader (or a
+    restart after a crash) sees the old file or the new one. On failure the temporary file goes
+    too; a full disk is a `DiskFull`."""
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(name, path)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        if is_disk_full(e):
+            raise disk_full(path, e) from e
+        raise
+
+
+def free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def ensure_free_space(path: Path, needed: int, what: str) -> None:
+    """`DiskFull` unless the disk holding ``path`` has ``needed`` bytes free for ``what``."""
+    free = free_bytes(path)
+    if free < needed:
+        log.warning("write refused: disk nearly full", extra={"path": str(path), "free_mib": free // MIB})
+        raise DiskFull(
+            f"{what} needs {-(-needed // MIB)} MiB free on its disk, which has {free // MIB} MiB: "
+            "free some space and retry (what was written before stays)"
+        )

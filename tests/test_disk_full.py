@@ -1,0 +1,112 @@
+"""A full disk is an error that says so (507 from the API, exit 2 from ingest), never a crash or a
+half-written file; what was written before stays.
+
+Qdrant Edge maps its files into memory: on a disk that fills up, a write kills the process with
+SIGBUS (measured on a 3 MiB tmpfs: ingest exited 135). These tests stand in for a full disk by
+reporting little free space (`lookalike.files.free_bytes`), or by a write failing with ENOSPC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import io
+import sqlite3
+
+import pytest
+
+from ingest.__main__ import main as ingest_main
+from lookalike import files
+from lookalike.errors import DiskFull
+from lookalike.files import MIB, write_atomically
+from lookalike.looks import looks_of
+from lookalike.queries import Ranking, SearchFilter
+from tests.conftest import draw_item, image_bytes
+
+NEARLY_FULL = 10 * MIB
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_write_atomically_replaces_the_file_or_leaves_it_as_it_was(tmp_path, monkeypatch):
+    target = tmp_path / "state.json"
+    write_atomically(target, b"old")
+    write_atomically(target, b"new")
+    assert target.read_bytes() == b"new"
+
+    monkeypatch.setattr(files.os, "replace", no_space)
+    with pytest.raises(DiskFull, match="the disk is full"):
+        write_atomically(target, b"newer")
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]  # no temporary file left
+
+
+def test_the_embedded_store_refuses_writes_on_a_nearly_full_disk(settings, encoder, ingested, monkeypatch):
+    store = ingested
+    item = store.get("red_round-0")
+    (look,) = looks_of(encoder, [draw_item("red_round", 0)])
+    monkeypatch.setattr(files, "free_bytes", lambda path: NEARLY_FULL)
+    with pytest.raises(DiskFull, match="needs 64 MiB free on its disk, which has 10 MiB"):
+        store.upsert([dataclasses.replace(item, id="new")], [look])
+    with pytest.raises(DiskFull):
+        store.delete([item.id])
+    with pytest.raises(DiskFull):
+        store.bound_to("another").create_physical(encoder.dim, encoder.identity)
+    assert not (settings.qdrant_path / "collections" / "another").exists()
+    assert store.count() == 12 and store.get(item.id) == item  # nothing changed; reads still work
+    assert store.similar(item.id, SearchFilter(), Ranking(limit=3))
+
+    monkeypatch.setattr(files, "free_bytes", lambda path: 100 * MIB)
+    store.upsert([dataclasses.replace(item, id="new")], [look])  # once space is freed
+    assert store.count() == 13
+
+
+def test_a_put_on_a_full_disk_is_507_and_leaves_nothing_behind(client, ingested, settings, auth, monkeypatch):
+    monkeypatch.setattr(files, "free_bytes", lambda path: NEARLY_FULL)
+    form = {"image": (io.BytesIO(image_bytes(draw_item("blue_bar", 5), "PNG")), "new.png"), "category": "blue_bar"}
+    answer = client.put("/v1/items/new-1", data=form, headers=auth, content_type="multipart/form-data")
+    assert answer.status_code == 507
+    assert answer.get_json()["error"]["code"] == "insufficient_storage"
+    assert list(settings.upload_dir.glob("*.*")) == []  # neither the photo nor a journal entry stayed
+    assert client.get("/v1/items/new-1").status_code == 404
+    assert client.get("/v1/items/red_round-0/similar?k=2").status_code == 200  # searching still works
+
+
+def test_any_write_failing_with_enospc_is_507_not_500(client, ingested, auth, monkeypatch):
+    monkeypatch.setattr("service.items.write_atomically", no_space)
+    form = {"image": (io.BytesIO(image_bytes(draw_item("blue_bar", 5), "PNG")), "new.png"), "category": "blue_bar"}
+    answer = client.put("/v1/items/new-1", data=form, headers=auth, content_type="multipart/form-data")
+    assert answer.status_code == 507
+    assert answer.get_json()["error"] == {
+        "code": "insufficient_storage",
+        "message": "the server's disk is full: retry once space is freed",
+        "request_id": answer.get_json()["error"]["request_id"],
+    }
+
+
+def test_ingest_on_a_full_disk_stops_with_one_line_and_resumes_later(cli_env, monkeypatch, capsys):
+    monkeypatch.setattr(files, "free_bytes", lambda path: NEARLY_FULL)
+    assert ingest_main(["--no-progress"]) == 2
+    err = capsys.readouterr().err  # the log lines, then the one line for people
+    assert err.splitlines()[-1].startswith("ingest: error: writing to the embedded store")
+    assert "MiB free on its disk" in err and "Traceback" not in err
+
+    monkeypatch.setattr(files, "free_bytes", lambda path: 100 * MIB)
+    assert ingest_main(["--no-progress"]) == 0
+    assert "ingested=12" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("engine", ["qdrant-client"])
+def test_local_mode_reports_sqlites_full_disk_as_such_not_as_damage(ingested, encoder, monkeypatch):
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL  # as sqlite3 sets it (measured on a full tmpfs)
+
+    def upsert(*args, **kwargs):
+        raise full
+
+    monkeypatch.setattr(ingested.client, "upsert", upsert)
+    (look,) = looks_of(encoder, [draw_item("red_round", 0)])
+    with pytest.raises(DiskFull, match="disk of the embedded store is full"):
+        ingested.upsert([ingested.get("red_round-0")], [look])
