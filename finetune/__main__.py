@@ -24,6 +24,7 @@ from lookalike.checkpoint import RESUME_FILE, is_complete, model_config, recipe_
 from lookalike.cli import description, float_range, int_range, positive_float, program
 from lookalike.device import resolve_device
 from lookalike.errors import CatalogueError, LookalikeError
+from lookalike.files import command_error
 from lookalike.logs import configure_logging
 from lookalike.model_source import ModelSource
 from lookalike.settings import Settings
@@ -180,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.force:
             (output / RESUME_FILE).unlink(missing_ok=True)  # start over, whatever an earlier run left
         result = fine_tune(items, source, output, config, settings.max_image_pixels, device)
-    except LookalikeError as e:
-        print(f"finetune: error: {e.message}", file=sys.stderr)
+    except (LookalikeError, OSError) as e:  # OSError: an --output that cannot be written, a full disk
+        print(f"finetune: error: {(command_error(e) if isinstance(e, OSError) else e).message}", file=sys.stderr)
         return 2
     overall = result.metrics["overall"]
     out = sys.stderr if args.print_checkpoint else sys.stdout

@@ -19,7 +19,7 @@ from lookalike.catalogue import Shard, read_catalogue, take_shard
 from lookalike.cli import description, int_range, program
 from lookalike.device import default_workers
 from lookalike.errors import LookalikeError
-from lookalike.files import disk_full, is_disk_full
+from lookalike.files import command_error
 from lookalike.journal import UploadJournal
 from lookalike.logs import configure_logging
 from lookalike.queries import NearDuplicateRule
@@ -78,13 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         return run(args, settings)
-    except OSError as e:
-        if not is_disk_full(e):
-            raise
-        error: LookalikeError = disk_full(Path(e.filename or settings.qdrant_path), e)
+    except OSError as e:  # a path in the settings that cannot be written, a full disk
+        error: LookalikeError = command_error(e)
+        log.error("ingest stopped", exc_info=True, extra={"code": error.code, "reason": error.message})
     except LookalikeError as e:
         error = e
-    log.error("ingest stopped", extra={"code": error.code, "reason": error.message})
+        log.error("ingest stopped", extra={"code": error.code, "reason": error.message})
     print(f"ingest: error: {error.message}", file=sys.stderr)
     return 2
 

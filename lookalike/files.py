@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from lookalike.errors import DiskFull
+from lookalike.errors import DiskFull, LookalikeError
 
 log = logging.getLogger(__name__)
 MIB = 2**20
@@ -28,6 +28,13 @@ def disk_full(path: Path, error: OSError | None = None) -> DiskFull:
     """The `DiskFull` for a failed write to ``path`` (the full path goes to the log, not to clients)."""
     log.warning("disk full", extra={"path": str(path), "reason": error.strerror if error else None})
     return DiskFull(f"the disk is full (writing {path.name}): free some space and retry")
+
+
+def command_error(error: OSError) -> LookalikeError:
+    """A file error as a command reports it in one line: a full disk, or what failed on which file."""
+    if is_disk_full(error):
+        return disk_full(Path(error.filename or "."), error)
+    return LookalikeError(f"{error.strerror or error}" + (f": {error.filename}" if error.filename else ""))
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -110,3 +110,11 @@ def test_local_mode_reports_sqlites_full_disk_as_such_not_as_damage(ingested, en
     (look,) = looks_of(encoder, [draw_item("red_round", 0)])
     with pytest.raises(DiskFull, match="disk of the embedded store is full"):
         ingested.upsert([ingested.get("red_round-0")], [look])
+
+
+def test_a_path_ingest_cannot_write_is_one_line_and_exit_2(cli_env, tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("INGEST_ERROR_REPORT", str(blocker / "errors.jsonl"))  # a file where a folder must be
+    assert ingest_main(["--no-progress"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"ingest: error: File exists: {blocker}"

@@ -635,3 +635,14 @@ def test_cudnn_autotuning_is_on_for_gpu_training_only_and_restored():
         assert torch.backends.cudnn.benchmark is True
         raise RuntimeError("training failed")
     assert torch.backends.cudnn.benchmark is False  # a later ingest in the process does not autotune
+
+
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(shapes_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MODEL_NAME", TEST_MODEL)
+    monkeypatch.setenv("MODEL_PRETRAINED", "")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    args = [str(shapes_dir), "--preset", "model", "--output", str(blocker / "checkpoint"), "--epochs", "1"]
+    assert finetune_main([*args, "--batch-size", "8", "--no-progress"]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("finetune: error: ") and str(blocker) in last
