@@ -68,9 +68,12 @@ class RetrievalModel(nn.Module):
         self.visual = visual
         self.head = CosineHead(dim, n_classes, scale, margin)
         self.embedding = embedding
-        #: (trunk features, dim) applied to the trunk's features before ranking (`finetune.whitening`),
-        #: fitted once training is over; None: rank by the features as they are.
+        #: The whitening fitted once training is over (`finetune.whitening`): ranking multiplies the
+        #: trunk's features by ``whitening`` (features, dim), and the head classifies what
+        #: ``unwhitening`` (dim, features) maps back, as the saved checkpoint's head will. None: the
+        #: features as they are.
         self.whitening: torch.Tensor | None = None
+        self.unwhitening: torch.Tensor | None = None
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """The normalised embedding the head classifies."""
@@ -81,9 +84,11 @@ class RetrievalModel(nn.Module):
         if self.embedding == "projection":
             embedded = self.embed(pixels)
             return embedded, embedded
-        pooled = self.visual.trunk(pixels)
-        ranked = pooled.float() if self.whitening is None else pooled.float() @ self.whitening
-        return F.normalize(ranked, dim=-1), F.normalize(self.visual.head(pooled).float(), dim=-1)
+        pooled = self.visual.trunk(pixels).float()
+        if self.whitening is None:
+            return F.normalize(pooled, dim=-1), F.normalize(self.visual.head(pooled).float(), dim=-1)
+        ranked = pooled @ self.whitening
+        return F.normalize(ranked, dim=-1), F.normalize(self.visual.head(ranked @ self.unwhitening).float(), dim=-1)
 
     def forward(self, pixels: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.embed(pixels), labels)

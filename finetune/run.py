@@ -267,9 +267,10 @@ def _cudnn_autotuning(device: torch.device) -> Iterator[None]:
 
 def _fit_whitening(model: RetrievalModel, features: np.ndarray, power: float, device: torch.device) -> Whitening:
     """The whitening of the training photos' trunk ``features``, kept as wide as the projection it
-    replaces; ``model`` ranks by it from now on."""
+    replaces; ``model`` ranks by it from now on, and its head classifies as the saved head will."""
     whitening = fit_whitening(features, linear_projection(model.visual).out_features, power)
     model.whitening = torch.from_numpy(whitening.matrix).to(device)
+    model.unwhitening = torch.from_numpy(whitening.inverse).to(device)
     return whitening
 
 
