@@ -11,9 +11,22 @@ import sys
 from pythonjsonlogger.json import JsonFormatter
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is at each line, not as it was when logging was configured: a
+    command run in-process (tests capture and then close its stderr) leaves no dead stream behind."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass  # always sys.stderr
+
+
 def configure_logging(level: str = "INFO", filters: tuple[logging.Filter, ...] = ()) -> None:
     """Send JSON lines to stderr (stdout stays free for a command's own output)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     for log_filter in filters:
         handler.addFilter(log_filter)
     handler.setFormatter(
