@@ -206,6 +206,13 @@ def live_url(app, ingested) -> Iterator[str]:
     thread.join()
 
 
+#: Requests a server refuses before the app sees them (raw bytes: httpx would not send some of them).
+LONG_QUERY = b"&".join([b"category=" + b"x" * 60] * 150)  # 10,499 bytes: over gunicorn's and nginx's 8 KiB
+REQUEST_LINE_TOO_LONG = b"GET /v1/items:random?" + LONG_QUERY + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+HEADER_TOO_LARGE = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n"
+MALFORMED = b"GARBAGE\r\n\r\n"
+
+
 def raw_request(port: int, request: bytes) -> tuple[str, dict[str, str], bytes]:
     """Send bytes as they are (httpx would refuse some of them); the status line, headers, body."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import raw_request
+from tests.conftest import HEADER_TOO_LARGE, MALFORMED, REQUEST_LINE_TOO_LONG, raw_request
 
 SLOW_CLIENTS = 20
 
@@ -61,17 +61,9 @@ def test_twenty_slow_clients_do_not_stall_the_service_and_get_408(gunicorn_serve
 @pytest.mark.parametrize(
     ("request_bytes", "status", "code"),
     [
-        (
-            b"GET /v1/items:random?" + b"&".join([b"category=" + b"x" * 60] * 150) + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-            "414 URI Too Long",
-            "uri_too_long",
-        ),
-        (
-            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n",
-            "431 Request Header Fields Too Large",
-            "request_header_fields_too_large",
-        ),
-        (b"GARBAGE\r\n\r\n", "400 Bad Request", "bad_request"),
+        (REQUEST_LINE_TOO_LONG, "414 URI Too Long", "uri_too_long"),
+        (HEADER_TOO_LARGE, "431 Request Header Fields Too Large", "request_header_fields_too_large"),
+        (MALFORMED, "400 Bad Request", "bad_request"),
     ],
     ids=["request-line-too-long", "header-too-large", "malformed"],
 )
