@@ -34,7 +34,7 @@ class FreeEncoder:
     measures the pipeline alone: what it would reach with an infinitely fast model."""
 
     def __init__(self, encoder: Any, seed: int = 0) -> None:
-        self.wrapped, self.rng = encoder, np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed)
         self.identity, self.dim = f"{encoder.identity}+free", encoder.dim
         self.worker_preprocess, self.placement = encoder.worker_preprocess, encoder.placement
 
