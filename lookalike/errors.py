@@ -93,6 +93,13 @@ class StoreUnavailable(StoreError):
     code = "store_unavailable"
 
 
+class StoreOutOfSpace(StoreUnavailable):
+    """The embedded store cannot be opened for lack of disk space (on tmpfs its engine writes as it
+    loads); reads come back once space is freed, hence 503 and retry, not 507."""
+
+    code = "insufficient_storage"
+
+
 class CollectionMissing(StoreUnavailable):
     """The store answers, but the collection was never built (run ingest, or PUT an item)."""
 

@@ -62,12 +62,32 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def ensure_free_space(path: Path, needed: int, what: str) -> None:
-    """`DiskFull` unless the disk holding ``path`` has ``needed`` bytes free for ``what``."""
+def ensure_free_space(path: Path, needed: int, what: str, error: type[LookalikeError] = DiskFull) -> None:
+    """``error`` (`DiskFull`) unless the disk holding ``path`` has ``needed`` bytes free for ``what``."""
     free = free_bytes(path)
     if free < needed:
-        log.warning("write refused: disk nearly full", extra={"path": str(path), "free_mib": free // MIB})
-        raise DiskFull(
+        log.warning("refused: disk nearly full", extra={"path": str(path), "free_mib": free // MIB, "what": what})
+        raise error(
             f"{what} needs {-(-needed // MIB)} MiB free on its disk, which has {free // MIB} MiB: "
             "free some space and retry (what was written before stays)"
         )
+
+
+def on_tmpfs(path: Path, mounts: Path = Path("/proc/self/mounts")) -> bool:
+    """Whether ``path`` lies on a tmpfs (the longest mount point above it; False without /proc)."""
+    try:
+        lines = mounts.read_text().splitlines()
+    except OSError:
+        return False
+    resolved, best, kind = str(path.resolve()), "", ""
+    for fields in (line.split() for line in lines):
+        mount = fields[1].replace("\\040", " ") if len(fields) > 2 else ""
+        if mount and (resolved == mount or resolved.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
+            best, kind = mount, fields[2]
+    return kind == "tmpfs"
+
+
+def unallocated_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` that are holes (sparse), which a write may fill."""
+    sizes = (p.stat() for p in folder.rglob("*") if p.is_file())
+    return sum(max(0, s.st_size - s.st_blocks * 512) for s in sizes)

@@ -12,15 +12,17 @@ import dataclasses
 import errno
 import io
 import sqlite3
+from pathlib import Path
 
 import pytest
 
 from ingest.__main__ import main as ingest_main
 from lookalike import files
-from lookalike.errors import DiskFull
-from lookalike.files import MIB, write_atomically
+from lookalike.errors import DiskFull, StoreOutOfSpace
+from lookalike.files import MIB, on_tmpfs, unallocated_bytes, write_atomically
 from lookalike.looks import looks_of
 from lookalike.queries import Ranking, SearchFilter
+from lookalike.store import VectorStore
 from tests.conftest import draw_item, image_bytes
 
 NEARLY_FULL = 10 * MIB
@@ -118,3 +120,35 @@ def test_a_path_ingest_cannot_write_is_one_line_and_exit_2(cli_env, tmp_path, mo
     monkeypatch.setenv("INGEST_ERROR_REPORT", str(blocker / "errors.jsonl"))  # a file where a folder must be
     assert ingest_main(["--no-progress"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"ingest: error: File exists: {blocker}"
+
+
+def test_tmpfs_is_told_by_the_longest_mount_above_a_path(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text("overlay / overlay rw 0 0\ntmpfs /srv/fast tmpfs rw 0 0\n/dev/sda1 /srv/fast/disk ext4 rw 0 0\n")
+    assert on_tmpfs(Path("/srv/fast/store"), mounts) and not on_tmpfs(Path("/srv/fast/disk/store"), mounts)
+    assert not on_tmpfs(Path("/srv/fastest"), mounts) and not on_tmpfs(Path("/srv"), mounts)
+    assert not on_tmpfs(Path("/srv/fast"), tmp_path / "no-such-file")
+
+
+def test_holes_of_sparse_files_are_counted(tmp_path):
+    (tmp_path / "sub").mkdir()
+    with (tmp_path / "sub" / "sparse").open("wb") as f:
+        f.truncate(8 * MIB)  # all hole
+    (tmp_path / "dense").write_bytes(b"x" * MIB)
+    assert 7 * MIB < unallocated_bytes(tmp_path) <= 8 * MIB
+
+
+def test_a_store_on_a_nearly_full_tmpfs_is_not_opened_until_there_is_room(settings, ingested, monkeypatch):
+    """On tmpfs, Edge fills its files' holes as it loads them (an 18 MiB store took more than the
+    110 MiB it had, then SIGBUS): it is opened only with room for them; a 503 to retry until then."""
+    ingested.close()
+    monkeypatch.setattr("lookalike.store.edge.on_tmpfs", lambda path: True)
+    monkeypatch.setattr(files, "free_bytes", lambda path: 70 * MIB)
+    store = VectorStore.from_settings(settings)
+    try:
+        with pytest.raises(StoreOutOfSpace, match="on tmpfs"):
+            store.count()
+        monkeypatch.setattr(files, "free_bytes", lambda path: 10**12)
+        assert store.count() == 12
+    finally:
+        store.close()

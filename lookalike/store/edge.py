@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import qdrant_edge as edge
 
-from lookalike.errors import DAMAGED_HINT, ItemNotFound, StoreDamaged, StoreError
-from lookalike.files import MIB, ensure_free_space, write_atomically
+from lookalike.errors import DAMAGED_HINT, ItemNotFound, StoreDamaged, StoreError, StoreOutOfSpace
+from lookalike.files import MIB, ensure_free_space, on_tmpfs, unallocated_bytes, write_atomically
 from lookalike.lockfile import ProcessLock
 from lookalike.points import CATEGORY, IMAGE_SOURCE, PRODUCT_ID, SHA256, point_id
 from lookalike.queries import (
@@ -311,6 +311,10 @@ class EdgeStore(VectorStore):
         physical = self._physical(self.collection)
         if physical not in self.folder.shards:
             self._described(physical)  # "does not exist yet" for a missing collection
+            if on_tmpfs(self.folder.path):  # there, loading fills the files' holes (ext4 leaves them)
+                holes = unallocated_bytes(self.folder.directory(physical))
+                what = f"opening collection {physical!r} (on tmpfs)"
+                ensure_free_space(self.folder.path, MIN_FREE + holes, what, StoreOutOfSpace)
             shard = edge.EdgeShard.load(str(self.folder.directory(physical) / SHARD))
             self._check_floor(physical, shard)
             self.folder.shards[physical] = shard
