@@ -20,15 +20,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+ROOT = Path(__file__).resolve().parent.parent  # gunicorn's config path is relative to it
+
+
 @contextlib.contextmanager
-def running_service(env: dict[str, str], timeout_s: float = 300) -> Iterator[tuple[str, float, subprocess.Popen]]:
-    """Yields (base URL, seconds from process start to /readyz 200, the gunicorn process)."""
+def running_service(
+    env: dict[str, str], timeout_s: float = 300, ready_path: str = "/readyz"
+) -> Iterator[tuple[str, float, subprocess.Popen]]:
+    """Yields (base URL, seconds from process start to ``ready_path`` 200, the gunicorn process);
+    ``/healthz`` for a service that has no collection to be ready with."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     gunicorn = Path(sys.executable).parent / "gunicorn"
     started = time.perf_counter()
     process = subprocess.Popen(
         [str(gunicorn), "-c", "service/gunicorn.conf.py", "--access-logfile", "/dev/null", "service:create_app()"],
+        cwd=ROOT,
         env={**os.environ, **env, "BIND": f"127.0.0.1:{port}", "LOG_LEVEL": "WARNING"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -40,7 +47,7 @@ def running_service(env: dict[str, str], timeout_s: float = 300) -> Iterator[tup
             if time.perf_counter() - started > timeout_s:
                 raise TimeoutError("service not ready in time")
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{url}{ready_path}", timeout=1).status_code == 200:
                     break
             time.sleep(0.05)
         yield url, time.perf_counter() - started, process

@@ -7,18 +7,15 @@ import io
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image, ImageDraw
 from werkzeug.serving import make_server
 
+from bench.server import running_service
 from lookalike.encoder import ImageEncoder
 from lookalike.images import sha256_hex
 from lookalike.looks import looks_of
@@ -226,48 +223,18 @@ def raw_request(port: int, request: bytes) -> tuple[str, dict[str, str], bytes]:
     return status, {k.lower(): v for k, v in headers.items()}, body
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gunicorn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
     """The API under gunicorn with the project's config, on a free port: (port, base URL). One per
     test module (its start is most of such a test's time); the tests leave no state in it."""
-    port = free_port()
     tmp_path = tmp_path_factory.mktemp("gunicorn")
     env = {
-        **os.environ,
-        "BIND": f"127.0.0.1:{port}",
         "QDRANT_PATH": str(tmp_path / "qdrant"),
         "UPLOAD_DIR": str(tmp_path / "uploads"),
         "MODEL_NAME": TEST_MODEL,
         "MODEL_PRETRAINED": "",
         "MODEL_CHECKPOINT": "",
         "REQUEST_BODY_TIMEOUT_S": "3",
-        "LOG_LEVEL": "WARNING",
     }
-    gunicorn = Path(sys.executable).parent / "gunicorn"
-    process = subprocess.Popen(
-        [str(gunicorn), "-c", "service/gunicorn.conf.py", "--access-logfile", "/dev/null", "service:create_app()"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert process.poll() is None, "gunicorn exited"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        yield port, url
-    finally:
-        process.terminate()
-        process.wait(30)
+    with running_service(env, timeout_s=120, ready_path="/healthz") as (url, _, _):  # no collection: never ready
+        yield int(url.rsplit(":", 1)[1]), url

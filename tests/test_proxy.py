@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import HEADER_TOO_LARGE, MALFORMED, REQUEST_LINE_TOO_LONG, ROOT, free_port, raw_request
+from bench.server import free_port
+from tests.conftest import HEADER_TOO_LARGE, MALFORMED, REQUEST_LINE_TOO_LONG, ROOT, raw_request
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).is_file()), None)
 pytestmark = pytest.mark.skipif(NGINX is None, reason="no nginx binary (make test-tools installs Debian's)")
