@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_origin
 from PIL import Image, ImageColor
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     Json,
@@ -45,6 +46,18 @@ RANGE_OPERATORS = ("gte", "gt", "lte", "lt")
 #: The colour weight of a search that names a colour (`colour=`) but no weight: colour counts as much as shape.
 COLOUR_TARGET_WEIGHT = 0.5
 FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+def _not_true_or_false(value: Any) -> Any:
+    """JSON's true/false where a number belongs is a client's mistake, not 1/0 (pydantic's lax
+    mode reads it so; a string such as "4" stays accepted, as from a query string)."""
+    if isinstance(value, bool):
+        raise ValueError("a number is needed, not true/false")
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_not_true_or_false)]
+Number = Annotated[float, BeforeValidator(_not_true_or_false)]
 Value = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
@@ -53,23 +66,23 @@ class Bounds(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    gte: float | None = Field(None, allow_inf_nan=False)
-    gt: float | None = Field(None, allow_inf_nan=False)
-    lte: float | None = Field(None, allow_inf_nan=False)
-    lt: float | None = Field(None, allow_inf_nan=False)
+    gte: Number | None = Field(None, allow_inf_nan=False)
+    gt: Number | None = Field(None, allow_inf_nan=False)
+    lte: Number | None = Field(None, allow_inf_nan=False)
+    lt: Number | None = Field(None, allow_inf_nan=False)
 
 
 class SearchParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    k: int = Field(4, ge=1, le=100, description="number of results")
+    k: Integer = Field(4, ge=1, le=100, description="number of results")
     category: list[Value] = Field(default_factory=list, max_length=100, description="any of these")
     exclude: list[Value] = Field(default_factory=list, max_length=1000, description="item ids to leave out")
-    score_threshold: float | None = Field(None, ge=-1.0, le=1.0, description="minimum cosine similarity")
-    offset: int = Field(0, ge=0, le=10_000, description="results to skip (paging)")
+    score_threshold: Number | None = Field(None, ge=-1.0, le=1.0, description="minimum cosine similarity")
+    offset: Integer = Field(0, ge=0, le=10_000, description="results to skip (paging)")
     filters: dict[FieldName, list[Value]] = Field(default_factory=dict, description="filter.<field>=<value>")
     ranges: dict[FieldName, Bounds] = Field(default_factory=dict, description="filter.<field>.gte=<number>, ...")
-    boosts: dict[FieldName, Annotated[float, Field(allow_inf_nan=False, ge=-1e6, le=1e6)]] = Field(
+    boosts: dict[FieldName, Annotated[Number, Field(allow_inf_nan=False, ge=-1e6, le=1e6)]] = Field(
         default_factory=dict, description=f"boost.<field>=<weight>: {BOOST_FORMULA}"
     )
     hide_duplicates: bool = Field(
@@ -77,7 +90,7 @@ class SearchParams(BaseModel):
         description="leave out items whose image bytes equal the query's (for recommend: any example's; "
         "in a batch: the entry's item's)",
     )
-    colour_weight: float | None = Field(
+    colour_weight: Number | None = Field(
         None,
         ge=0.0,
         le=1.0,
@@ -85,7 +98,7 @@ class SearchParams(BaseModel):
         "1 = colour only; default COLOUR_WEIGHT",
     )
     group_by: Literal["product_id"] | None = Field(None, description="`product_id`: each product once, its best photo")
-    diversity: float = Field(
+    diversity: Number = Field(
         0.0,
         ge=0.0,
         le=1.0,
@@ -201,7 +214,7 @@ def crop_to(image: Image.Image, box: Box) -> Image.Image:
 class UploadSearchParams(PhotoSearchParams):
     """``POST /v1/search``: one photo, whole, one region of it (`box`), or several (`boxes`)."""
 
-    boxes: Json[list[list[float]]] | None = Field(
+    boxes: Json[list[list[Number]]] | None = Field(
         None,
         description=f"several regions in one request: a JSON list of up to {MAX_BOXES} `[x0, y0, x1, y1]` "
         "(fractions, as `box`). The answer has one result list per region in `regions`, in order (one "
@@ -214,7 +227,7 @@ class UploadSearchParams(PhotoSearchParams):
         "the photo by `text_weight`. 400 where the encoder has no text tower (a fine-tuned checkpoint, the onnx "
         "runtime, TEXT_SEARCH=false), saying which",
     )
-    text_weight: float = Field(
+    text_weight: Number = Field(
         0.5,
         ge=0.0,
         le=1.0,
@@ -274,14 +287,14 @@ def parse_json_body(model: type[Params], data: bytes) -> Params:
     try:
         return model.model_validate_json(data or b"null")
     except ValidationError as e:
-        problems = "; ".join(_describe(error) for error in e.errors())
+        problems = "; ".join(f"{_json_path(error['loc'])}: {_message(error)}" for error in e.errors())
         raise InvalidRequest(f"invalid body: {problems}") from e
 
 
 class RandomParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    k: int = Field(1, ge=1, le=100, description="number of items")
+    k: Integer = Field(1, ge=1, le=100, description="number of items")
     category: list[Value] = Field(default_factory=list, max_length=100, description="any of these")
 
 
@@ -356,4 +369,14 @@ def _describe(error: dict) -> str:
         name = str(location[0]) if location else "request"
     if error["type"] == "extra_forbidden":
         return f"unknown parameter {name!r}"
-    return f"{name}: {error['msg']}"
+    return f"{name}: {_message(error)}"
+
+
+def _json_path(location: Sequence[str | int]) -> str:
+    """Where in a JSON body, as the client wrote it: ``queries[2].ranges.price.gte``."""
+    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location)
+    return path.removeprefix(".") or "body"
+
+
+def _message(error: dict) -> str:
+    return error["msg"].removeprefix("Value error, ")

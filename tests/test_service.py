@@ -487,6 +487,39 @@ def test_bad_batches_are_400(client, ingested, body):
     assert_error(response, 400, "invalid_request")
 
 
+@pytest.mark.parametrize(
+    ("entry", "named"),
+    [
+        ({"k": True}, "k"),
+        ({"diversity": False}, "diversity"),
+        ({"colour_weight": True}, "colour_weight"),
+        ({"score_threshold": False}, "score_threshold"),
+        ({"ranges": {"price": {"gte": True}}}, "ranges.price.gte"),
+        ({"boosts": {"price": True}}, "boosts.price"),
+    ],
+)
+def test_true_or_false_where_a_number_belongs_is_a_400(client, ingested, entry, named):
+    """pydantic's lax mode would read JSON's true/false as 1/0: a client's mistake answered as a search."""
+    response = client.post("/v1/similar:batch", json={"queries": [{"id": "red_round-0", **entry}]})
+    assert_error(response, 400, "invalid_request")
+    message = response.get_json()["error"]["message"]
+    assert message == f"invalid body: queries[0].{named}: a number is needed, not true/false"
+
+
+def test_numbers_as_text_stay_accepted_in_a_batch(client, ingested):
+    entry = {"id": "red_round-0", "k": "3", "diversity": "0.5", "score_threshold": "-1"}
+    response = client.post("/v1/similar:batch", json={"queries": [entry]})
+    assert response.status_code == 200 and len(response.get_json()["results"][0]["results"]) == 3
+
+
+def test_a_box_of_true_or_false_is_a_400(client, ingested):
+    query = "boxes=" + json.dumps([[0, 0, True, 1]])
+    response = client.post(
+        f"/v1/search?{query}", data=upload(draw_item("red_round", 0)), content_type="multipart/form-data"
+    )
+    assert_error(response, 400, "invalid_request")
+
+
 def recommend(client, query: str, data: dict | None = None):
     return client.post(f"/v1/recommend?{query}", data=data or {}, content_type="multipart/form-data")
 
