@@ -38,9 +38,9 @@ def command_error(error: OSError) -> LookalikeError:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data`` in one step, on disk before it is in place: a reader (or a
-    restart after a crash) sees the old file or the new one. On failure the temporary file goes
-    too; a full disk is a `DiskFull`."""
+    """Replace ``path`` by ``data`` in one step, on disk when this returns: a reader (or a restart
+    after a crash or a power cut) sees the old file or the new one. On failure the temporary file
+    goes too; a full disk is a `DiskFull`."""
     try:
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
@@ -49,6 +49,7 @@ def write_atomically(path: Path, data: bytes) -> None:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(name, path)
+            sync_directory(path.parent)
         except BaseException:
             Path(name).unlink(missing_ok=True)
             raise
@@ -56,6 +57,15 @@ def write_atomically(path: Path, data: bytes) -> None:
         if is_disk_full(e):
             raise disk_full(path, e) from e
         raise
+
+
+def sync_directory(directory: Path) -> None:
+    """Put a rename in ``directory`` on disk: until its directory is synced, a power cut can undo it."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def free_bytes(path: Path) -> int:

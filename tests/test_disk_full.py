@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import errno
 import io
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,20 @@ def test_write_atomically_replaces_the_file_or_leaves_it_as_it_was(tmp_path, mon
         write_atomically(target, b"newer")
     assert target.read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]  # no temporary file left
+
+
+def test_write_atomically_puts_the_rename_on_disk_too(tmp_path, monkeypatch):
+    """A rename is durable once its directory is synced: before, a power cut can bring back the old file."""
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append("directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", recording_fsync)
+    write_atomically(tmp_path / "state.json", b"new")
+    assert synced == ["file", "directory"]
 
 
 def test_the_embedded_store_refuses_writes_on_a_nearly_full_disk(settings, encoder, ingested, monkeypatch):

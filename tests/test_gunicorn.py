@@ -1,18 +1,33 @@
 """The real server (gunicorn, service/gunicorn.conf.py): it keeps answering while slow clients
-hold connections (issue 12, defect 11), and what it refuses before Flask sees a request is
-answered in the API's JSON error shape too."""
+hold connections (issue 12, defect 11), what it refuses before Flask sees a request is answered
+in the API's JSON error shape too, and what it acknowledged outlives a killed worker."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import HEADER_TOO_LARGE, MALFORMED, REQUEST_LINE_TOO_LONG, raw_request
+from bench.server import running_service
+from lookalike.store import VectorStore
+from tests.conftest import (
+    API_KEY,
+    HEADER_TOO_LARGE,
+    MALFORMED,
+    REQUEST_LINE_TOO_LONG,
+    TEST_MODEL,
+    draw_item,
+    image_bytes,
+    raw_request,
+)
 
 SLOW_CLIENTS = 20
 
@@ -84,3 +99,43 @@ def test_a_request_line_over_gunicorns_default_limit_reaches_the_app(gunicorn_se
     answer = httpx.get(f"{url}/healthz?{padding}", timeout=10)
     assert answer.status_code == 200
     assert answer.json()["status"] == "ok"
+
+
+def wait_until_ready(url: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("the API did not become ready again")
+
+
+def test_what_the_api_acknowledged_outlives_its_worker_killed(tmp_path, settings, encoder):
+    """`kill -9` of the worker right after its answers: every acknowledged PUT is there when the new
+    worker starts, every acknowledged DELETE stays gone (the embedded store keeps nothing unwritten)."""
+    store = VectorStore.from_settings(settings)
+    store.ensure_collection(encoder.dim, encoder.identity)
+    store.close()
+    env = {
+        "QDRANT_PATH": str(settings.qdrant_path),
+        "UPLOAD_DIR": str(tmp_path / "uploads"),
+        "MODEL_NAME": TEST_MODEL,
+        "MODEL_PRETRAINED": "",
+        "MODEL_CHECKPOINT": "",
+        "API_KEY": API_KEY,
+    }
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    with running_service(env, timeout_s=120) as (url, _, master):
+        for n, category in enumerate(["red_round", "blue_bar", "green_square"]):
+            photo = {"image": ("p.png", io.BytesIO(image_bytes(draw_item(category, n))))}
+            put = httpx.put(f"{url}/v1/items/new-{n}", data={"category": category}, files=photo, headers=auth)
+            assert put.status_code == 201, put.text
+        assert httpx.delete(f"{url}/v1/items/new-1", headers=auth).status_code == 200
+        (worker,) = Path(f"/proc/{master.pid}/task/{master.pid}/children").read_text().split()
+        os.kill(int(worker), signal.SIGKILL)
+        wait_until_ready(url)
+        assert [httpx.get(f"{url}/v1/items/new-{n}").status_code for n in range(3)] == [200, 404, 200]
+        assert [r["id"] for r in httpx.get(f"{url}/v1/items/new-0/similar").json()["results"]] == ["new-2"]

@@ -7,15 +7,18 @@ import io
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ingest.__main__ import main as ingest_main
+from lookalike.looks import looks_of
 from lookalike.points import COLOUR, EMBEDDING, point_id
 from lookalike.settings import Settings
 from lookalike.store import Record, VectorStore
+from lookalike.store import edge as edge_store
 from service import create_app
 from tests.conftest import draw_item, image_bytes
 
@@ -164,3 +167,42 @@ def test_verify_reports_stored_items_the_catalogue_no_longer_lists(cli_env, caps
         line for line in lines if line["code"] == "not_in_catalogue"
     ).items()
     assert "items=12" in capsys.readouterr().out  # reported, kept: --prune removes it
+
+
+class RecordingShard:
+    """An Edge shard that notes its updates and flushes in ``events``."""
+
+    def __init__(self, shard, events: list) -> None:
+        self._shard, self._events = shard, events
+
+    def update(self, operation):
+        self._events.append("update")
+        return self._shard.update(operation)
+
+    def flush(self):
+        self._events.append("flush")
+        return self._shard.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._shard, name)
+
+
+def test_the_point_floor_is_raised_only_once_the_write_is_on_disk(ingested, encoder, monkeypatch):
+    """Edge syncs its log on ``flush`` only, the floor file at once: a floor raised before the flush
+    could outlive the points in a power cut, and a sound store would be refused as damaged."""
+    store, events = ingested, []
+    physical = store.physical_name()
+    store.folder.shards[physical] = RecordingShard(store.folder.shards[physical], events)
+    write_json = edge_store._write_json
+
+    def recording_write(path: Path, data) -> None:
+        events.append((path.name, data.get("at_least")))
+        write_json(path, data)
+
+    monkeypatch.setattr(edge_store, "_write_json", recording_write)
+    item = store.get("red_round-0")
+    store.upsert([replace(item, id="new")], looks_of(encoder, [draw_item("red_round", 0)]))
+    assert events == ["update", "flush", ("points.json", 13)]
+    events.clear()
+    store.delete(["new", "red_round-0"])  # lowered first: a cut mid-delete is no false alarm either
+    assert events == [("points.json", 11), "update", "flush", ("points.json", 11)]

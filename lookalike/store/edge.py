@@ -166,7 +166,7 @@ class EdgeStore(VectorStore):
         self._ensure_room()
         shard = self._shard()
         shard.update(edge.UpdateOperation.upsert_points(points))
-        self._write_floor(shard.count(edge.CountRequest(exact=True)))
+        self._commit(shard)
 
     def _overwrite_payload(self, point: str, payload: dict[str, Any]) -> None:
         self._ensure_room()
@@ -188,7 +188,7 @@ class EdgeStore(VectorStore):
         before = shard.count(edge.CountRequest(exact=True))
         self._write_floor(max(0, before - len(points)))  # first: a crash mid-delete is no false alarm
         shard.update(edge.UpdateOperation.delete_points(points))
-        self._write_floor(shard.count(edge.CountRequest(exact=True)))
+        self._commit(shard)
 
     def _count(self) -> int:
         return self._shard().count(edge.CountRequest(exact=True))
@@ -319,6 +319,13 @@ class EdgeStore(VectorStore):
             self._check_floor(physical, shard)
             self.folder.shards[physical] = shard
         return self.folder.shards[physical]
+
+    def _commit(self, shard: edge.EdgeShard) -> None:
+        """Sync a write, then record the count as the floor. Edge writes its log through memory maps
+        that only ``flush`` syncs, while the floor file is synced at once: recorded first, a power
+        cut could leave a floor above what survived, and a sound store refused as damaged."""
+        shard.flush()
+        self._write_floor(shard.count(edge.CountRequest(exact=True)))
 
     def _write_floor(self, count: int) -> None:
         _write_json(self.folder.directory(self._physical(self.collection)) / FLOOR_FILE, {"at_least": count})
