@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from lookalike.catalogue import Catalogue, CatalogueItem, RowError, resolve_inside
-from lookalike.files import write_atomically
+from lookalike.files import sync_directory, write_atomically
 from lookalike.points import StoredItem, point_id
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ class UploadJournal:
         path = self._path(item_id)
         previous = path.read_bytes() if path.is_file() else None
         path.unlink(missing_ok=True)
+        if previous is not None:  # on disk before the store forgets it: else a power cut could bring it back
+            sync_directory(path.parent)
         with self._undone_on_failure(path, previous):
             yield
 

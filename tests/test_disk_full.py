@@ -4,6 +4,7 @@ half-written file; what was written before stays.
 Qdrant Edge maps its files into memory: on a disk that fills up, a write kills the process with
 SIGBUS (measured on a 3 MiB tmpfs: ingest exited 135). These tests stand in for a full disk by
 reporting little free space (`lookalike.files.free_bytes`), or by a write failing with ENOSPC.
+Beside them: what the project writes is synced to disk (a power cut leaves the old state or the new).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from ingest.__main__ import main as ingest_main
 from lookalike import files
 from lookalike.errors import DiskFull, StoreOutOfSpace
 from lookalike.files import MIB, on_tmpfs, unallocated_bytes, write_atomically
+from lookalike.journal import UploadJournal
 from lookalike.looks import looks_of
+from lookalike.points import StoredItem
 from lookalike.queries import Ranking, SearchFilter
 from lookalike.store import VectorStore
 from tests.conftest import draw_item, image_bytes
@@ -47,8 +50,8 @@ def test_write_atomically_replaces_the_file_or_leaves_it_as_it_was(tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]  # no temporary file left
 
 
-def test_write_atomically_puts_the_rename_on_disk_too(tmp_path, monkeypatch):
-    """A rename is durable once its directory is synced: before, a power cut can bring back the old file."""
+def recording_fsyncs(monkeypatch) -> list[str]:
+    """What is synced from now on: "file" or "directory", in order."""
     synced: list[str] = []
     fsync = os.fsync
 
@@ -57,8 +60,26 @@ def test_write_atomically_puts_the_rename_on_disk_too(tmp_path, monkeypatch):
         fsync(fd)
 
     monkeypatch.setattr(files.os, "fsync", recording_fsync)
+    return synced
+
+
+def test_write_atomically_puts_the_rename_on_disk_too(tmp_path, monkeypatch):
+    """A rename is durable once its directory is synced: before, a power cut can bring back the old file."""
+    synced = recording_fsyncs(monkeypatch)
     write_atomically(tmp_path / "state.json", b"new")
     assert synced == ["file", "directory"]
+
+
+def test_a_forgotten_upload_entry_is_gone_from_disk_before_the_store_delete(tmp_path, monkeypatch):
+    """Else a power cut after a DELETE could leave its journal entry, and the next ingest bring the item back."""
+    journal = UploadJournal(tmp_path)
+    journal.seed([])
+    item = StoredItem("new", "shoe", "a.jpg", "0" * 64, "model", "upload")
+    with journal.recording(item):
+        pass
+    synced = recording_fsyncs(monkeypatch)
+    with journal.forgetting(item.id):
+        assert synced == ["directory"] and not journal.catalogue().items
 
 
 def test_the_embedded_store_refuses_writes_on_a_nearly_full_disk(settings, encoder, ingested, monkeypatch):
