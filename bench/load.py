@@ -1,5 +1,6 @@
 """Bounded load run on loopback: N concurrent clients for T seconds against gunicorn, mixed
-by-id (50 %), filtered by-id (25 %) and upload (25 %) searches. Reports errors and p50/p95/p99.
+by-id (50 %), filtered by-id (25 %) and upload (25 %) searches. Reports errors, p50/p95/p99,
+and the service's resident memory as the run goes (a leak shows as growth after the warm-up).
 
 A locust-style headless run with plain threads and httpx (no extra dependency): every client
 stops after ``--seconds`` or ``--max-requests``, whichever comes first. Only 127.0.0.1 is used.
@@ -18,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import percentiles, report, spread_sample
-from bench.server import running_service
+from bench.server import memory_mib, running_service
 from ingest.pipeline import IngestOptions, ingest
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
@@ -80,15 +81,19 @@ def main() -> None:
             catalogue, encoder, store, ErrorReport.open(Path(tmp) / "e.jsonl"), IngestOptions(workers=0, progress=False)
         )
         store.close()
-        with running_service({"QDRANT_PATH": str(path)}) as (url, _, _):
+        with running_service({"QDRANT_PATH": str(path)}) as (url, _, service):
             started = time.perf_counter()
             deadline = started + args.seconds
+            memory = [memory_mib(service.pid)["rss"]]
             with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
                 futures = [
                     pool.submit(client_loop, url, ids, categories, photos, deadline, args.max_requests, seed)
                     for seed in range(args.clients)
                 ]
+                while concurrent.futures.wait(futures, timeout=args.seconds / 10).not_done:
+                    memory.append(memory_mib(service.pid)["rss"])
                 outcomes = [o for future in futures for o in future.result()]
+            memory.append(memory_mib(service.pid)["rss"])
             elapsed = time.perf_counter() - started
     by_kind: dict[str, list[float]] = defaultdict(list)
     errors = 0
@@ -105,7 +110,15 @@ def main() -> None:
             "rps": round(len(outcomes) / elapsed, 1),
             "model": encoder.identity.split("@")[0],
             "goal": "errors=0",
-        }
+        },
+        {
+            "figure": "load_memory",
+            "rss_mib_ready": round(memory[0]),
+            "rss_mib_after_a_tenth": round(memory[min(1, len(memory) - 1)]),
+            "rss_mib_end": round(memory[-1]),
+            "samples": [round(m) for m in memory],
+            "goal": "flat after the first tenth of the run (no leak)",
+        },
     ]
     for kind, samples in sorted(by_kind.items()):
         figures.append({"figure": f"load_{kind}", "requests": len(samples), **percentiles(samples)})
