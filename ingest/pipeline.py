@@ -272,12 +272,14 @@ def ingest_all(
 
     An id that the API replaced (``PUT`` on a catalogue item) is the API's until it is deleted:
     the catalogue pass leaves it alone, so the two never overwrite each other run after run.
+    Then the uploaded photos that no item names any more are removed (`UploadJournal.sweep_photos`).
     """
     uploads = _uploads_of(journal, catalogue.shard)
     replaced = {item.id for item in uploads.items}
     own = dataclasses.replace(catalogue, items=[item for item in catalogue.items if item.id not in replaced])
     summary = ingest(own, encoder, store, report, options)
     summary.add(sync_uploads(uploads, journal, encoder, store, report, options))
+    summary.photos_removed += len(journal.sweep_photos(item.image for item in store.stored_items(UPLOAD)))
     return summary
 
 

@@ -28,6 +28,7 @@ class IngestSummary:
     duplicates: int = 0  # same bytes as an earlier item (indexed unless --skip-duplicates)
     near_duplicates: int = 0  # looks the same as a stored item (indexed unless --skip-duplicates)
     repaired: int = 0  # damaged points found by --verify, deleted and embedded again
+    photos_removed: int = 0  # uploaded photos no item names any more
     seconds: float = 0.0
     #: Seconds per stage: hash, lookup, decode (waiting for the workers), embed, near_duplicates,
     #: upsert, prune, index (the HNSW build).
@@ -61,7 +62,9 @@ class IngestSummary:
             f"ingested={self.ingested} skipped={self.skipped} updated={self.updated} failed={self.failed} "
             f"pruned={self.pruned} duplicates={self.duplicates} near_duplicates={self.near_duplicates} "
             f"seconds={self.seconds:.1f} "
-            f"images_per_s={self.images_per_second:.1f}" + (f" repaired={self.repaired}" if self.repaired else "")
+            f"images_per_s={self.images_per_second:.1f}"
+            + (f" repaired={self.repaired}" if self.repaired else "")
+            + (f" photos_removed={self.photos_removed}" if self.photos_removed else "")
         )
 
 

@@ -5,6 +5,8 @@ drops the old one. Catalogue items are rebuilt from the catalogue, and API-added
 this journal: one JSON file per item under ``<UPLOAD_DIR>/items/`` (named by the item's point
 id, written atomically), holding what the item is without any model's vector. ``PUT`` writes
 its entry before the store, ``DELETE`` removes it first; ingest replays it into a collection.
+The photos sit in ``<UPLOAD_DIR>/`` named by their bytes' sha256; ingest removes those that no
+item names any more (a replaced photo, a deleted item), so the folder does not grow forever.
 
 A deployment that added items before the journal existed has them only in its store: the first
 ingest or reindex copies those into the journal (`seed`) before anything relies on it.
@@ -13,8 +15,12 @@ ingest or reindex copies those into the journal (`seed`) before anything relies 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
+import os
+import re
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -28,6 +34,13 @@ FOLDER = "items"
 #: Written once the journal holds every API-added item (after seeding from a store).
 COMPLETE_MARKER = ".complete"
 UPLOAD = "upload"
+#: How ``PUT`` names a photo: its bytes' sha256 and the format's extension (service/items.py).
+PHOTO_NAME = re.compile(r"[0-9a-f]{64}\.[a-z]{3,4}")
+#: A photo no item names is removed once it is this old: a ``PUT`` in flight has saved its photo
+#: (or refreshed an existing one's time) but not yet written its entry.
+PHOTO_GRACE_S = 3600.0
+#: Taken shared while a ``PUT`` saves or reclaims a photo, exclusively while a sweep removes one.
+PHOTOS_LOCK = ".photos.lock"
 
 
 class UploadJournal:
@@ -59,6 +72,49 @@ class UploadJournal:
             sync_directory(path.parent)
         with self._undone_on_failure(path, previous):
             yield
+
+    @contextlib.contextmanager
+    def photo_saved(self, name: str, data: bytes) -> Iterator[Path]:
+        """Keep an uploaded photo under ``name`` for as long as the block succeeds.
+
+        A file this call created is removed again when the block fails, so a failed ``PUT``
+        leaves no orphan; one that was already there (the same bytes under another item, or an
+        orphan not yet swept) gets a fresh time instead, so that no sweep takes it meanwhile.
+        """
+        target = self.upload_dir / name
+        self.upload_dir.mkdir(parents=True, exist_ok=True)
+        with self._photos_locked(fcntl.LOCK_SH):
+            created = not target.exists()
+            if created:
+                write_atomically(target, data)
+            else:
+                os.utime(target)
+        try:
+            yield target
+        except BaseException:
+            if created:
+                target.unlink(missing_ok=True)
+            raise
+
+    def sweep_photos(self, also_named: Iterable[str] = (), grace_s: float = PHOTO_GRACE_S) -> list[str]:
+        """Remove the photos that no entry names (nor ``also_named``: what a store's items name),
+        older than ``grace_s``; returns their names. Nothing is removed while an entry is unreadable
+        (its photo is unknown), nor a photo a ``PUT`` is saving at that moment."""
+        journal = self.catalogue()
+        if journal.errors or not self.complete:
+            return []
+        named = {item.image for item in journal.items} | set(also_named)
+        cutoff = time.time() - grace_s
+        removed: list[str] = []
+        for path in sorted(self.upload_dir.iterdir()) if self.upload_dir.is_dir() else []:
+            if path.name in named or not PHOTO_NAME.fullmatch(path.name) or path.is_symlink():
+                continue
+            with self._photos_locked(fcntl.LOCK_EX | fcntl.LOCK_NB) as locked:
+                if locked and path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path.name)
+                    log.info("unused upload photo removed", extra={"photo": path.name})
+        return removed
 
     def seed(self, stored: Iterable[StoredItem]) -> int:
         """Copy API-added items that only a store knows into the journal (once); returns how many."""
@@ -104,6 +160,20 @@ class UploadJournal:
     def _write(self, path: Path, data: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, json.dumps(data).encode())
+
+    @contextlib.contextmanager
+    def _photos_locked(self, mode: int) -> Iterator[bool]:
+        """The photos lock in ``mode``; yields False when a non-blocking request found it taken."""
+        with (self.upload_dir / PHOTOS_LOCK).open("a") as lock:
+            try:
+                fcntl.flock(lock, mode)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def _undone_on_failure(self, path: Path, previous: bytes | None) -> Iterator[None]:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from flask import Blueprint, request, send_file
 
 from lookalike.catalogue import ITEM_ID_PATTERN, resolve_inside
 from lookalike.errors import CatalogueError, InvalidRequest, ItemNotFound
-from lookalike.files import write_atomically
 from lookalike.images import image_mimetype, image_mimetypes
 from lookalike.journal import UploadJournal
 from lookalike.looks import Look
@@ -114,7 +111,7 @@ def put_item(item_id: str):
     journal = UploadJournal(resources.settings.upload_dir)
     # The file and the journal entry first (a reindex running meanwhile replays the entry into its
     # collection); both are undone when the store write fails.
-    with _saved_upload(resources.settings.upload_dir, upload, item.image), journal.recording(item):
+    with journal.photo_saved(item.image, upload.data), journal.recording(item):
         store.upsert([item], [look])
     body = item_detail_json(item)
     if duplicate is not None:
@@ -147,27 +144,6 @@ def delete_item(item_id: str):
 def _upload_name(upload: Upload) -> str:
     """Uploads are named by content: the same photo under two ids is stored once."""
     return f"{upload.sha256}{EXTENSIONS.get(upload.format, '.img')}"
-
-
-@contextlib.contextmanager
-def _saved_upload(upload_dir: Path, upload: Upload, name: str) -> Iterator[Path]:
-    """Keep the original bytes (written atomically) for as long as the block succeeds.
-
-    A file this request created is removed again when the block fails, so a failed PUT leaves
-    no orphan behind; a file that was already there belongs to another item and stays.
-    """
-    target = upload_dir / name
-    created = False
-    if not target.exists():
-        upload_dir.mkdir(parents=True, exist_ok=True)
-        write_atomically(target, upload.data)
-        created = True
-    try:
-        yield target
-    except BaseException:
-        if created:
-            target.unlink(missing_ok=True)
-        raise
 
 
 def image_path(settings: Settings, item: StoredItem) -> Path:

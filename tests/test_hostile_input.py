@@ -19,12 +19,14 @@ from ingest.__main__ import main as ingest_main
 from lookalike.catalogue import read_catalogue
 from lookalike.errors import InvalidImage
 from lookalike.images import read_bytes
+from lookalike.journal import PHOTOS_LOCK
 from lookalike.queries import SearchFilter, metadata_matches
 from tests.conftest import draw_item, image_bytes, write_manifest
 
 
 def files_under(folder: Path) -> list[Path]:
-    return [path for path in folder.rglob("*") if path.is_file()]
+    """The photos and journal entries under ``folder`` (not the lock a PUT takes to save a photo)."""
+    return [path for path in folder.rglob("*") if path.is_file() and path.name != PHOTOS_LOCK]
 
 
 def upload(data: bytes, name: str = "photo.jpg") -> dict:

@@ -1,0 +1,100 @@
+"""Uploaded photos that no item names any more (a replaced photo, a deleted item) are removed by
+ingest once they are an hour old; never one that an item, or a PUT in flight, still needs."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from ingest.pipeline import IngestOptions, ingest_all, seed_journal
+from ingest.report import ErrorReport
+from lookalike.catalogue import read_catalogue
+from lookalike.journal import PHOTO_GRACE_S, PHOTO_NAME, PHOTOS_LOCK, UploadJournal
+from tests.conftest import draw_item, image_bytes
+
+
+def put(client, auth: dict, item_id: str, image: Image.Image) -> None:
+    form = {"image": (io.BytesIO(image_bytes(image, "PNG")), "p.png"), "category": "api"}
+    response = client.put(f"/v1/items/{item_id}", data=form, headers=auth, content_type="multipart/form-data")
+    assert response.status_code in (200, 201), response.get_data(as_text=True)
+
+
+def age(*paths: Path) -> None:
+    """As if written two grace periods ago."""
+    then = time.time() - 2 * PHOTO_GRACE_S
+    for path in paths:
+        os.utime(path, (then, then))
+
+
+def photos(folder: Path) -> set[str]:
+    return {path.name for path in folder.iterdir() if PHOTO_NAME.fullmatch(path.name)}
+
+
+def test_ingest_removes_the_photos_no_item_names_once_they_are_old(
+    settings, encoder, store, client, auth, catalogue_dir, tmp_path
+):
+    store.ensure_collection(encoder.dim, encoder.identity)
+    put(client, auth, "kept", draw_item("red_round", 1))
+    put(client, auth, "replaced", draw_item("blue_bar", 2))
+    put(client, auth, "replaced", draw_item("blue_bar", 3))  # its first photo is no longer named
+    put(client, auth, "deleted", draw_item("green_square", 4))
+    assert client.delete("/v1/items/deleted", headers=auth).status_code == 200
+    uploads = settings.upload_dir
+    assert len(photos(uploads)) == 4
+    someone_elses = uploads / "notes.txt"
+    someone_elses.write_text("not a photo of ours")
+    age(*uploads.iterdir())
+    young = uploads / f"{'f' * 64}.png"  # as a PUT in flight leaves it: saved, its entry not yet written
+    young.write_bytes(b"photo")
+
+    journal = UploadJournal(uploads)
+    seed_journal(journal, store)
+    report = ErrorReport.open(tmp_path / "errors.jsonl")
+    try:
+        options = IngestOptions(workers=0, progress=False)
+        summary = ingest_all(read_catalogue(catalogue_dir), journal, encoder, store, report, options)
+    finally:
+        report.close()
+
+    assert summary.photos_removed == 2 and "photos_removed=2" in summary.line()
+    assert photos(uploads) == {store.get("kept").image, store.get("replaced").image, young.name}
+    assert someone_elses.exists()
+    assert [client.get(f"/v1/items/{i}/image").status_code for i in ("kept", "replaced")] == [200, 200]
+
+
+def sweepable_journal(folder: Path) -> tuple[UploadJournal, Path]:
+    """A seeded journal whose folder holds one old photo that no entry names."""
+    journal = UploadJournal(folder)
+    journal.seed([])
+    orphan = folder / f"{'a' * 64}.jpg"
+    with journal.photo_saved(orphan.name, b"photo"):
+        pass
+    age(orphan)
+    return journal, orphan
+
+
+def test_a_put_of_the_same_bytes_keeps_an_unswept_photo_from_the_sweep(tmp_path):
+    journal, orphan = sweepable_journal(tmp_path)
+    with journal.photo_saved(orphan.name, b"photo"):  # a PUT of the same bytes: its entry comes next
+        assert journal.sweep_photos() == []
+    assert orphan.exists()
+    assert journal.sweep_photos(grace_s=0) == [orphan.name]  # it was an orphan all along
+
+
+def test_a_sweep_leaves_a_photo_alone_while_a_put_saves_one(tmp_path):
+    journal, orphan = sweepable_journal(tmp_path)
+    with (tmp_path / PHOTOS_LOCK).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)  # as `photo_saved` holds it while it saves or reclaims
+        assert journal.sweep_photos() == []
+    assert journal.sweep_photos() == [orphan.name]
+
+
+def test_nothing_is_swept_while_an_entry_is_unreadable(tmp_path):
+    journal, orphan = sweepable_journal(tmp_path)
+    (journal.folder / "broken.json").write_text("{not json")  # whose photo is that? unknown
+    assert journal.sweep_photos() == [] and orphan.exists()
