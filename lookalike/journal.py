@@ -41,6 +41,8 @@ PHOTO_NAME = re.compile(r"[0-9a-f]{64}\.[a-z]{3,4}")
 PHOTO_GRACE_S = 3600.0
 #: Taken shared while a ``PUT`` saves or reclaims a photo, exclusively while a sweep removes one.
 PHOTOS_LOCK = ".photos.lock"
+#: What `write_atomically` leaves when the process is killed mid-write: ``.<name>.<random>.tmp``.
+HALF_WRITTEN = re.compile(r"\..+\.tmp")
 
 
 class UploadJournal:
@@ -98,23 +100,31 @@ class UploadJournal:
 
     def sweep_photos(self, also_named: Iterable[str] = (), grace_s: float = PHOTO_GRACE_S) -> list[str]:
         """Remove the photos that no entry names (nor ``also_named``: what a store's items name),
-        older than ``grace_s``; returns their names. Nothing is removed while an entry is unreadable
-        (its photo is unknown), nor a photo a ``PUT`` is saving at that moment."""
+        and what a write killed midway left, older than ``grace_s``; returns the photos' names.
+        Nothing is removed while an entry is unreadable (its photo is unknown), nor a photo a
+        ``PUT`` is saving at that moment."""
         journal = self.catalogue()
         if journal.errors or not self.complete:
             return []
         named = {item.image for item in journal.items} | set(also_named)
+        unused = [
+            path for path in _files(self.upload_dir) if PHOTO_NAME.fullmatch(path.name) and path.name not in named
+        ]
+        half_written = [
+            path
+            for folder in (self.upload_dir, self.folder)
+            for path in _files(folder)
+            if HALF_WRITTEN.fullmatch(path.name)
+        ]
         cutoff = time.time() - grace_s
         removed: list[str] = []
-        for path in sorted(self.upload_dir.iterdir()) if self.upload_dir.is_dir() else []:
-            if path.name in named or not PHOTO_NAME.fullmatch(path.name) or path.is_symlink():
-                continue
-            with self._photos_locked(fcntl.LOCK_EX | fcntl.LOCK_NB) as locked:
-                if locked and path.is_file() and path.stat().st_mtime < cutoff:
+        for path in unused + half_written:
+            with self._photos_locked(fcntl.LOCK_EX | fcntl.LOCK_NB) as locked, contextlib.suppress(FileNotFoundError):
+                if locked and path.stat().st_mtime < cutoff:
                     path.unlink()
                     removed.append(path.name)
-                    log.info("unused upload photo removed", extra={"photo": path.name})
-        return removed
+                    log.info("unused upload file removed", extra={"file": str(path.relative_to(self.upload_dir))})
+        return [name for name in removed if PHOTO_NAME.fullmatch(name)]
 
     def seed(self, stored: Iterable[StoredItem]) -> int:
         """Copy API-added items that only a store knows into the journal (once); returns how many."""
@@ -186,6 +196,12 @@ class UploadJournal:
                 with contextlib.suppress(OSError):
                     path.write_bytes(previous)
             raise
+
+
+def _files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if path.is_file() and not path.is_symlink())
 
 
 def _entry(item: StoredItem) -> dict:

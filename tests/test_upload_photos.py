@@ -98,3 +98,15 @@ def test_nothing_is_swept_while_an_entry_is_unreadable(tmp_path):
     journal, orphan = sweepable_journal(tmp_path)
     (journal.folder / "broken.json").write_text("{not json")  # whose photo is that? unknown
     assert journal.sweep_photos() == [] and orphan.exists()
+
+
+def test_what_a_write_killed_midway_left_is_swept_once_old(tmp_path):
+    journal, orphan = sweepable_journal(tmp_path)
+    left = [tmp_path / f".{'b' * 64}.jpg.x1y2.tmp", journal.folder / ".entry.json.x1y2.tmp"]
+    for path in left:
+        path.write_bytes(b"half")
+    fresh = tmp_path / f".{'c' * 64}.jpg.z3.tmp"  # a write going on now
+    fresh.write_bytes(b"half")
+    age(*left)
+    assert journal.sweep_photos() == [orphan.name]  # the photos it removed
+    assert not any(path.exists() for path in left) and fresh.exists()
