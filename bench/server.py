@@ -41,25 +41,36 @@ def running_service(
         stderr=subprocess.DEVNULL,
     )
     try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {process.returncode}")
-            if time.perf_counter() - started > timeout_s:
-                raise TimeoutError("service not ready in time")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}{ready_path}", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.05)
+        wait_until_answering(url + ready_path, process, timeout_s)
         yield url, time.perf_counter() - started, process
     finally:
         process.terminate()
         process.wait(timeout=30)
 
 
+def wait_until_answering(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+    """Until ``url`` answers 200 (the service started, or a killed worker replaced)."""
+    deadline = time.perf_counter() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {process.returncode}")
+        if time.perf_counter() > deadline:
+            raise TimeoutError("service not ready in time")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.05)
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (gunicorn's workers)."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def memory_mib(pid: int) -> dict:
     """The memory of a process and its children (gunicorn master + workers): ``pss`` counts pages
     shared after the fork once (the honest sum), ``rss`` sums each process's resident set."""
-    pids = [pid, *(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    pids = [pid, *children(pid)]
     rss, pss = {}, 0.0
     for one in pids:
         fields = dict(line.split(":", 1) for line in Path(f"/proc/{one}/smaps_rollup").read_text().splitlines()[1:])
@@ -70,7 +81,7 @@ def memory_mib(pid: int) -> dict:
 
 def rss_mib(pid: int) -> float:
     """Resident memory of a process and its children (gunicorn master + workers), MiB."""
-    pids = [pid, *(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    pids = [pid, *children(pid)]
     total_kib = 0
     for one in pids:
         for line in Path(f"/proc/{one}/status").read_text().splitlines():

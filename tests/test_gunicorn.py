@@ -11,12 +11,11 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from bench.server import running_service
+from bench.server import children, running_service, wait_until_answering
 from lookalike.store import VectorStore
 from tests.conftest import (
     API_KEY,
@@ -101,18 +100,6 @@ def test_a_request_line_over_gunicorns_default_limit_reaches_the_app(gunicorn_se
     assert answer.json()["status"] == "ok"
 
 
-def wait_until_ready(url: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError("the API did not become ready again")
-
-
 def test_what_the_api_acknowledged_outlives_its_worker_killed(tmp_path, settings, encoder):
     """`kill -9` of the worker right after its answers: every acknowledged PUT is there when the new
     worker starts, every acknowledged DELETE stays gone (the embedded store keeps nothing unwritten)."""
@@ -134,8 +121,9 @@ def test_what_the_api_acknowledged_outlives_its_worker_killed(tmp_path, settings
             put = httpx.put(f"{url}/v1/items/new-{n}", data={"category": category}, files=photo, headers=auth)
             assert put.status_code == 201, put.text
         assert httpx.delete(f"{url}/v1/items/new-1", headers=auth).status_code == 200
-        (worker,) = Path(f"/proc/{master.pid}/task/{master.pid}/children").read_text().split()
-        os.kill(int(worker), signal.SIGKILL)
-        wait_until_ready(url)
+        (worker,) = children(master.pid)
+        os.kill(worker, signal.SIGKILL)
+        wait_until_answering(f"{url}/readyz", master, timeout_s=120)
+        assert children(master.pid) != [worker]  # served by a new worker
         assert [httpx.get(f"{url}/v1/items/new-{n}").status_code for n in range(3)] == [200, 404, 200]
         assert [r["id"] for r in httpx.get(f"{url}/v1/items/new-0/similar").json()["results"]] == ["new-2"]
