@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("catalogue", nargs="?", type=Path)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check the script on a CPU")
     parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--no-small", action="store_true", help="leave out the small preset's two runs")
     args = parser.parse_args()
     OUTPUT.extend([args.output] if args.output else [])
     settings = Settings()
@@ -174,7 +175,7 @@ def main() -> None:
                 near_duplicates=summary.near_duplicates,
                 stages_s={name: round(seconds, 3) for name, seconds in summary.stages.items()},
             )
-        for on_device in (True, False):  # the small preset both ways compares the data paths
+        for on_device in () if args.no_small else (True, False):  # the small preset both ways: the data paths
             finetune_figure("small", on_device, items, Path(tmp), device, settings, args.quick)
 
 

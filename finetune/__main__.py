@@ -68,6 +68,12 @@ OPTIONS = (
     ("head_scale", positive_float(100.0), "scale of the cosine head's logits (lower: a softer softmax)"),
     ("margin", float_range(0.0, 1.0), "additive margin on the true class's cosine (CosFace)"),
     ("label_smoothing", float_range(0.0, 0.9), "label smoothing of the class loss"),
+    ("cutmix", float_range(0.0, 1.0), "probability that a training batch is cut and mixed (CutMix; 0: never)"),
+    (
+        "ema_decay",
+        float_range(0.0, 0.9999),
+        "decay of the moving average of the weights that is evaluated and saved (0: none, the last step's)",
+    ),
     (
         "whitening",
         float_range(0.0, 0.5),

@@ -26,7 +26,7 @@ from finetune.data import ImageCache, LabelledImages, Split, catalogue_fingerpri
 from finetune.device_data import DeviceBatches
 from finetune.export import export_checkpoint
 from finetune.model import RetrievalModel, linear_projection
-from finetune.train import HeldOut, WarmupCosine, evaluate, train_one_epoch, training_loss
+from finetune.train import HeldOut, WarmupCosine, WeightAverage, evaluate, train_one_epoch, training_loss
 from finetune.whitening import Whitening, fit_whitening, replace_projection
 from lookalike.catalogue import CatalogueItem
 from lookalike.checkpoint import (
@@ -80,6 +80,11 @@ class TrainingConfig:
     whitening: float = 0.0
     #: Weight of an instance-discrimination loss beside the class loss (two views an image; 0 = off).
     instance_weight: float = 0.0
+    #: Probability that a training batch is cut and mixed (CutMix, `finetune.train.cut_and_mix`; 0 = off).
+    cutmix: float = 0.0
+    #: Decay of the moving average of the weights that is evaluated and saved (`WeightAverage`;
+    #: 0 = off: the weights of the last step).
+    ema_decay: float = 0.0
     #: Evaluate every N epochs (default: as often as keeps evaluation <= EVAL_SHARE of the time).
     eval_every: int | None = None
     #: Write the resume file at most this often (and after the last epoch).
@@ -362,6 +367,7 @@ class EpochLoop:
         self.epoch, self.best_epoch, self.best_score, self.stale = 0, 0, -1.0, 0
         self.best_state = copy.deepcopy(model.state_dict())
         self.history: list[dict[str, float]] = []
+        self.average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
         self._resume()
 
     @property
@@ -401,24 +407,31 @@ class EpochLoop:
                     bar,
                     self.placement,
                     self.config.instance_weight,
+                    self.config.cutmix,
+                    self.average,
                 )
                 train_s = time.perf_counter() - epoch_started
                 self.phases_s["train"] += train_s
                 self._fit_to_budget(train_s)
                 timing = {"train_s": round(train_s, 3)}
                 if self.epoch % self.eval_every == 0 or self.epoch >= self.planned_epochs:
-                    eval_started = time.perf_counter()
-                    held_out = evaluate_now()
-                    eval_s = time.perf_counter() - eval_started
-                    self.phases_s["eval"] += eval_s
-                    timing["eval_s"] = round(eval_s, 3)
-                    self._pace_evaluation(eval_s)
-                    bar.set_postfix(loss=f"{loss:.3f}", p_at_4=f"{held_out.scores.overall['P@4']:.3f}")
-                    self._record(loss, held_out, timing)
+                    with self._evaluated_weights():  # and kept as the best state, if they are
+                        eval_started = time.perf_counter()
+                        held_out = evaluate_now()
+                        eval_s = time.perf_counter() - eval_started
+                        self.phases_s["eval"] += eval_s
+                        timing["eval_s"] = round(eval_s, 3)
+                        self._pace_evaluation(eval_s)
+                        bar.set_postfix(loss=f"{loss:.3f}", p_at_4=f"{held_out.scores.overall['P@4']:.3f}")
+                        self._record(loss, held_out, timing)
             saving = time.perf_counter()
             self._save_resume_state()
             self.phases_s["save"] += time.perf_counter() - saving
             self.epoch_seconds.append(time.perf_counter() - epoch_started)
+
+    def _evaluated_weights(self) -> contextlib.AbstractContextManager:
+        """The weights evaluated and kept: the moving average when there is one, else the model's."""
+        return self.average.swapped_in(self.model) if self.average else contextlib.nullcontext()
 
     def _pace_evaluation(self, eval_s: float) -> None:
         """Evaluate every N epochs so that evaluation takes at most `EVAL_SHARE` of the time,
@@ -485,6 +498,7 @@ class EpochLoop:
                 "best_epoch": self.best_epoch,
                 "stale": self.stale,
                 "history": self.history,
+                "average": {"state": self.average.state, "updates": self.average.updates} if self.average else None,
             },
             self._recipe(),
         )
@@ -503,6 +517,10 @@ class EpochLoop:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best_state, self.best_score = state["epoch"], state["best_state"], state["best_score"]
         self.best_epoch, self.stale, self.history = state["best_epoch"], state["stale"], state["history"]
+        if self.average is not None:
+            self.average.updates = state["average"]["updates"]
+            for name, tensor in state["average"]["state"].items():
+                self.average.state[name].copy_(tensor)
         log.info("resumed", extra={"epoch": self.epoch, "output": str(self.output)})
 
 

@@ -646,3 +646,87 @@ def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(shapes_dir, tmp
     assert finetune_main([*args, "--batch-size", "8", "--no-progress"]) == 2
     last = capsys.readouterr().err.splitlines()[-1]
     assert last.startswith("finetune: error: ") and str(blocker) in last
+
+
+def test_cutmix_pastes_one_box_of_the_mirrored_image_and_shares_the_loss_by_its_area():
+    from finetune.train import cut_and_mix
+
+    torch.manual_seed(3)
+    pixels = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 16, 16).contiguous()  # image i is all i
+    labels = torch.tensor([0, 1, 2, 3])
+    mixed, pasted, own_share = cut_and_mix(pixels, labels)
+    assert pasted.tolist() == [3, 2, 1, 0]
+    for index in range(4):
+        from_other = mixed[index] == 3 - index
+        assert from_other.float().mean().item() == pytest.approx(1 - own_share)
+        rows, cols = from_other[0].any(1).nonzero().flatten(), from_other[0].any(0).nonzero().flatten()
+        if len(rows):  # one rectangle: every pixel in its bounding box came from the other image
+            assert from_other[:, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
+    assert torch.equal(pixels, torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 16, 16))  # input untouched
+
+
+def test_a_cut_and_mixed_batch_is_trained_on_both_labels_by_their_share(monkeypatch):
+    import finetune.train as train
+
+    torch.manual_seed(0)
+    model = RetrievalModel(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 6)), 6, 3, margin=0.0)
+    pixels, labels = torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])
+    monkeypatch.setattr(train, "cut_and_mix", lambda p, y: (p, y.flip(0), 0.75))  # a quarter pasted
+    placement = Placement(torch.device("cpu"), "fp32")
+    loss = train.training_loss(model, pixels, labels, 0.0, placement, cutmix=1.0)
+    logits = model(pixels)
+    expected = 0.75 * torch.nn.functional.cross_entropy(logits, labels)
+    expected += 0.25 * torch.nn.functional.cross_entropy(logits, labels.flip(0))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    unmixed = train.training_loss(model, pixels, labels, 0.0, placement, cutmix=0.0)
+    assert unmixed.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
+
+
+def test_the_weight_average_follows_the_weights_and_is_swapped_in_only_inside_its_block():
+    from finetune.train import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    start = model[0].weight.detach().clone()
+    average = WeightAverage(model, decay=0.9)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    average.update()  # the first update's decay is 2/11, not 0.9: early averages follow the weights
+    assert torch.allclose(average.state["0.weight"], start + 9 / 11)
+    for _ in range(200):
+        average.update()
+    assert torch.allclose(average.state["0.weight"], model[0].weight, atol=1e-6)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    average.update()  # now at full decay: a tenth of the way
+    assert torch.allclose(average.state["0.weight"], start + 1.1, atol=1e-5)
+    trained = model[0].weight.detach().clone()
+    with average.swapped_in(model):
+        assert torch.allclose(model[0].weight, start + 1.1, atol=1e-5)
+    assert torch.equal(model[0].weight, trained)
+
+
+def test_fine_tuning_with_cutmix_and_a_weight_average_learns_and_evaluates_the_average(
+    shapes_dir, tmp_path, monkeypatch
+):
+    import finetune.run as run
+
+    evaluated, averaged, trained = [], [], []
+    record, save = run.EpochLoop._record, run.EpochLoop._save_resume_state
+
+    def recording(self, *args):
+        evaluated.append(self.model.state_dict()["head.weight"].clone())
+        averaged.append(self.average.state["head.weight"].clone())
+        record(self, *args)
+
+    def saving(self):
+        trained.append(self.model.state_dict()["head.weight"].clone())  # after the evaluation's block
+        save(self)
+
+    monkeypatch.setattr(run.EpochLoop, "_record", recording)
+    monkeypatch.setattr(run.EpochLoop, "_save_resume_state", saving)
+    source = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
+    config = dataclasses.replace(FAST, epochs=40, cutmix=0.5, ema_decay=0.9)
+    result = fine_tune(read_catalogue(shapes_dir).items, source, tmp_path / "ema", config, max_pixels=10**7)
+    assert result.metrics["overall"]["P@4"] > 0.5
+    assert all(torch.equal(e, a) for e, a in zip(evaluated, averaged, strict=True))  # the average is evaluated
+    assert not torch.equal(evaluated[-1], trained[-1])  # and training goes on with its own weights

@@ -1,0 +1,92 @@
+"""`python -m bench.recipe_sweep CATALOGUE --variant NAME='OPTIONS' ...`: recipe variants of a
+preset trained side by side on one device, each a `python -m finetune` of its own.
+
+On a GPU a from-scratch step is bound by kernel launches, not arithmetic (issue 13: ResNet-50
+at batch 128 and ResNet-18 at 64 took 33 and 15 ms a step on an H200), so variants sharing the
+device each lose less than their share of it. Each keeps the preset's time budget and fits its
+epochs to the pace it gets, so a variant is only ever compared with the others of the same run
+(include the preset as it is, ``base=''``); one that wins here has run with fewer epochs than it
+would alone. Prints one JSON line a variant (held-out P@4 and mAP@R by finetune.evaluate's
+protocol, epochs, seconds), best first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``name=--option value ...`` -> (name, finetune's extra arguments)."""
+    name, _, options = text.partition("=")
+    if not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: a variant is NAME=OPTIONS (OPTIONS may be empty)")
+    return name, shlex.split(options)
+
+
+def train_side_by_side(catalogue: Path, preset: str, variants: list[tuple[str, list[str]]], tmp: Path) -> list[dict]:
+    """Start every variant at once, wait for all, read what each checkpoint's training.json says."""
+    running = []
+    for name, options in variants:
+        command = [sys.executable, "-m", "finetune", str(catalogue), "--preset", preset, "--force", "--no-progress"]
+        log = (tmp / f"{name}.log").open("w")
+        running.append(
+            (
+                name,
+                options,
+                log,
+                subprocess.Popen(
+                    [*command, "--output", str(tmp / name), *options], stdout=log, stderr=subprocess.STDOUT
+                ),
+            )
+        )
+    results = []
+    for name, options, log, process in running:
+        code = process.wait()
+        log.close()
+        results.append(summary(name, options, tmp / name, code, tmp / f"{name}.log"))
+    return sorted(results, key=lambda result: -result.get("heldout_p_at_4", -1.0))
+
+
+def summary(name: str, options: list[str], output: Path, code: int, log: Path) -> dict:
+    """A variant's figures from its training.json, or the end of its log when it failed."""
+    result: dict = {"variant": name, "options": " ".join(options), "exit": code}
+    info_file = output / "training.json"
+    if code or not info_file.is_file():
+        return {**result, "log_tail": log.read_text()[-2000:]}
+    info = json.loads(info_file.read_text())
+    overall = info["metrics"]["overall"]
+    return {
+        **result,
+        "heldout_p_at_4": round(overall["P@4"], 3),
+        "map_at_r": round(overall["mAP@R"], 3),
+        "head_accuracy": round(info["metrics"]["head_accuracy"], 3),
+        "epochs": info["epochs_run"],
+        "best_epoch": info["best_epoch"],
+        "seconds": info["seconds"],
+        "phases_s": info["phases_s"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("catalogue", type=Path)
+    parser.add_argument("--preset", default="large")
+    parser.add_argument("--variant", type=parse_variant, action="append", required=True, dest="variants")
+    parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = train_side_by_side(args.catalogue, args.preset, args.variants, Path(tmp))
+    for result in results:
+        print(json.dumps({"figure": f"sweep_{args.preset}", **result}), flush=True)
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
