@@ -36,7 +36,9 @@ log = logging.getLogger("finetune")
 #: CPU without it (60 epochs there, P@4 0.803; 28 minutes held 36: 0.755, README), ranking by its
 #: trunk's features partially whitened (issue 18: they carry to categories never trained on; 90
 #: epochs win back on the trained ones what the whitening costs their deep ranking, README);
-#: large: ResNet-50 at 160 px, for a GPU (about 3 minutes on one H100).
+#: large: ResNet-50 at 160 px, for a GPU (3 minutes), evaluated and saved as the moving average of
+#: its weights, a batch in two cut and mixed (on one H200: held-out P@4 0.890, mAP@R 0.879, against
+#: 0.873 / 0.862 without either, one run each in the same session, README).
 PRESETS: dict[str, tuple[str, TrainingConfig]] = {
     "small": (
         "lookalike-small",
@@ -46,7 +48,16 @@ PRESETS: dict[str, tuple[str, TrainingConfig]] = {
     ),
     "large": (
         "lookalike-large",
-        TrainingConfig(epochs=400, batch_size=128, lr=3e-3, warmup_epochs=5, patience=100, max_minutes=3),
+        TrainingConfig(
+            epochs=400,
+            batch_size=128,
+            lr=3e-3,
+            warmup_epochs=5,
+            patience=100,
+            max_minutes=3,
+            ema_decay=0.998,
+            cutmix=0.5,
+        ),
     ),
 }
 AUTO, CONFIGURED = "auto", "model"
