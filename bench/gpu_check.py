@@ -6,9 +6,10 @@ of ViT-B/32 at 224 (fp32 -- TF32 on a GPU -- and bf16) and of the small preset's
 its size (bf16); fine-tuning the large preset on the catalogue's split (seconds, where they
 went, held-out P@4 and mAP@R, the protocol of finetune.evaluate); ingest with that checkpoint
 into a fresh embedded store (the catalogue at two batch sizes, then four times over, then with
-a forward pass that costs nothing: the pipeline alone), against the decode rate (goal: >= 0.8x,
-i.e. the forward pass is not the bottleneck); then the small
-preset, data held on the device and from PIL workers. ``--quick`` shrinks everything so the
+a forward pass that costs nothing: the pipeline alone, with and without the near-duplicate
+check; then the decode workers alone, feeding a main process that does nothing else), against
+the decode rate (goal: >= 0.8x, i.e. the forward pass is not the bottleneck); then the small
+preset, data held on the device and from PIL workers (``--no-small``: not). ``--quick`` shrinks everything so the
 script itself can be checked on a CPU in a minute. On a lent accelerator: `make device-pack`.
 """
 
@@ -28,6 +29,7 @@ import torch
 from bench.common import FreeEncoder
 from finetune.__main__ import PRESETS
 from finetune.run import fine_tune
+from ingest.decode import iter_batches
 from ingest.pipeline import IngestOptions, ingest
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, CatalogueItem, read_catalogue
@@ -156,13 +158,16 @@ def main() -> None:
         large = finetune_figure("large", True, items, Path(tmp), device, settings, args.quick)
         # x4: the catalogue four times under new ids, so start-up costs weigh less than in 2,607 photos.
         # free: the forward pass replaced by random vectors, what the pipeline reaches without the model.
-        for batch_size, copies, free in ((64, 1, False), (256, 1, False), (256, 4, False), (256, 1, True)):
+        # no_near_duplicates: without the check on the writer thread, whose work holds the GIL
+        # that the main thread needs to receive the workers' chunks.
+        runs = ((64, 1, False, True), (256, 1, False, True), (256, 4, False, True), (256, 1, True, True))
+        for batch_size, copies, free, near in (*runs, (256, 1, True, False)):
             copied = Catalogue(catalogue.root, repeated(items, copies), [])
-            summary = measure_ingest(settings, large, copied, Path(tmp), batch_size, free=free)
+            summary = measure_ingest(settings, large, copied, Path(tmp), batch_size, free=free, near_duplicates=near)
             ingest_rate = summary.ingested / summary.seconds
             name = "ingest_whole_catalogue" if copies == 1 else f"ingest_catalogue_x{copies}"
             emit(
-                f"{name}_free_encoder" if free else name,
+                name + ("_free_encoder" if free else "") + ("" if near else "_no_near_duplicates"),
                 checkpoint="large",
                 batch_size=batch_size,
                 items=len(copied.items),
@@ -175,6 +180,13 @@ def main() -> None:
                 near_duplicates=summary.near_duplicates,
                 stages_s={name: round(seconds, 3) for name, seconds in summary.stages.items()},
             )
+        rate = read_rate(settings, large, items)
+        emit(
+            "ingest_read_stage_alone",
+            batch_size=256,
+            images_per_s=round(rate, 1),
+            vs_pil_decode=round(rate / decode, 3),
+        )
         for on_device in () if args.no_small else (True, False):  # the small preset both ways: the data paths
             finetune_figure("small", on_device, items, Path(tmp), device, settings, args.quick)
 
@@ -224,12 +236,38 @@ def median_train_s(history: list[dict]) -> float | None:
     return round(times[len(times) // 2], 3) if times else None
 
 
+def read_rate(settings: Settings, checkpoint: Path, items: list[CatalogueItem], batch_size: int = 256) -> float:
+    """Images a second that ingest's decode workers deliver to a main process doing nothing else:
+    the read stage's own ceiling (no model, no writer thread)."""
+    encoder = ImageEncoder.from_settings(settings.with_overrides(model_checkpoint=checkpoint))
+    device = encoder.placement.device
+    started = time.perf_counter()
+    batches = iter_batches(
+        items,
+        {},
+        encoder.worker_preprocess,
+        max_pixels=settings.max_image_pixels,
+        batch_size=batch_size,
+        workers=default_workers(device),
+        pin_memory=device.type == "cuda",
+    )
+    count = sum(len(batch.decoded) for batch in batches)
+    return count / (time.perf_counter() - started)
+
+
 def measure_ingest(
-    settings: Settings, checkpoint: Path, catalogue: Catalogue, tmp: Path, batch_size: int, *, free: bool = False
+    settings: Settings,
+    checkpoint: Path,
+    catalogue: Catalogue,
+    tmp: Path,
+    batch_size: int,
+    *,
+    free: bool = False,
+    near_duplicates: bool = True,
 ) -> IngestSummary:
     """Ingest as `python -m ingest` runs it (decode workers, batches, near-duplicate check), into
     a fresh embedded store; ``free``: with a forward pass that costs nothing (`FreeEncoder`)."""
-    run = f"{batch_size}-{len(catalogue.items)}{'-free' if free else ''}"
+    run = f"{batch_size}-{len(catalogue.items)}{'-free' if free else ''}{'' if near_duplicates else '-no-near'}"
     store_path = tmp / f"qdrant-{run}"
     run_settings = settings.with_overrides(model_checkpoint=checkpoint, qdrant_path=store_path, qdrant_url=None)
     encoder = ImageEncoder.from_settings(run_settings)
@@ -243,7 +281,7 @@ def measure_ingest(
             batch_size=batch_size,
             workers=default_workers(device),
             progress=False,
-            near_duplicates=NearDuplicateRule.from_settings(run_settings),
+            near_duplicates=NearDuplicateRule.from_settings(run_settings) if near_duplicates else None,
         )
         summary = ingest(catalogue, encoder, store, report, options)
     finally:
