@@ -451,3 +451,16 @@ def test_ingest_on_the_onnx_runtime_stores_torchs_vectors(catalogue_dir, encoder
     (torch_rows, torch_colours, torch_labels), (onnx_rows, onnx_colours, onnx_labels) = stores["torch"], stores["onnx"]
     assert torch_labels == onnx_labels and np.array_equal(torch_colours, onnx_colours)
     assert (torch_rows * onnx_rows).sum(axis=1).min() >= 0.9999
+
+
+def test_the_near_duplicate_products_hold_numpy_to_one_blas_thread_and_give_it_back():
+    from ingest.duplicates import BLAS, one_blas_thread
+
+    def blas_threads() -> list[int]:
+        return [library.num_threads for library in BLAS.select(user_api="blas").lib_controllers]
+
+    before = blas_threads()
+    assert before, "numpy loaded no BLAS library that threadpoolctl can see"
+    with one_blas_thread():
+        assert blas_threads() == [1] * len(before)
+    assert blas_threads() == before
