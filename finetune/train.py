@@ -54,16 +54,16 @@ class WeightAverage:
         self.decay, self.updates = decay, 0
         self._live = model.state_dict()  # views of the model's own tensors: updated in place
         self.state = {name: tensor.detach().clone() for name, tensor in self._live.items()}
-        self._floats = [name for name, tensor in self.state.items() if tensor.is_floating_point()]
+        floats = [name for name, tensor in self.state.items() if tensor.is_floating_point()]
+        self._averaged = ([self.state[name] for name in floats], [self._live[name] for name in floats])
+        self._copied = [(self.state[name], self._live[name]) for name in self.state if name not in floats]
 
     def update(self) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        averaged, live = [self.state[name] for name in self._floats], [self._live[name] for name in self._floats]
-        torch._foreach_lerp_(averaged, live, 1 - decay)
-        for name, tensor in self.state.items():
-            if not tensor.is_floating_point():  # BatchNorm's step counters
-                tensor.copy_(self._live[name])
+        torch._foreach_lerp_(*self._averaged, 1 - decay)
+        for averaged, live in self._copied:  # BatchNorm's step counters: copied, not averaged
+            averaged.copy_(live)
 
     @contextlib.contextmanager
     def swapped_in(self, model: torch.nn.Module) -> Iterator[None]:

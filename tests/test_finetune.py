@@ -730,3 +730,36 @@ def test_fine_tuning_with_cutmix_and_a_weight_average_learns_and_evaluates_the_a
     assert result.metrics["overall"]["P@4"] > 0.5
     assert all(torch.equal(e, a) for e, a in zip(evaluated, averaged, strict=True))  # the average is evaluated
     assert not torch.equal(evaluated[-1], trained[-1])  # and training goes on with its own weights
+
+
+def test_a_resumed_run_goes_on_with_the_weight_average_it_saved(shapes_dir, tmp_path, monkeypatch):
+    import finetune.run as run
+    from finetune.train import WeightAverage
+
+    source = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
+    items, config = read_catalogue(shapes_dir).items, dataclasses.replace(FAST, epochs=4, ema_decay=0.9)
+    save = run.EpochLoop._save_resume_state
+
+    def save_then_crash(self):
+        save(self)
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(run.EpochLoop, "_save_resume_state", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        fine_tune(items, source, tmp_path / "run", config, max_pixels=10**7)
+    saved = torch.load(tmp_path / "run" / "resume.pt", weights_only=True)["average"]
+    assert saved["updates"] > 0
+    monkeypatch.setattr(run.EpochLoop, "_save_resume_state", save)
+    first_update = []
+    update = WeightAverage.update
+
+    def recording(self):
+        if not first_update:
+            first_update.append((self.updates, self.state["head.weight"].clone()))
+        update(self)
+
+    monkeypatch.setattr(WeightAverage, "update", recording)
+    fine_tune(items, source, tmp_path / "run", config, max_pixels=10**7)
+    updates, head = first_update[0]
+    assert updates == saved["updates"] and torch.equal(head, saved["state"]["head.weight"])
