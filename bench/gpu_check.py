@@ -9,8 +9,9 @@ into a fresh embedded store (the catalogue at two batch sizes, then four times o
 a forward pass that costs nothing: the pipeline alone, with and without the near-duplicate
 check; then the decode workers alone, feeding a main process that does nothing else), against
 the decode rate (goal: >= 0.8x, i.e. the forward pass is not the bottleneck); then the small
-preset, data held on the device and from PIL workers (``--no-small``: not). ``--quick`` shrinks everything so the
-script itself can be checked on a CPU in a minute. On a lent accelerator: `make device-pack`.
+preset, data held on the device and from PIL workers (not with ``--no-small``). ``--quick``
+shrinks everything so the script itself can be checked on a CPU in a minute. On a lent
+accelerator: `make device-pack`.
 """
 
 from __future__ import annotations
@@ -158,8 +159,8 @@ def main() -> None:
         large = finetune_figure("large", True, items, Path(tmp), device, settings, args.quick)
         # x4: the catalogue four times under new ids, so start-up costs weigh less than in 2,607 photos.
         # free: the forward pass replaced by random vectors, what the pipeline reaches without the model.
-        # no_near_duplicates: without the check on the writer thread, whose work holds the GIL
-        # that the main thread needs to receive the workers' chunks.
+        # no_near_duplicates: without the writer thread's check, whose work (and, before it held
+        # numpy to one BLAS thread, its BLAS threads) competed with the workers and the main thread.
         runs = ((64, 1, False, True), (256, 1, False, True), (256, 4, False, True), (256, 1, True, True))
         for batch_size, copies, free, near in (*runs, (256, 1, True, False)):
             copied = Catalogue(catalogue.root, repeated(items, copies), [])
