@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from lookalike.catalogue import CatalogueItem
 from lookalike.encoder import Normalisation, Preprocess, split_normalisation
-from lookalike.errors import InvalidImage
+from lookalike.errors import CatalogueError, InvalidImage
 from lookalike.images import decode_image, read_bytes
 
 QUERY_FRACTION = 0.2
@@ -155,6 +155,17 @@ class ImageCache:
     def with_pixels(self, transform: Preprocess, device: torch.device) -> ImageCache:
         """This cache with its images through ``transform`` once, kept on ``device`` (`Pixels`)."""
         return replace(self, pixels=Pixels.of(self.images, transform, device))
+
+
+def require_scorable(queries: ImageCache, gallery: ImageCache | None) -> None:
+    """Refuse in words a split that retrieval cannot be scored on (every category with one
+    readable photo, say) instead of failing inside the metrics; ``gallery`` None: leave-one-out."""
+    if gallery is None and len(queries.images) < 2:
+        raise CatalogueError(f"{len(queries.images)} readable photo(s): each query needs another photo to rank")
+    if not queries.images:
+        raise CatalogueError("no held-out queries: scoring needs a category with at least two readable photos")
+    if gallery is not None and not gallery.images:
+        raise CatalogueError("no readable gallery photos to rank the held-out queries against")
 
 
 class LabelledImages(Dataset):

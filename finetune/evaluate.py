@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from finetune.data import LABELS, ImageCache, label_of, split_by_holdout, split_catalogue
+from finetune.data import LABELS, ImageCache, label_of, require_scorable, split_by_holdout, split_catalogue
 from finetune.model import linear_projection
 from lookalike.catalogue import CatalogueItem, read_catalogue
 from lookalike.checkpoint import read_base_source, read_classes, read_info
@@ -275,7 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     results, sections = {}, []
     for title, (items, leave_one_out) in parts.items():
-        queries, gallery = _queries_and_gallery(items, leave_one_out, args.label, settings.max_image_pixels)
+        try:
+            queries, gallery = _queries_and_gallery(items, leave_one_out, args.label, settings.max_image_pixels)
+        except LookalikeError as e:
+            print(f"evaluate: error: {title}: {e.message}", file=sys.stderr)
+            return 2
         report = evaluate_candidates(queries, gallery, candidates, args.colour_weights, args.label)
         split_info = {"queries": len(queries.items), "gallery": None if gallery is None else len(gallery.items)}
         results[title] = {"split": split_info, "models": report}
@@ -299,9 +303,14 @@ def _queries_and_gallery(
     """The fixed query/gallery split; or, for categories no checkpoint trained on, every photo as a
     query against all the others (137 -> 673 queries on the shared catalogue: less noise)."""
     if leave_one_out:
-        return ImageCache.load(list(items), None, max_pixels), None
+        photos = ImageCache.load(list(items), None, max_pixels)
+        require_scorable(photos, None)
+        return photos, None
     split = split_catalogue(items, label=label)
-    return ImageCache.load(split.queries, None, max_pixels), ImageCache.load(split.gallery, None, max_pixels)
+    queries = ImageCache.load(split.queries, None, max_pixels)
+    gallery = ImageCache.load(split.gallery, None, max_pixels)
+    require_scorable(queries, gallery)
+    return queries, gallery
 
 
 def _warn_if_trained_on(checkpoint: Path | None, unseen: set[str]) -> None:

@@ -22,7 +22,15 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from tqdm import tqdm
 
-from finetune.data import ImageCache, LabelledImages, Split, catalogue_fingerprint, label_of, split_catalogue
+from finetune.data import (
+    ImageCache,
+    LabelledImages,
+    Split,
+    catalogue_fingerprint,
+    label_of,
+    require_scorable,
+    split_catalogue,
+)
 from finetune.device_data import DeviceBatches
 from finetune.export import export_checkpoint
 from finetune.model import RetrievalModel, linear_projection
@@ -140,16 +148,17 @@ def fine_tune(
         "data ready", extra={"gallery": len(gallery.images), "queries": len(queries.images), "classes": len(classes)}
     )
 
+    if len(gallery.images) < config.batch_size:  # also before anything reads the first image
+        raise CatalogueError(
+            f"{len(gallery.images)} training images are fewer than one batch of {config.batch_size}: "
+            "pass a smaller --batch-size"
+        )
+    require_scorable(queries, gallery)
     dim = int(_embedding_dim(clip.visual, val_transform, gallery))
     model = RetrievalModel(clip.visual, dim, len(classes), config.head_scale, config.margin, config.embedding)
     model.to(device, memory_format=torch.channels_last)
     start_state = copy.deepcopy(clip.visual.state_dict())
     loader = _training_batches(clip, gallery, train_transform, classes, side, config, device)
-    if len(loader) == 0:
-        raise CatalogueError(
-            f"{len(gallery.images)} training images are fewer than one batch of {config.batch_size}: "
-            "pass a smaller --batch-size"
-        )
     # The per-epoch evaluation reads its images through the val transform once, not every time.
     queries, eval_gallery = queries.with_pixels(val_transform, device), gallery.with_pixels(val_transform, device)
     placement = Placement(device, _training_precision(model, loader, config, device))

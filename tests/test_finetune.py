@@ -648,6 +648,33 @@ def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(shapes_dir, tmp
     assert last.startswith("finetune: error: ") and str(blocker) in last
 
 
+@pytest.mark.parametrize(
+    ("photos", "message"),
+    [
+        ({"disc": 1, "box": 1, "bar": 1}, "no held-out queries"),  # a category's one photo joins the gallery
+        ({"disc": 2}, "training images are fewer than one batch"),  # after the only gallery photo failed
+    ],
+)
+def test_a_catalogue_nothing_can_be_scored_on_is_one_line_and_exit_2(photos, message, tmp_path, monkeypatch, capsys):
+    """Both stopped with a traceback from inside the metrics or the first gallery image."""
+    monkeypatch.setenv("MODEL_NAME", TEST_MODEL)
+    monkeypatch.setenv("MODEL_PRETRAINED", "")
+    rng = random.Random(3)
+    for shape, count in photos.items():
+        (tmp_path / "cat" / shape).mkdir(parents=True)
+        for index in range(count):
+            draw_shape(shape, rng).save(tmp_path / "cat" / shape / f"{index}.png")
+    gallery = split_catalogue(read_catalogue(tmp_path / "cat").items).gallery
+    if len(photos) == 1:
+        gallery[0].path.write_bytes(b"not an image")
+    args = [str(tmp_path / "cat"), "--preset", "model", "--output", str(tmp_path / "out"), "--batch-size", "2"]
+    assert finetune_main([*args, "--epochs", "1", "--no-progress"]) == 2
+    assert message in capsys.readouterr().err.splitlines()[-1]
+    assert evaluate_main([str(tmp_path / "cat"), "--output-dir", str(tmp_path / "reports")]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("evaluate: error: all categories: no ")
+
+
 def test_cutmix_pastes_one_box_of_the_mirrored_image_and_shares_the_loss_by_its_area():
     from finetune.train import cut_and_mix
 
