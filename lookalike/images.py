@@ -31,6 +31,16 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: Longest side over shorter side accepted, for a photo and for a region of one. No product photo is
+#: shaped so, and every encoder scales the shorter side to its input size: a 1x20000 PNG of 161
+#: bytes became 128 x 2,560,000 pixels (2.2 GB, 2.8 s), and a sliver of a few more bytes, more.
+MAX_ASPECT_RATIO = 50
+
+
+def too_elongated(width: int, height: int) -> bool:
+    return max(width, height) > MAX_ASPECT_RATIO * min(width, height)
+
+
 #: Decoded images keep at least this many pixels on their shorter side, no more than twice that:
 #: every consumer (the encoder at 112-224 px, the colour histogram, the contact sheet) needs
 #: fewer, and a 6300x6300 PNG costs ~0.5 GB decoded whole and converted at full size.
@@ -114,6 +124,8 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
                 f"image has {width}x{height} = {width * height:,} pixels, more than the "
                 f"limit of {max_pixels:,} (MAX_IMAGE_PIXELS)"
             )
+        if too_elongated(width, height):
+            raise InvalidImage(f"image is {width}x{height}: sides more than {MAX_ASPECT_RATIO}:1 apart are refused")
         large = width * height > LARGE_PIXELS
         try:
             with _large_decodes if large else contextlib.nullcontext():

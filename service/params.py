@@ -25,6 +25,7 @@ from pydantic import (
 from werkzeug.datastructures import MultiDict
 
 from lookalike.errors import InvalidRequest
+from lookalike.images import MAX_ASPECT_RATIO, too_elongated
 from lookalike.queries import FUSION_CANDIDATES, Boost, Range, Ranking, SearchFilter
 
 FILTER_PREFIX = "filter."
@@ -202,12 +203,15 @@ def _checked(box: Sequence[float]) -> Box:
 
 
 def crop_to(image: Image.Image, box: Box) -> Image.Image:
-    """The region ``box`` (fractions) of the photo; 400 when it is a few pixels only."""
+    """The region ``box`` (fractions) of the photo; 400 when it is a few pixels only or a sliver."""
     width, height = image.size
     region = (round(box[0] * width), round(box[1] * height), round(box[2] * width), round(box[3] * height))
-    if min(region[2] - region[0], region[3] - region[1]) < MIN_BOX_PIXELS:
-        shown = ",".join(f"{v:g}" for v in box)
+    sides = (region[2] - region[0], region[3] - region[1])
+    shown = ",".join(f"{v:g}" for v in box)
+    if min(sides) < MIN_BOX_PIXELS:
         raise InvalidRequest(f"box {shown} is under {MIN_BOX_PIXELS} pixels of this {width}x{height} photo")
+    if too_elongated(*sides):
+        raise InvalidRequest(f"box {shown}: its sides are more than {MAX_ASPECT_RATIO}:1 apart")
     return image.crop(region)
 
 

@@ -113,6 +113,15 @@ def test_a_20000_square_image_is_too_large():
         decode_image(data, max_pixels=40_000_000)
 
 
+def test_a_sliver_is_refused_before_decoding_and_fifty_to_one_is_not():
+    """Encoders scale the shorter side to their input size: a 1x20000 PNG became 2.2 GB for the model."""
+    with pytest.raises(InvalidImage, match="1x20000: sides more than 50:1"):
+        decode_image(image_bytes(Image.new("RGB", (1, 20000)), "PNG"), LIMIT)
+    with pytest.raises(InvalidImage, match="510x10"):
+        decode_image(image_bytes(Image.new("RGB", (510, 10)), "PNG"), LIMIT)
+    assert decode_image(image_bytes(Image.new("RGB", (500, 10)), "PNG"), LIMIT).size == (500, 10)
+
+
 def test_polyglot_is_judged_by_its_content():
     # A GIF header followed by HTML/JS: decodes as the GIF it starts with, or is refused; never trusted as HTML.
     gif = io.BytesIO()

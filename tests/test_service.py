@@ -176,8 +176,9 @@ def test_unknown_route_and_method_are_json(client, ingested):
         (b"", 422, "invalid_image"),
         (image_bytes(draw_item("red_round", 0))[:300], 422, "invalid_image"),
         (image_bytes(Image.new("1", (20000, 20000)), "PNG"), 413, "image_too_large"),
+        (image_bytes(Image.new("RGB", (1, 20000)), "PNG"), 422, "invalid_image"),  # 2.2 GB for the model
     ],
-    ids=["text", "svg", "empty", "truncated", "bomb"],
+    ids=["text", "svg", "empty", "truncated", "bomb", "sliver"],
 )
 def test_bad_uploads_get_their_4xx(client, ingested, data, status, code):
     response = client.post("/v1/search", data=upload(data), content_type="multipart/form-data")
@@ -740,6 +741,10 @@ def test_a_box_searches_with_that_region_of_the_photo(client, ingested):
 
     assert first_category("0,0,0.5,1") == "red_round"
     assert first_category("0.5,0,1,1") == "blue_bar"
+    tall = Image.new("RGB", (48, 1000), "white")  # a box 8 px wide of it is a sliver (1:125)
+    sliver = client.post("/v1/search", data={**upload(tall), "box": "0,0,0.17,1"}, content_type="multipart/form-data")
+    assert_error(sliver, 400, "invalid_request")
+    assert "50:1" in sliver.get_json()["error"]["message"]
     for bad in ("0.5,0,0.4,1", "0,0,1", "a,b,c,d", "0,0,1.5,1", "0,0,0.01,1"):
         response = client.post("/v1/search", data={**upload(photo), "box": bad}, content_type="multipart/form-data")
         assert response.status_code == 400, bad
