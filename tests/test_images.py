@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from lookalike.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
-from lookalike.images import WORKING_SHORT_SIDE, decode_image, image_format
+from lookalike.images import MAX_JPEG_SCANS, WORKING_SHORT_SIDE, decode_image, image_format, jpeg_scans
 from tests.conftest import image_bytes
 
 LIMIT = 10_000_000
@@ -120,6 +120,19 @@ def test_a_sliver_is_refused_before_decoding_and_fifty_to_one_is_not():
     with pytest.raises(InvalidImage, match="510x10"):
         decode_image(image_bytes(Image.new("RGB", (510, 10)), "PNG"), LIMIT)
     assert decode_image(image_bytes(Image.new("RGB", (500, 10)), "PNG"), LIMIT).size == (500, 10)
+
+
+def test_a_jpeg_of_too_many_scans_is_refused_before_decoding_and_a_progressive_one_is_not():
+    """Each scan is a pass over the whole image: repeating the last one 300 times (18 KB) made a
+    6000x6000 JPEG take 6.6 s to decode, and a few MB of them would pin a core for many minutes."""
+    progressive = image_bytes(Image.new("RGB", (64, 64), (120, 30, 200)), "JPEG", progressive=True)
+    assert jpeg_scans(progressive) == 10
+    assert decode_image(progressive, LIMIT).size == (64, 64)
+    body = progressive[:-2]  # without the end-of-image marker
+    last_scan = body[body.rindex(b"\xff\xda") :]
+    repeated = body + last_scan * (MAX_JPEG_SCANS - 9) + b"\xff\xd9"
+    with pytest.raises(InvalidImage, match=f"JPEG of {MAX_JPEG_SCANS + 1} scans"):
+        decode_image(repeated, LIMIT)
 
 
 def test_polyglot_is_judged_by_its_content():
