@@ -177,9 +177,9 @@ def already_trained(output: Path, source: ModelSource, config: TrainingConfig) -
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    settings = Settings()
-    configure_logging(settings.log_level)
     try:
+        settings = Settings.from_env()
+        configure_logging(settings.log_level)
         catalogue = read_catalogue(args.catalogue or settings.catalogue_source())
         items = split_by_holdout(catalogue.items)[0] if args.holdout_categories else catalogue.items
         if args.label == "product" and not any(item.product_id for item in items):

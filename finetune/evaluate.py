@@ -258,9 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         "others) and, separately, on the categories trained on (their fixed query/gallery split)",
     )
     args = parser.parse_args(argv)
-    settings = Settings()
     configure_logging("WARNING")
     try:
+        settings = Settings.from_env()
         catalogue = read_catalogue(args.catalogue or settings.catalogue_source())
         candidates = build_candidates(args, settings)
     except LookalikeError as e:

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("WARNING")
     overrides = {"model_checkpoint": args.checkpoint, "model_name": args.model, "model_pretrained": args.pretrained}
     try:
-        settings = Settings().with_overrides(**{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings.from_env().with_overrides(**{k: v for k, v in overrides.items() if v is not None})
         from lookalike.model_source import ModelSource
         from lookalike.onnx_encoder import export_directory
         from lookalike.onnx_export import export_encoder

@@ -74,9 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging()  # a bad setting is logged as every other stop is
     try:
+        settings = Settings.from_env()
+        configure_logging(settings.log_level)
         return run(args, settings)
     except OSError as e:  # a path in the settings that cannot be written, a full disk
         error: LookalikeError = command_error(e)

@@ -8,7 +8,7 @@ one ``Settings`` and passes it down; deeper code takes plain arguments.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -151,6 +151,29 @@ class Settings(BaseSettings):
     @classmethod
     def _strip(cls, value: object) -> object:
         return value.strip() if isinstance(value, str) else value
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """The settings from the environment. A bad value raises `InvalidRequest` naming the
+        variable and its value, which each entry point prints in one line (not a traceback)."""
+        from pydantic import ValidationError
+
+        from lookalike.errors import InvalidRequest
+
+        try:
+            return cls()
+        except ValidationError as e:
+            problems = "; ".join(f"{cls._shown(err['loc'], err['input'])}: {err['msg']}" for err in e.errors())
+            raise InvalidRequest(f"invalid setting: {problems}") from None
+
+    @classmethod
+    def _shown(cls, location: tuple, value: object) -> str:
+        """``NAME=value`` of a validation error's variable (an item of a list: its index too);
+        a secret's value is never shown."""
+        field = cls.model_fields.get(str(location[0]))
+        secret = field is not None and SecretStr in (field.annotation, *get_args(field.annotation))
+        name = str(location[0]).upper() + "".join(f"[{part}]" for part in location[1:])
+        return f"{name}=<hidden>" if secret else f"{name}={value!r}"
 
     def with_overrides(self, **values: object) -> Settings:
         """A copy with some fields replaced (command-line options), validated like the environment.

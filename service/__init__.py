@@ -36,7 +36,7 @@ def create_app(
     built and run on the app's inference thread (`service.inference`).
     """
     if settings is None:
-        settings = Settings()
+        settings = Settings.from_env()
         configure_logging(settings.log_level, filters=(RequestIdFilter(),))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes

@@ -5,13 +5,18 @@ with threads; with a Qdrant server, WEB_CONCURRENCY workers each hold their own 
 """
 
 import os
+import sys
 import tempfile
 
 from lookalike.errors import LookalikeError
 from lookalike.settings import Settings
 from lookalike.store import open_embedded
 
-_settings = Settings()
+try:
+    _settings = Settings.from_env()
+except LookalikeError as e:  # one line, not gunicorn's "Failed to read config file" and a traceback
+    print(f"lookalike: error: {e.message}", file=sys.stderr)
+    sys.exit(2)
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 # gthread, with the requests gunicorn refuses itself (too long, malformed) answered in JSON too.

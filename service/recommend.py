@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.api:
             tiles = api_tiles(args.query, args.category, args.k, args.api)
         else:
-            tiles = local_tiles(args.query, args.category, args.k, Settings())
+            tiles = local_tiles(args.query, args.category, args.k, Settings.from_env())
     except (LookalikeError, httpx.HTTPError) as e:
         print(f"recommend: error: {getattr(e, 'message', e)}", file=sys.stderr)
         return 2

@@ -72,3 +72,42 @@ def test_missing_catalogue_setting_says_what_to_set():
 def test_overrides_keep_track_of_what_was_set():
     settings = Settings(_env_file=None).with_overrides(batch_size=7)
     assert "batch_size" in settings.model_fields_set and "colour_weight" not in settings.model_fields_set
+
+
+def test_a_bad_variable_is_named_with_its_value_and_a_secret_is_not_shown(monkeypatch):
+    import pytest
+
+    from lookalike.errors import InvalidRequest
+
+    monkeypatch.setenv("MAX_IMAGE_PIXELS", "-5")
+    monkeypatch.setenv("FILTERABLE_FIELDS", "brand,b@d")
+    with pytest.raises(InvalidRequest) as raised:
+        Settings.from_env()
+    assert "MAX_IMAGE_PIXELS='-5': Input should be greater than or equal to 1" in raised.value.message
+    assert "FILTERABLE_FIELDS[1]='b@d'" in raised.value.message
+    assert Settings._shown(("api_key",), "s3cret") == "API_KEY=<hidden>"
+    assert Settings._shown(("qdrant_api_key",), "s3cret") == "QDRANT_API_KEY=<hidden>"
+
+
+def test_every_entry_point_stops_on_a_bad_variable_in_one_line(monkeypatch, capsys, tmp_path):
+    """Each printed pydantic's traceback (gunicorn: "Failed to read config file" and one)."""
+    import runpy
+
+    import pytest
+
+    from finetune.__main__ import main as finetune_main
+    from finetune.evaluate import main as evaluate_main
+    from finetune.export import main as export_main
+    from ingest.__main__ import main as ingest_main
+
+    monkeypatch.setenv("DEVICE", "tpu")
+    for name, main in (("ingest", ingest_main), ("finetune", finetune_main), ("evaluate", evaluate_main)):
+        assert main([str(tmp_path)]) == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"{name}: error: invalid setting: DEVICE='tpu': " + (
+            "String should match pattern '^(auto|cpu|cuda(:[0-9]{1,2})?)$'"
+        )
+    assert export_main([]) == 2 and "DEVICE='tpu'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_path(str(Path(__file__).parent.parent / "service" / "gunicorn.conf.py"))
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.startswith("lookalike: error: invalid setting: DEVICE='tpu'")
