@@ -23,6 +23,8 @@ from typing import Any
 from lookalike.errors import CatalogueError
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
+#: Files beside the category folders with these suffixes are reported as misplaced photos.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 #: Ids appear in URL paths (`/v1/items/<id>`), so they are one path segment of safe characters.
 ITEM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}$")
 RESERVED_COLUMNS = ("id", "image", "category", "product_id")
@@ -114,11 +116,19 @@ def derive_item_id(image: str) -> str:
 
 
 def _folder_rows(root: Path) -> Iterator[dict[str, Any]]:
-    for category_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    """``<category>/<file>`` rows; a photo beside the categories or a folder inside one is a row
+    error (reported, never silently left out), hidden files are skipped."""
+    visible = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    for photo in (p for p in visible if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+        yield {"image": photo.name, "_error": "not in a category folder: images go in <category>/<file>"}
+    for category_dir in (p for p in visible if p.is_dir()):
         for image in sorted(category_dir.iterdir()):
-            if image.name.startswith(".") or image.is_dir():
+            if image.name.startswith("."):
                 continue
             relative = f"{category_dir.name}/{image.name}"
+            if image.is_dir():
+                yield {"image": relative, "_error": "a folder inside a category folder is not read: <category>/<file>"}
+                continue
             yield {"id": derive_item_id(relative), "image": relative, "category": category_dir.name}
 
 

@@ -19,6 +19,20 @@ def test_folder_items_take_their_category_from_the_folder(catalogue_dir: Path):
     assert catalogue.errors == []
 
 
+def test_photos_beside_the_categories_and_folders_inside_one_are_reported_not_left_out(catalogue_dir: Path):
+    """Both were skipped without a word: a shop's `shoes/running/` never reached the collection."""
+    (catalogue_dir / "loose.JPG").write_bytes((catalogue_dir / "green_square" / "item2.jpg").read_bytes())
+    (catalogue_dir / "README.md").write_text("notes")  # not a photo: no line
+    (catalogue_dir / "green_square" / "running").mkdir()
+    (catalogue_dir / "green_square" / ".cache").mkdir()  # hidden: skipped
+    catalogue = read_catalogue(catalogue_dir)
+    assert len(catalogue.items) == 13
+    assert [(e.item_id, e.path, e.reason.split(":")[0]) for e in catalogue.errors] == [
+        (None, "loose.JPG", "not in a category folder"),
+        (None, "green_square/running", "a folder inside a category folder is not read"),
+    ]
+
+
 def test_csv_manifest_extra_columns_become_metadata(catalogue_dir: Path):
     manifest = write_manifest(
         catalogue_dir,
