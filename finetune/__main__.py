@@ -8,10 +8,12 @@ versioned checkpoint directory; ``MODEL_CHECKPOINT=<dir>`` then makes ingest and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -23,8 +25,9 @@ from lookalike.catalogue import read_catalogue
 from lookalike.checkpoint import RESUME_FILE, is_complete, model_config, recipe_changes
 from lookalike.cli import description, float_range, int_range, positive_float, program
 from lookalike.device import resolve_device
-from lookalike.errors import CatalogueError, LookalikeError
+from lookalike.errors import CatalogueError, InvalidRequest, LookalikeError
 from lookalike.files import command_error
+from lookalike.lockfile import ProcessLock, StoreLockBusy
 from lookalike.logs import configure_logging
 from lookalike.model_source import ModelSource
 from lookalike.settings import Settings
@@ -175,6 +178,21 @@ def already_trained(output: Path, source: ModelSource, config: TrainingConfig) -
     )
 
 
+@contextlib.contextmanager
+def trained_alone(output: Path) -> Iterator[None]:
+    """Hold ``output`` for one run: two runs into one checkpoint interleave its files (one's
+    weights beside the other's metrics or ONNX export) and share the cores, each half as fast."""
+    output.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = ProcessLock(output)
+    except StoreLockBusy as e:
+        raise InvalidRequest(f"{output} is being trained by {e.holder}: wait for it or pass another --output") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -189,15 +207,16 @@ def main(argv: list[str] | None = None) -> int:
         name = source.short_name
         suffix = ("-seen" if args.holdout_categories else "") + ("-product" if args.label == "product" else "")
         output = args.output or Path("models") / f"{name}-{catalogue_fingerprint(catalogue.items)[:10]}{suffix}"
-        if is_complete(output) and not args.force:
-            message = already_trained(output, source, config)
-            print(output if args.print_checkpoint else message)
-            if args.print_checkpoint:
-                print(message, file=sys.stderr)
-            return 0
-        if args.force:
-            (output / RESUME_FILE).unlink(missing_ok=True)  # start over, whatever an earlier run left
-        result = fine_tune(items, source, output, config, settings.max_image_pixels, device)
+        with trained_alone(output):
+            if is_complete(output) and not args.force:
+                message = already_trained(output, source, config)
+                print(output if args.print_checkpoint else message)
+                if args.print_checkpoint:
+                    print(message, file=sys.stderr)
+                return 0
+            if args.force:
+                (output / RESUME_FILE).unlink(missing_ok=True)  # start over, whatever an earlier run left
+            result = fine_tune(items, source, output, config, settings.max_image_pixels, device)
     except (LookalikeError, OSError) as e:  # OSError: an --output that cannot be written, a full disk
         print(f"finetune: error: {(command_error(e) if isinstance(e, OSError) else e).message}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -24,6 +25,7 @@ from lookalike.catalogue import read_catalogue
 from lookalike.checkpoint import ResumeRefused
 from lookalike.device import Placement
 from lookalike.encoder import ImageEncoder, create_clip
+from lookalike.lockfile import ProcessLock
 from lookalike.model_source import ModelSource
 from lookalike.settings import Settings
 from tests.conftest import TEST_MODEL
@@ -673,6 +675,22 @@ def test_a_catalogue_nothing_can_be_scored_on_is_one_line_and_exit_2(photos, mes
     assert evaluate_main([str(tmp_path / "cat"), "--output-dir", str(tmp_path / "reports")]) == 2
     last = capsys.readouterr().err.splitlines()[-1]
     assert last.startswith("evaluate: error: all categories: no ")
+
+
+def test_a_second_run_into_a_checkpoint_being_trained_is_refused(shapes_dir, tmp_path, monkeypatch, capsys):
+    """Two runs into one output interleaved its files: one's weights beside the other's metrics."""
+    monkeypatch.setenv("MODEL_NAME", TEST_MODEL)
+    monkeypatch.setenv("MODEL_PRETRAINED", "")
+    output = tmp_path / "ckpt"
+    output.mkdir()
+    running = ProcessLock(output)  # as the first run holds it
+    args = [str(shapes_dir), "--preset", "model", "--output", str(output), "--epochs", "1", "--batch-size", "8"]
+    try:
+        assert finetune_main([*args, "--no-progress"]) == 2
+    finally:
+        running.release()
+    assert f"{output} is being trained by pid {os.getpid()}" in capsys.readouterr().err
+    assert sorted(path.name for path in output.iterdir()) == [".lock"]
 
 
 def test_cutmix_pastes_one_box_of_the_mirrored_image_and_shares_the_loss_by_its_area():
