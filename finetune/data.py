@@ -157,15 +157,19 @@ class ImageCache:
         return replace(self, pixels=Pixels.of(self.images, transform, device))
 
 
-def require_scorable(queries: ImageCache, gallery: ImageCache | None) -> None:
+def require_scorable(queries: ImageCache, gallery: ImageCache | None, label: str = "category") -> None:
     """Refuse in words a split that retrieval cannot be scored on (every category with one
-    readable photo, say) instead of failing inside the metrics; ``gallery`` None: leave-one-out."""
+    readable photo, say) instead of failing inside the metrics, or scoring 1.0 for any ranking
+    (one category); ``gallery`` None: leave-one-out."""
     if gallery is None and len(queries.images) < 2:
         raise CatalogueError(f"{len(queries.images)} readable photo(s): each query needs another photo to rank")
     if not queries.images:
-        raise CatalogueError("no held-out queries: scoring needs a category with at least two readable photos")
+        raise CatalogueError(f"no held-out queries: scoring needs a {label} with at least two readable photos")
     if gallery is not None and not gallery.images:
         raise CatalogueError("no readable gallery photos to rank the held-out queries against")
+    labels = {label_of(item, label) for item in [*queries.items, *(gallery.items if gallery else [])]}
+    if len(labels) < 2:
+        raise CatalogueError(f"one {label} only ({labels.pop()}): any ranking would score 1.0; scoring needs two")
 
 
 class LabelledImages(Dataset):

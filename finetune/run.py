@@ -138,7 +138,7 @@ def fine_tune(
     clip, train_transform, val_transform = create_clip(source, aug_cfg=AUGMENTATION)
     train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
     split = split_catalogue(items, label=config.label)
-    classes = sorted({label_of(item, config.label) for item in items})
+    classes = _classes(items, config.label)
     side = round(get_model_preprocess_cfg(clip)["size"][0] * CACHE_MARGIN)
     gallery, queries = (
         ImageCache.load(split.gallery, side, max_pixels),
@@ -153,7 +153,7 @@ def fine_tune(
             f"{len(gallery.images)} training images are fewer than one batch of {config.batch_size}: "
             "pass a smaller --batch-size"
         )
-    require_scorable(queries, gallery)
+    require_scorable(queries, gallery, config.label)
     dim = int(_embedding_dim(clip.visual, val_transform, gallery))
     model = RetrievalModel(clip.visual, dim, len(classes), config.head_scale, config.margin, config.embedding)
     model.to(device, memory_format=torch.channels_last)
@@ -203,6 +203,16 @@ def fine_tune(
         placement.describe(),
         info["phases_s"],
     )
+
+
+def _classes(items: list[CatalogueItem], label: str) -> list[str]:
+    """The labels to learn, two at least: one gives a zero loss, so the checkpoint would be its
+    start, and any ranking of one label's photos scores 1.0."""
+    classes = sorted({label_of(item, label) for item in items})
+    if len(classes) < 2:
+        has = f"only one ({classes[0]})" if classes else "none"
+        raise CatalogueError(f"fine-tuning learns to tell one {label} from another; the photos to train on have {has}")
+    return classes
 
 
 def _final_metrics(

@@ -379,24 +379,30 @@ def test_fine_tuning_with_the_data_on_the_device_learns(shapes_dir, tmp_path):
 
 
 def test_leave_categories_out_protocol_trains_and_reports_apart(shapes_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
     from finetune.data import holdout_categories, split_by_holdout
 
-    items = read_catalogue(shapes_dir).items
+    six = tmp_path / "six"  # two held out: one alone would score 1.0 whatever the ranking (refused)
+    for shape in SHAPES:
+        shutil.copytree(shapes_dir / shape, six / shape)
+        shutil.copytree(shapes_dir / shape, six / f"{shape}_too")
+    items = read_catalogue(six).items
     held_out = holdout_categories(items)
-    assert held_out == holdout_categories(list(reversed(items))) and len(held_out) == 1  # a third of 3, fixed
+    assert held_out == holdout_categories(list(reversed(items))) and len(held_out) == 2  # a third of 6, fixed
     seen, unseen = split_by_holdout(items)
     assert {i.category for i in unseen} == set(held_out) and not {i.category for i in seen} & set(held_out)
 
     monkeypatch.setenv("MODEL_NAME", TEST_MODEL)
     monkeypatch.setenv("MODEL_PRETRAINED", "")
     output = tmp_path / "seen-only"
-    args = [str(shapes_dir), "--preset", "model", "--holdout-categories", "--output", str(output)]
+    args = [str(six), "--preset", "model", "--holdout-categories", "--output", str(output)]
     assert finetune_main([*args, "--epochs", "2", "--batch-size", "8", "--no-progress"]) == 0
     assert set(json.loads((output / "classes.json").read_text())) == {i.category for i in seen}
     capsys.readouterr()
 
     reports = tmp_path / "reports"
-    argv = [str(shapes_dir), "--checkpoint", str(output), "--holdout-categories", "--output-dir", str(reports)]
+    argv = [str(six), "--checkpoint", str(output), "--holdout-categories", "--output-dir", str(reports)]
     assert evaluate_main(argv) == 0
     captured = capsys.readouterr()
     assert "## unseen categories (never trained on)" in captured.out and "## seen categories" in captured.out
@@ -651,14 +657,19 @@ def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(shapes_dir, tmp
 
 
 @pytest.mark.parametrize(
-    ("photos", "message"),
-    [
-        ({"disc": 1, "box": 1, "bar": 1}, "no held-out queries"),  # a category's one photo joins the gallery
-        ({"disc": 2}, "training images are fewer than one batch"),  # after the only gallery photo failed
+    ("photos", "corrupt_gallery", "trained", "evaluated"),
+    [  # a category's one photo joins the gallery: no queries
+        ({"disc": 1, "box": 1, "bar": 1}, False, "no held-out queries", "no held-out queries"),
+        ({"disc": 2, "box": 2}, True, "0 training images are fewer than one batch", "no readable gallery photos"),
+        ({"disc": 4}, False, "photos to train on have only one (disc)", "one category only (disc): any ranking"),
     ],
+    ids=["no-queries", "no-gallery", "one-category"],
 )
-def test_a_catalogue_nothing_can_be_scored_on_is_one_line_and_exit_2(photos, message, tmp_path, monkeypatch, capsys):
-    """Both stopped with a traceback from inside the metrics or the first gallery image."""
+def test_a_catalogue_nothing_can_be_learnt_or_scored_on_is_one_line_and_exit_2(
+    photos, corrupt_gallery, trained, evaluated, tmp_path, monkeypatch, capsys
+):
+    """They stopped with a traceback from inside the metrics or the first gallery image, or (one
+    category: a zero loss) saved the untrained start as a checkpoint scoring P@4 1.000."""
     monkeypatch.setenv("MODEL_NAME", TEST_MODEL)
     monkeypatch.setenv("MODEL_PRETRAINED", "")
     rng = random.Random(3)
@@ -666,15 +677,13 @@ def test_a_catalogue_nothing_can_be_scored_on_is_one_line_and_exit_2(photos, mes
         (tmp_path / "cat" / shape).mkdir(parents=True)
         for index in range(count):
             draw_shape(shape, rng).save(tmp_path / "cat" / shape / f"{index}.png")
-    gallery = split_catalogue(read_catalogue(tmp_path / "cat").items).gallery
-    if len(photos) == 1:
-        gallery[0].path.write_bytes(b"not an image")
+    for item in split_catalogue(read_catalogue(tmp_path / "cat").items).gallery if corrupt_gallery else []:
+        item.path.write_bytes(b"not an image")
     args = [str(tmp_path / "cat"), "--preset", "model", "--output", str(tmp_path / "out"), "--batch-size", "2"]
     assert finetune_main([*args, "--epochs", "1", "--no-progress"]) == 2
-    assert message in capsys.readouterr().err.splitlines()[-1]
+    assert trained in capsys.readouterr().err.splitlines()[-1]
     assert evaluate_main([str(tmp_path / "cat"), "--output-dir", str(tmp_path / "reports")]) == 2
-    last = capsys.readouterr().err.splitlines()[-1]
-    assert last.startswith("evaluate: error: all categories: no ")
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"evaluate: error: all categories: {evaluated}")
 
 
 def test_a_second_run_into_a_checkpoint_being_trained_is_refused(shapes_dir, tmp_path, monkeypatch, capsys):
