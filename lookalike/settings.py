@@ -122,7 +122,13 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = []
     #: Metadata fields the web page shows on each result tile (comma-separated), e.g. brand,price.
     display_fields: Annotated[list[str], NoDecode] = []
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", pattern=r"(?i)^(debug|info|warning|error|critical)$")
+    # gunicorn (service/gunicorn.conf.py): its address, worker processes (with a Qdrant server; one
+    # with an embedded store), threads per worker, and the seconds a worker may stay silent.
+    bind: str = Field("127.0.0.1:8000", min_length=1)
+    web_concurrency: int = Field(2, ge=1, le=256)
+    threads: int = Field(32, ge=1, le=4096)
+    timeout: int = Field(120, ge=1)
 
     @field_validator("filterable_fields", "cors_origins", "display_fields", mode="before")
     @classmethod

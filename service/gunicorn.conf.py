@@ -18,7 +18,7 @@ except LookalikeError as e:  # one line, not gunicorn's "Failed to read config f
     print(f"lookalike: error: {e.message}", file=sys.stderr)
     sys.exit(2)
 
-bind = os.environ.get("BIND", "127.0.0.1:8000")
+bind = _settings.bind
 # gthread, with the requests gunicorn refuses itself (too long, malformed) answered in JSON too.
 worker_class = "service.gunicorn_worker.JsonErrorWorker"
 # gunicorn's largest request line (its default is 4094): query strings carry lists (`exclude`,
@@ -27,13 +27,13 @@ limit_request_line = 8190
 # Threads wait on the inference thread, the store and slow networks, not on the CPU: 32 keep the
 # service answering while 20 slow clients each hold one (bench/slow_clients.py; with 4 every probe
 # failed). A body must still arrive within REQUEST_BODY_TIMEOUT_S (service/body_deadline.py).
-threads = int(os.environ.get("THREADS", "32"))
-workers = 1 if _settings.embedded else int(os.environ.get("WEB_CONCURRENCY", "2"))
+threads = _settings.threads
+workers = 1 if _settings.embedded else _settings.web_concurrency
 if workers > 1:
     # Metrics of all workers in shared files, so that any worker's /metrics sums them (set before
     # the workers import prometheus_client; see service/observability.py).
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="lookalike-metrics-"))
-timeout = int(os.environ.get("TIMEOUT", "120"))  # model load at worker start on a small CPU
+timeout = _settings.timeout  # model load at worker start on a small CPU
 graceful_timeout = 30
 accesslog = "-"
 access_log_format = '{"remote": "%(h)s", "request": "%(r)s", "status": %(s)s, "bytes": %(B)s, "ms": %(M)s}'

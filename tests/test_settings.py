@@ -111,3 +111,27 @@ def test_every_entry_point_stops_on_a_bad_variable_in_one_line(monkeypatch, caps
         runpy.run_path(str(Path(__file__).parent.parent / "service" / "gunicorn.conf.py"))
     assert stopped.value.code == 2
     assert capsys.readouterr().err.startswith("lookalike: error: invalid setting: DEVICE='tpu'")
+
+
+def test_gunicorns_knobs_and_the_log_level_are_validated_settings(monkeypatch, capsys, tmp_path):
+    """THREADS=abc and LOG_LEVEL=verbose were tracebacks (gunicorn's config, logging.setLevel)."""
+    import runpy
+
+    import pytest
+
+    monkeypatch.setenv("THREADS", "8")
+    monkeypatch.setenv("TIMEOUT", "300")
+    monkeypatch.setenv("BIND", "0.0.0.0:9000")
+    monkeypatch.setenv("QDRANT_URL", "http://qdrant:6333")  # a server: WEB_CONCURRENCY workers
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # else the config sets it for the whole run
+    config = runpy.run_path(str(Path(__file__).parent.parent / "service" / "gunicorn.conf.py"))
+    assert (config["threads"], config["timeout"], config["bind"], config["workers"]) == (8, 300, "0.0.0.0:9000", 3)
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    assert Settings.from_env().log_level == "debug"
+    for name, value in (("THREADS", "abc"), ("WEB_CONCURRENCY", "0"), ("LOG_LEVEL", "verbose")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(SystemExit):
+            runpy.run_path(str(Path(__file__).parent.parent / "service" / "gunicorn.conf.py"))
+        assert f"invalid setting: {name}='{value}'" in capsys.readouterr().err
+        monkeypatch.delenv(name)
