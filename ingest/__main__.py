@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ingest.pipeline import IngestOptions, ingest_all, reindex, seed_journal, verify
+from ingest.pipeline import IngestOptions, ingest_all, refuse_to_empty, reindex, seed_journal, verify
 from ingest.quality import calibrate_collection, quality_advice
 from ingest.report import ErrorReport
 from lookalike.backup import backup, restore
@@ -113,9 +113,8 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
         "ingest_error_report": args.error_report,
     }
     settings = settings.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
-    catalogue = read_catalogue(settings.catalogue_source())
-    if args.shard:
-        catalogue = take_shard(catalogue, Shard.parse(args.shard))
+    whole = read_catalogue(settings.catalogue_source())
+    catalogue = take_shard(whole, Shard.parse(args.shard)) if args.shard else whole
     store = VectorStore.from_settings(settings)  # first: a locked store fails before the model loads
     encoder = load_encoder(settings)
     report = ErrorReport.open(settings.ingest_error_report)
@@ -135,6 +134,8 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if encoder.random_weights and NearDuplicateRule.from_settings(settings) is not None:
         print("near-duplicate check skipped: an encoder with random weights finds unrelated photos alike")
     try:
+        if args.prune or args.reindex:
+            refuse_to_empty(whole, store)
         if args.reindex:
             summary = reindex(catalogue, journal, encoder, store, report, options, drop_old=args.drop_old)
         elif args.verify:

@@ -26,7 +26,7 @@ from ingest.decode import Batch, Decoded, iter_batches
 from ingest.duplicates import ExactDuplicates, NearDuplicates
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, CatalogueItem, Shard, take_shard
-from lookalike.errors import StoreDamaged, StoreError, StoreUnavailable
+from lookalike.errors import CatalogueError, StoreDamaged, StoreError, StoreUnavailable
 from lookalike.journal import UPLOAD, UploadJournal
 from lookalike.looks import Look
 from lookalike.points import StoredItem
@@ -258,6 +258,20 @@ def _unlisted(catalogue: Catalogue, store: VectorStore) -> list[str]:
     listed = {item.id for item in catalogue.items} | {e.item_id for e in catalogue.errors if e.item_id}
     mine = catalogue.shard.holds if catalogue.shard else lambda item_id: True  # other workers' items stay
     return [i for i in store.item_ids(image_source=catalogue.source) if i not in listed and mine(i)]
+
+
+def refuse_to_empty(catalogue: Catalogue, store: VectorStore) -> None:
+    """Before ``--prune`` or ``--reindex``: a catalogue that lists nothing (an unmounted share, a
+    feed that came out blank) while the collection holds catalogue items would remove them all.
+    Checked on the whole catalogue, before any ``--shard`` (a shard may be empty), and only then:
+    a shop that adds its items over the API alone reindexes with an empty catalogue."""
+    if catalogue.items or catalogue.errors or not store.collection_exists():
+        return
+    if next(store.item_ids(image_source=catalogue.source), None) is not None:
+        raise CatalogueError(
+            f"catalogue {catalogue.root} lists no items: --prune or --reindex would remove every catalogue item "
+            "from the collection; check that it is the right folder or manifest (a share not mounted?)"
+        )
 
 
 def ingest_all(

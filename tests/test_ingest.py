@@ -464,3 +464,29 @@ def test_the_near_duplicate_products_hold_numpy_to_one_blas_thread_and_give_it_b
     with one_blas_thread():
         assert blas_threads() == [1] * len(before)
     assert blas_threads() == before
+
+
+def test_an_empty_catalogue_cannot_prune_or_reindex_the_collection_away(cli_env, tmp_path, monkeypatch, capsys):
+    """An unmounted share is an empty folder: `--prune` deleted every catalogue item of the collection."""
+
+    def collection() -> tuple[int, str]:
+        store = VectorStore.from_settings(cli_env)
+        try:
+            return store.count(), store.physical_name()
+        finally:
+            store.close()
+
+    assert ingest_main(["--no-progress"]) == 0
+    before = collection()
+    empty = tmp_path / "unmounted"
+    empty.mkdir()
+    monkeypatch.setenv("CATALOGUE_DIR", str(empty))
+    capsys.readouterr()
+    for options in (["--prune"], ["--reindex", "--drop-old"], ["--prune", "--shard", "0/2"], ["--verify", "--prune"]):
+        assert ingest_main([*options, "--no-progress"]) == 2
+        assert "lists no items: --prune or --reindex would remove every catalogue" in capsys.readouterr().err
+    assert collection() == before == (12, before[1])  # the same collection, every item kept
+    assert ingest_main(["--no-progress"]) == 0  # without --prune an empty catalogue removes nothing
+    assert "items=12" in capsys.readouterr().out
+    monkeypatch.setenv("QDRANT_PATH", str(tmp_path / "api-only"))  # no catalogue items: nothing to lose
+    assert ingest_main(["--reindex", "--no-progress"]) == 0
