@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import logging
 import math
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -265,7 +266,11 @@ def _save(
     whitening: Whitening | None,
     info: dict[str, Any],
 ) -> None:
-    """The checkpoint the service loads, then its ONNX export."""
+    """The checkpoint the service loads, then its ONNX export (an older run's goes first: a model
+    that cannot be exported must not be served by another's)."""
+    from lookalike.onnx_encoder import EXPORT_DIR
+
+    shutil.rmtree(output / EXPORT_DIR, ignore_errors=True)
     head = ClassifierHead(model.head.weight, config.head_scale, classes)
     model_cfg = model_config(source)
     if whitening is not None:  # the saved tower ends at the whitening; the head keeps the projection

@@ -25,6 +25,7 @@ import numpy as np
 from safetensors.numpy import load_file as load_numpy
 
 from lookalike.errors import LookalikeError, ModelLoadError
+from lookalike.files import write_atomically
 from lookalike.model_source import ModelSource
 
 if TYPE_CHECKING:  # reading a checkpoint's head and info needs no torch (the ONNX runtime's API process)
@@ -148,21 +149,26 @@ def save_checkpoint(
     preprocess_cfg: dict[str, Any],
     info: dict[str, Any],
 ) -> None:
-    """Write every file, ``training.json`` last."""
+    """Write every file, each on disk before the next; ``training.json`` goes first and comes back
+    last: without it the directory is no checkpoint (`is_complete`), so a run killed or a power
+    cut while saving over an older checkpoint cannot leave one run's weights beside the other's
+    classes and metrics."""
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / INFO_FILE).unlink(missing_ok=True)  # on disk with the first file's directory sync
     config = {"model_cfg": model_cfg, "preprocess_cfg": _jsonable(preprocess_cfg)}
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    save_file({k: v.detach().contiguous().clone() for k, v in clip.state_dict().items()}, directory / WEIGHTS_FILE)
+    write_atomically(directory / CONFIG_FILE, json.dumps(config, indent=2).encode())
+    weights = {k: v.detach().contiguous().clone() for k, v in clip.state_dict().items()}
+    write_atomically(directory / WEIGHTS_FILE, save(weights))
     tensors = {"weight": head.weight.detach().contiguous(), "scale": torch.tensor(head.scale)}
     if head.projection is not None:
         tensors["projection"] = head.projection.detach().contiguous()
-    save_file(tensors, directory / HEAD_FILE)
-    (directory / CLASSES_FILE).write_text(json.dumps(head.classes, indent=2))
+    write_atomically(directory / HEAD_FILE, save(tensors))
+    write_atomically(directory / CLASSES_FILE, json.dumps(head.classes, indent=2).encode())
     (directory / RESUME_FILE).unlink(missing_ok=True)
-    (directory / INFO_FILE).write_text(json.dumps(info, indent=2))
+    write_atomically(directory / INFO_FILE, json.dumps(info, indent=2).encode())
 
 
 def save_resume_state(directory: Path, state: dict[str, Any], config: dict[str, Any]) -> None:

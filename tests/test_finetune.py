@@ -702,6 +702,43 @@ def test_a_second_run_into_a_checkpoint_being_trained_is_refused(shapes_dir, tmp
     assert sorted(path.name for path in output.iterdir()) == [".lock"]
 
 
+def test_saving_over_a_checkpoint_leaves_no_mix_of_two_runs(trained, shapes_dir, tmp_path, monkeypatch):
+    """Killed while saving over an older checkpoint, a run left the older training.json (so: a
+    finished checkpoint) beside its new weights; an export that failed left the older weights' ONNX."""
+    import shutil
+
+    import lookalike.checkpoint
+    import lookalike.onnx_export
+    from lookalike.checkpoint import WEIGHTS_FILE, is_complete
+    from lookalike.errors import ModelLoadError
+
+    output = tmp_path / "ckpt"
+    shutil.copytree(trained[0], output)
+    assert is_complete(output) and (output / "onnx").is_dir()
+    source = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
+    items, one_epoch = read_catalogue(shapes_dir).items, dataclasses.replace(FAST, epochs=1)
+    write = lookalike.checkpoint.write_atomically
+
+    def killed_at_the_weights(path: Path, data: bytes) -> None:
+        if path.name == WEIGHTS_FILE:
+            raise KeyboardInterrupt  # as a kill would stop it there
+        write(path, data)
+
+    monkeypatch.setattr(lookalike.checkpoint, "write_atomically", killed_at_the_weights)
+    with pytest.raises(KeyboardInterrupt):
+        fine_tune(items, source, output, one_epoch, max_pixels=10**7)
+    assert not is_complete(output) and not (output / "onnx").exists()
+    monkeypatch.setattr(lookalike.checkpoint, "write_atomically", write)
+
+    def cannot_export(*args, **kwargs):
+        raise ModelLoadError("this architecture has no ONNX export")
+
+    (output / "onnx").mkdir()  # as an older run's export
+    monkeypatch.setattr(lookalike.onnx_export, "export_encoder", cannot_export)
+    fine_tune(items, source, output, one_epoch, max_pixels=10**7)
+    assert is_complete(output) and not (output / "onnx").exists()
+
+
 def test_cutmix_pastes_one_box_of_the_mirrored_image_and_shares_the_loss_by_its_area():
     from finetune.train import cut_and_mix
 
