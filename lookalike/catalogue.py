@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -111,8 +112,15 @@ def take_shard(catalogue: Catalogue, shard: Shard) -> Catalogue:
 
 
 def derive_item_id(image: str) -> str:
-    """The id of an item that has none: its relative path, without suffix, '/' -> '-'."""
-    return str(PurePosixPath(image).with_suffix("")).replace("/", "-")
+    """The id of an item that has none: its relative path, without suffix, '/' -> '-'. A path an
+    id cannot spell (a space, an accent, a bracket: "Running Shoes/red shoe (2).jpg") gets an
+    ASCII form of it and a short hash of the path, so two such paths never share an id."""
+    plain = str(PurePosixPath(image).with_suffix("")).replace("/", "-")
+    if ITEM_ID_PATTERN.match(plain):
+        return plain
+    ascii_form = unicodedata.normalize("NFKD", plain).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9._:@+=-]+", "_", ascii_form).strip("_.:@+=-")[:180] or "item"
+    return f"{slug}-{hashlib.sha1(image.encode(errors='surrogateescape'), usedforsecurity=False).hexdigest()[:8]}"
 
 
 def _folder_rows(root: Path) -> Iterator[dict[str, Any]]:

@@ -33,6 +33,21 @@ def test_photos_beside_the_categories_and_folders_inside_one_are_reported_not_le
     ]
 
 
+def test_folder_and_file_names_an_id_cannot_spell_get_a_stable_id_of_their_own(tmp_path: Path):
+    """Spaces, accents and brackets in names failed every such item ("id must be 1-200 characters...")."""
+    from lookalike.catalogue import derive_item_id
+
+    for relative in ("Running Shoes/red shoe 1.jpg", "Running Shoes/red_shoe_1.jpg", "Étagères/x (2).jpg", "ok/a.jpg"):
+        (tmp_path / relative).parent.mkdir(exist_ok=True)
+        (tmp_path / relative).write_bytes(b"")
+    catalogue = read_catalogue(tmp_path)
+    ids = {item.image: item.id for item in catalogue.items}
+    assert catalogue.errors == [] and len(set(ids.values())) == 4
+    assert ids["ok/a.jpg"] == "ok-a" and ids["Running Shoes/red_shoe_1.jpg"].startswith("Running_Shoes-red_shoe_1-")
+    assert ids["Étagères/x (2).jpg"].startswith("Etageres-x_2-")
+    assert ids == {image: derive_item_id(image) for image in ids}  # the same on every run
+
+
 def test_csv_manifest_extra_columns_become_metadata(catalogue_dir: Path):
     manifest = write_manifest(
         catalogue_dir,
