@@ -275,7 +275,10 @@ def resolve_inside(root: Path, relative: str) -> Path:
     """``root / relative`` with links resolved, or ValueError if that leaves ``root``."""
     if PurePosixPath(relative).is_absolute() or Path(relative).is_absolute():
         raise ValueError(f"image path {relative!r} is absolute; paths are relative to the catalogue root")
-    path = (root / relative).resolve()
+    try:
+        path = (root / relative).resolve()
+    except (RuntimeError, OSError):  # a symlink loop: RuntimeError before Python 3.13, OSError since
+        raise ValueError(f"image path {relative!r} is a symbolic link loop") from None
     if not path.is_relative_to(root):
         raise ValueError(f"image path {relative!r} leaves the catalogue root")
     return path

@@ -76,6 +76,7 @@ def test_bad_rows_are_reported_one_by_one(catalogue_dir: Path, tmp_path: Path):
     outside = tmp_path / "secret.jpg"
     outside.write_bytes(b"x")
     (catalogue_dir / "link.jpg").symlink_to(outside)
+    (catalogue_dir / "loop.jpg").symlink_to(catalogue_dir / "loop.jpg")  # stopped the whole read with a traceback
     rows = [
         {"id": "ok", "image": "red_round/item0.jpg", "category": "ball"},
         {"id": "dup", "image": "red_round/item1.jpg", "category": "ball"},
@@ -83,6 +84,7 @@ def test_bad_rows_are_reported_one_by_one(catalogue_dir: Path, tmp_path: Path):
         {"id": "up", "image": "../secret.jpg", "category": "ball"},
         {"id": "abs", "image": str(outside), "category": "ball"},
         {"id": "link", "image": "link.jpg", "category": "ball"},
+        {"id": "loop", "image": "loop.jpg", "category": "ball"},
         {"id": "nocat", "image": "red_round/item3.jpg", "category": ""},
         {"id": "bad/id", "image": "red_round/item3.jpg", "category": "ball"},
     ]
@@ -93,6 +95,7 @@ def test_bad_rows_are_reported_one_by_one(catalogue_dir: Path, tmp_path: Path):
     assert "leaves the catalogue root" in reasons["up"]
     assert "absolute" in reasons["abs"]
     assert "leaves the catalogue root" in reasons["link"]
+    assert "symbolic link loop" in reasons["loop"]
     assert "no category" in reasons["nocat"]
     assert "must be" in reasons["bad/id"]
 

@@ -427,6 +427,9 @@ def test_image_symlinked_outside_the_catalogue_is_404(client, ingested, catalogu
     target.unlink()
     target.symlink_to(secret)  # swapped after ingest
     assert_error(client.get("/v1/items/blue_bar-2/image"), 404, "item_not_found")
+    target.unlink()
+    target.symlink_to(target)  # a loop: a 500 before
+    assert_error(client.get("/v1/items/blue_bar-2/image"), 404, "item_not_found")
 
 
 def test_unreachable_qdrant_server_is_503_with_retry_after(settings, encoder):
