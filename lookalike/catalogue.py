@@ -130,7 +130,12 @@ def _folder_rows(root: Path) -> Iterator[dict[str, Any]]:
     for photo in (p for p in visible if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
         yield {"image": photo.name, "_error": "not in a category folder: images go in <category>/<file>"}
     for category_dir in (p for p in visible if p.is_dir()):
-        for image in sorted(category_dir.iterdir()):
+        try:
+            images = sorted(category_dir.iterdir())
+        except OSError as e:  # one unreadable category fails its own row, not the catalogue
+            yield {"image": category_dir.name, "_error": f"cannot read the category folder: {e.strerror or e}"}
+            continue
+        for image in images:
             if image.name.startswith("."):
                 continue
             relative = f"{category_dir.name}/{image.name}"

@@ -48,6 +48,23 @@ def test_folder_and_file_names_an_id_cannot_spell_get_a_stable_id_of_their_own(t
     assert ids == {image: derive_item_id(image) for image in ids}  # the same on every run
 
 
+def test_an_unreadable_category_folder_fails_its_own_row_only(catalogue_dir: Path, monkeypatch):
+    """A folder the ingest user may not list stopped the whole catalogue (as root, simulated)."""
+    iterdir = Path.iterdir
+
+    def refused(path: Path):
+        if path.name == "blue_bar":
+            raise PermissionError(13, "Permission denied")
+        return iterdir(path)
+
+    monkeypatch.setattr(Path, "iterdir", refused)
+    catalogue = read_catalogue(catalogue_dir)
+    assert len(catalogue.items) == 9 and {item.category for item in catalogue.items} == {"red_round", "green_square"}
+    assert [(e.path, e.reason) for e in catalogue.errors] == [
+        ("blue_bar", "cannot read the category folder: Permission denied")
+    ]
+
+
 def test_csv_manifest_extra_columns_become_metadata(catalogue_dir: Path):
     manifest = write_manifest(
         catalogue_dir,
