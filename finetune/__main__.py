@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"use it: MODEL_CHECKPOINT={result.output}", file=out)
     if result.stopped_by_budget:
         preset = preset_for(args.preset, settings, resolve_device(settings.device))
-        print(budget_note(result, config, overall["P@4"], f"--preset {preset}" if preset else ""), file=out)
+        arguments = rerun_arguments(sys.argv[1:] if argv is None else argv, preset)
+        print(budget_note(result, config, overall["P@4"], arguments), file=out)
     return 0
 
 
@@ -243,17 +245,39 @@ def _unwhitened(metrics: dict) -> str:
     return f" unwhitened_P@4={before['P@4']:.3f} unwhitened_mAP@R={before['mAP@R']:.3f}" if before else ""
 
 
-def budget_note(result, config: TrainingConfig, p_at_4: float, preset_option: str) -> str:
-    """One line for whoever watches `make demo`: the budget held fewer epochs, and the budget that
-    holds them all at this run's pace, a tenth more for a pace that varies (on a CPU without bf16,
-    28 minutes held 36 of 90 epochs of the small preset: all 90 need 77, not twice 28)."""
+def budget_note(result, config: TrainingConfig, p_at_4: float, arguments: list[str]) -> str:
+    """One line for whoever watches `make demo`: the budget held fewer epochs, and the command that
+    trains them all, this run's ``arguments`` with the budget that holds every epoch at this run's
+    pace, a tenth more for a pace that varies (on a CPU without bf16, 28 minutes held 36 of 90
+    epochs of the small preset: all 90 need 77, not twice 28)."""
     per_epoch = (config.max_minutes or 0) / max(result.epochs_run, 1)
     enough = math.ceil(1.1 * per_epoch * result.epochs_planned)
+    command = shlex.join(["python", "-m", "finetune", *arguments, "--max-minutes", str(enough), "--force"])
     return (
         f"note: the {config.max_minutes:g}-minute budget held {result.epochs_run} of {result.epochs_planned} "
         f"planned epochs on {result.placement} (best epoch {result.best_epoch}, held-out P@4 {p_at_4:.3f}); "
-        f"to train all {result.epochs_planned}: python -m finetune {preset_option} --max-minutes {enough} --force"
+        f"to train all {result.epochs_planned}: {command}"
     )
+
+
+#: Options the note's command sets itself or leaves out, with the number of values each takes.
+NOTE_REPLACES = {"--max-minutes": 1, "--preset": 1, "--force": 0, "--print-checkpoint": 0}
+
+
+def rerun_arguments(argv: list[str], preset: str | None) -> list[str]:
+    """This run's arguments (its catalogue, --output, recipe options) for the note's command,
+    without the options it sets itself, and the preset `auto` stood for."""
+    kept: list[str] = []
+    values_to_skip = 0
+    for argument in argv:
+        name, has_value, _ = argument.partition("=")
+        if values_to_skip:
+            values_to_skip -= 1
+        elif name in NOTE_REPLACES:
+            values_to_skip = 0 if has_value else NOTE_REPLACES[name]
+        else:
+            kept.append(argument)
+    return [*kept, *(["--preset", preset] if preset else [])]
 
 
 if __name__ == "__main__":

@@ -620,19 +620,24 @@ def test_a_whitened_checkpoint_keeps_the_presets_shape_and_ranks_as_training_mea
 
 
 def test_the_budget_note_names_the_budget_that_holds_every_planned_epoch():
-    from finetune.__main__ import budget_note
+    from finetune.__main__ import budget_note, rerun_arguments
     from finetune.run import TrainingResult
 
     config = dataclasses.replace(FAST, epochs=90, max_minutes=28)
 
-    def note(epochs_run: int) -> str:
+    def note(epochs_run: int, arguments: list[str]) -> str:
         result = TrainingResult(Path("m"), epochs_run, epochs_run, 1680.0, {}, 90, True, "cpu (AVX2), fp32")
-        return budget_note(result, config, 0.755, "--preset small")
+        return budget_note(result, config, 0.755, rerun_arguments(arguments, "small"))
 
-    slow = note(36)  # a CPU without bf16 instructions: 47 s an epoch
+    slow = note(36, ["--preset", "auto", "--print-checkpoint"])  # make demo, on a CPU without bf16: 47 s an epoch
     assert "the 28-minute budget held 36 of 90 planned epochs on cpu (AVX2), fp32" in slow
     assert slow.endswith("to train all 90: python -m finetune --preset small --max-minutes 77 --force")
-    assert "--max-minutes 32 --force" in note(89)  # one epoch short: a little more, not twice the budget
+    assert "--max-minutes 32 --force" in note(89, [])  # one epoch short: a little more, not twice the budget
+    # the catalogue, output and options it was given (it named the default catalogue and output)
+    given = ["my shop/cat", "--max-minutes=28", "--output", "out", "--force", "--epochs", "90", "--preset", "auto"]
+    assert note(36, given).endswith(
+        "python -m finetune 'my shop/cat' --output out --epochs 90 --preset small --max-minutes 77 --force"
+    )
 
 
 def test_cudnn_autotuning_is_on_for_gpu_training_only_and_restored():
