@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shlex
 import time
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def quality_advice(calibration: Calibration, catalogue: str, checkpoint: Path | 
     else:
         return None
     duration = "about 3 minutes on this GPU" if on_gpu else "about half an hour on 2 CPU cores"
+    catalogue = shlex.quote(catalogue)  # the line is a command to paste
     return (
         f"quality: {reason}; fine-tune on it ({duration}), then re-index: python -m finetune {catalogue} "
         f"&& MODEL_CHECKPOINT=<the checkpoint it prints> python -m ingest {catalogue} --reindex"

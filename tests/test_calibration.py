@@ -111,6 +111,10 @@ def test_the_quality_line_says_when_colour_beats_the_encoder_and_what_to_run(tmp
     line = quality_advice(weak, "shop/manifest.csv", None, on_gpu=False)
     assert "no better than colour alone (P@4 0.370 vs 0.860)" in line
     assert "python -m finetune shop/manifest.csv" in line and "--reindex" in line and "half an hour" in line
+    spaced = quality_advice(weak, "my shop/items.csv", None, on_gpu=False)  # quoted: a command to paste
+    assert (
+        "python -m finetune 'my shop/items.csv' && " in spaced and "python -m ingest 'my shop/items.csv' --re" in spaced
+    )
 
     checkpoint = tmp_path / "ckpt"
     checkpoint.mkdir()
