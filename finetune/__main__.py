@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         f"head_accuracy={result.metrics['head_accuracy']:.3f}" + _unwhitened(result.metrics),
         file=out,
     )
-    print(f"use it: MODEL_CHECKPOINT={result.output}", file=out)
+    print(f"use it: MODEL_CHECKPOINT={shlex.quote(str(result.output))}", file=out)
     if result.stopped_by_budget:
         preset = preset_for(args.preset, settings, resolve_device(settings.device))
         arguments = rerun_arguments(sys.argv[1:] if argv is None else argv, preset)

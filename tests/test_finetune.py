@@ -223,11 +223,12 @@ def test_cli_whitening_option_and_its_summary(shapes_dir, tmp_path, capsys):
 def test_cli_and_evaluate_report(shapes_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MODEL_NAME", TEST_MODEL)
     monkeypatch.setenv("MODEL_PRETRAINED", "")
-    output = tmp_path / "ckpt"
+    output = tmp_path / "my ckpt"
     args = [str(shapes_dir), "--preset", "model", "--output", str(output), "--epochs", "2", "--batch-size", "8"]
     args += ["--head-scale", "8", "--margin", "0", "--label-smoothing", "0", "--no-progress"]
     assert finetune_main(args) == 0
-    assert "heldout_P@4=" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "heldout_P@4=" in printed and f"use it: MODEL_CHECKPOINT='{output}'\n" in printed  # quoted to paste
     recipe = json.loads((output / "training.json").read_text())["training"]
     assert (recipe["head_scale"], recipe["margin"], recipe["label_smoothing"]) == (8.0, 0.0, 0.0)
     assert finetune_main(args) == 0  # cached: same catalogue, finished checkpoint
@@ -251,12 +252,12 @@ def test_cli_and_evaluate_report(shapes_dir, tmp_path, monkeypatch, capsys):
     reports = tmp_path / "reports"
     assert evaluate_main([str(shapes_dir), "--checkpoint", str(output), "--output-dir", str(reports)]) == 0
     table = capsys.readouterr().out
-    assert "fine-tuned (ckpt)" in table and "untuned (lookalike-tiny/random-init)" in table
+    assert "fine-tuned (my ckpt)" in table and "untuned (lookalike-tiny/random-init)" in table
     assert "colour histogram" in table
     report = json.loads((reports / "evaluation.json").read_text())
     models = report["models"]
-    assert set(models["fine-tuned (ckpt)"]["overall"]) == {"P@1", "P@4", "P@10", "mAP@R", "colour@4"}
-    fused = [f"fine-tuned (ckpt) + colour_weight={w}" for w in ("0.1", "0.2", "0.3", "0.5")]
+    assert set(models["fine-tuned (my ckpt)"]["overall"]) == {"P@1", "P@4", "P@10", "mAP@R", "colour@4"}
+    fused = [f"fine-tuned (my ckpt) + colour_weight={w}" for w in ("0.1", "0.2", "0.3", "0.5")]
     assert set(fused) <= set(models)
     # ranking by colour alone puts the most similar colours first: no other ranking beats its colour@4
     colour_only = models["colour histogram (HSV 8x8x8)"]["overall"]["colour@4"]
