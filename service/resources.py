@@ -6,6 +6,7 @@ Views reach them through `get_resources()`; nothing is created at import time.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 from flask import current_app
@@ -21,6 +22,8 @@ from service.inference import InferenceThread
 from service.observability import ServiceMetrics
 
 EXTENSION_KEY = "lookalike"
+#: How long `Resources.has_category` trusts its last facet count of the collection's categories.
+CATEGORIES_TTL_S = 30.0
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Resources:
     #: The collection's measured best colour weight (read with the collection check).
     calibration: Calibration | None = None
     _checking: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _categories: tuple[float, frozenset[str]] = field(default=(-CATEGORIES_TTL_S, frozenset()), repr=False)
 
     @property
     def colour_weight(self) -> float:
@@ -52,6 +56,15 @@ class Resources:
         """Embed and colour-describe photos (timed as ``kind`` of request), on the inference thread."""
         with self.metrics.encode.labels(kind).time():
             return self.inference.looks(images)
+
+    def has_category(self, name: str) -> bool:
+        """Whether the collection holds items of ``name``, by a facet count at most
+        `CATEGORIES_TTL_S` old: `category=auto` must not filter by a class it lacks."""
+        read_at, names = self._categories
+        if time.monotonic() - read_at >= CATEGORIES_TTL_S:
+            names = frozenset(category for category, _ in self.store.categories())
+            self._categories = (time.monotonic(), names)  # one assignment: threads see old or new
+        return name in names
 
     def check_collection(self, *, force: bool = False) -> None:
         """Raise a `StoreError` unless the collection exists and matches the loaded model.

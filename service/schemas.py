@@ -28,6 +28,11 @@ class PredictedCategory(BaseModel):
     probability: float
     applied: bool = Field(description="whether the search was filtered by it")
     min_probability: float
+    in_collection: bool = Field(
+        True,
+        description="whether the collection holds items of this category; a head trained on other classes "
+        "(another catalogue, or products) predicts ones it lacks, which never filter the search",
+    )
 
 
 class RegionResults(BaseModel):

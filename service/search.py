@@ -96,7 +96,8 @@ def predicted_categories(prediction: PredictedCategory | None) -> list[str] | No
 
 
 def predict_category(resources: Resources, embedding: np.ndarray) -> PredictedCategory:
-    """The head's guess; it filters the search only when it is probable enough (else unfiltered)."""
+    """The head's guess; it filters the search only when it is probable enough and a category of
+    the collection (else unfiltered)."""
     classifier = resources.encoder.classifier
     if classifier is None:
         raise InvalidRequest(
@@ -105,11 +106,13 @@ def predict_category(resources: Resources, embedding: np.ndarray) -> PredictedCa
         )
     category, probability = classifier.predict(embedding)
     threshold = resources.settings.auto_category_min_probability
+    in_collection = resources.has_category(category)  # a head trained on other classes (products, say)
     return PredictedCategory(
         category=category,
         probability=round(probability, 4),
-        applied=probability >= threshold,
+        applied=probability >= threshold and in_collection,
         min_probability=threshold,
+        in_collection=in_collection,
     )
 
 

@@ -297,11 +297,11 @@ def auto_client(settings, encoder, store, ingested, catalogue_dir):
 
     classes = ["blue_bar", "green_square", "red_round"]
     prototypes = np.stack([encoder.embed_images([draw_item(c, i) for i in range(4)]).mean(axis=0) for c in classes])
-    classifier = CategoryClassifier(classes, prototypes / np.linalg.norm(prototypes, axis=1, keepdims=True), 1000.0)
-    with_head = copy.copy(encoder)  # the same model (either runtime), with a head
-    with_head.classifier = classifier
+    prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True)
 
-    def client_with(min_probability: float):
+    def client_with(min_probability: float, names: list[str] = classes):
+        with_head = copy.copy(encoder)  # the same model (either runtime), with a head
+        with_head.classifier = CategoryClassifier(names, prototypes, 1000.0)
         app_settings = settings.model_copy(update={"auto_category_min_probability": min_probability})
         return create_app(app_settings, encoder=with_head, store=store).test_client()
 
@@ -312,7 +312,7 @@ def test_category_auto_filters_by_the_predicted_category(auto_client):
     form = {**upload(draw_item("red_round", 2)), "category": "auto", "k": "10"}
     body = auto_client(0.5).post("/v1/search", data=form, content_type="multipart/form-data").get_json()
     prediction = body["predicted_category"]
-    assert prediction["category"] == "red_round" and prediction["applied"] is True
+    assert prediction["category"] == "red_round" and prediction["applied"] is True and prediction["in_collection"]
     assert 0.5 <= prediction["probability"] <= 1
     assert {r["category"] for r in body["results"]} == {"red_round"}
 
@@ -321,6 +321,18 @@ def test_category_auto_below_the_threshold_searches_unfiltered(auto_client):
     form = {**upload(draw_item("red_round", 2)), "category": "auto", "k": "12"}
     body = auto_client(1.01 - 1e-9).post("/v1/search", data=form, content_type="multipart/form-data").get_json()
     assert body["predicted_category"]["applied"] is False
+    assert len({r["category"] for r in body["results"]}) == 3
+
+
+def test_category_auto_never_filters_by_a_class_the_collection_lacks(auto_client):
+    """A head trained on products (`--label product`) or another catalogue predicted classes that
+    are no category here: the filter matched nothing, and the search answered no results."""
+    form = {**upload(draw_item("red_round", 2)), "category": "auto", "k": "12"}
+    products = auto_client(0.5, ["sku-1", "sku-2", "sku-3"])
+    body = products.post("/v1/search", data=form, content_type="multipart/form-data").get_json()
+    prediction = body["predicted_category"]
+    assert prediction["category"] == "sku-3" and prediction["probability"] >= 0.5
+    assert prediction["applied"] is False and prediction["in_collection"] is False
     assert len({r["category"] for r in body["results"]}) == 3
 
 
