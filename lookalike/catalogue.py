@@ -22,10 +22,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lookalike.errors import CatalogueError
+from lookalike.images import image_suffixes
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
-#: Files beside the category folders with these suffixes are reported as misplaced photos.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 #: Ids appear in URL paths (`/v1/items/<id>`), so they are one path segment of safe characters.
 ITEM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}$")
 RESERVED_COLUMNS = ("id", "image", "category", "product_id")
@@ -127,7 +126,8 @@ def _folder_rows(root: Path) -> Iterator[dict[str, Any]]:
     """``<category>/<file>`` rows; a photo beside the categories or a folder inside one is a row
     error (reported, never silently left out), hidden files are skipped."""
     visible = sorted(p for p in root.iterdir() if not p.name.startswith("."))
-    for photo in (p for p in visible if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+    suffixes = image_suffixes()  # files beside the category folders with these are misplaced photos
+    for photo in (p for p in visible if p.is_file() and p.suffix.lower() in suffixes):
         yield {"image": photo.name, "_error": "not in a category folder: images go in <category>/<file>"}
     for category_dir in (p for p in visible if p.is_dir()):
         try:

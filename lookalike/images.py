@@ -22,8 +22,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lookalike.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
 
-#: Formats accepted by content sniffing; anything else (SVG, PDF, PSD, ...) is refused.
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+#: Formats accepted by content sniffing, with the extension a photo saved in each gets; anything
+#: else (SVG, PDF, PSD, HEIC, ...) is refused.
+FORMAT_EXTENSIONS = {
+    "JPEG": ".jpg",
+    "PNG": ".png",
+    "WEBP": ".webp",
+    "AVIF": ".avif",
+    "GIF": ".gif",
+    "BMP": ".bmp",
+    "TIFF": ".tif",
+}
+ALLOWED_FORMATS = tuple(FORMAT_EXTENSIONS)
 WHITE = (255, 255, 255)
 
 
@@ -185,6 +195,11 @@ def image_format(data: bytes) -> str:
     """The format of image bytes that `decode_image` accepted, e.g. "JPEG" (header only)."""
     with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
         return image.format or "unknown"
+
+
+def image_suffixes() -> frozenset[str]:
+    """The file name suffixes Pillow knows for the accepted formats (".jpg", ".jpeg", ".avif", ...)."""
+    return frozenset(suffix for suffix, fmt in Image.registered_extensions().items() if fmt in ALLOWED_FORMATS)
 
 
 def image_mimetypes() -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from flask import Blueprint, request, send_file
 
 from lookalike.catalogue import ITEM_ID_PATTERN, resolve_inside
 from lookalike.errors import CatalogueError, InvalidRequest, ItemNotFound
-from lookalike.images import image_mimetype, image_mimetypes
+from lookalike.images import FORMAT_EXTENSIONS, image_mimetype, image_mimetypes
 from lookalike.journal import UploadJournal
 from lookalike.looks import Look
 from lookalike.points import Hit, StoredItem
@@ -26,7 +26,6 @@ from service.uploads import Upload, read_upload
 
 log = logging.getLogger(__name__)
 bp = Blueprint("items", __name__, url_prefix="/v1/items")
-EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 
 #: What the image endpoint answers with: the type of the stored file, by its content.
 IMAGE_TYPES = image_mimetypes()
@@ -143,7 +142,7 @@ def delete_item(item_id: str):
 
 def _upload_name(upload: Upload) -> str:
     """Uploads are named by content: the same photo under two ids is stored once."""
-    return f"{upload.sha256}{EXTENSIONS.get(upload.format, '.img')}"
+    return f"{upload.sha256}{FORMAT_EXTENSIONS.get(upload.format, '.img')}"
 
 
 def image_path(settings: Settings, item: StoredItem) -> Path:

@@ -99,6 +99,14 @@ def test_format_is_decided_by_content():
     assert image_format(png) == "PNG"
 
 
+def test_avif_is_decoded_to_its_colours():
+    data = image_bytes(Image.new("RGB", (32, 24), (200, 30, 40)), "AVIF", quality=95)
+    assert image_format(data) == "AVIF"
+    image = decode_image(data, LIMIT)
+    red, green, blue = image.getpixel((10, 10))
+    assert image.size == (32, 24) and red > 170 and green < 60 and blue < 70
+
+
 def test_animated_webp_gives_its_first_frame():
     frames = [Image.new("RGB", (8, 8), colour) for colour in ((0, 200, 0), (200, 0, 0))]
     buffer = io.BytesIO()

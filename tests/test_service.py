@@ -218,6 +218,19 @@ def test_put_adds_an_item_that_is_then_searchable(client, ingested, auth):
     assert client.get("/v1/items/new-1").get_json()["category"] == "red_round"
 
 
+def test_an_avif_photo_is_searched_added_and_served_as_avif(client, ingested, auth):
+    """AVIF, what shops' sites serve now, was a 415 (and a failed item in a catalogue)."""
+    avif = image_bytes(draw_item("blue_bar", 3), "AVIF")
+    found = client.post("/v1/search?k=4", data=upload(avif, "p.avif"), content_type="multipart/form-data")
+    assert found.status_code == 200 and found.get_json()["results"][0]["category"] == "blue_bar"
+    form = {**upload(avif, "p.avif"), "category": "blue_bar"}
+    assert (
+        client.put("/v1/items/avif-1", data=form, headers=auth, content_type="multipart/form-data").status_code == 201
+    )
+    image = client.get("/v1/items/avif-1/image")
+    assert image.status_code == 200 and image.mimetype == "image/avif" and image.data == avif
+
+
 def test_delete_removes_the_item(client, ingested, auth):
     assert client.delete("/v1/items/red_round-3", headers=auth).get_json() == {"id": "red_round-3", "deleted": True}
     assert_error(client.get("/v1/items/red_round-3"), 404, "item_not_found")
