@@ -30,6 +30,7 @@ from lookalike.cli import description, float_list, program
 from lookalike.colour import colour_histogram
 from lookalike.encoder import ImageEncoder, load_visual
 from lookalike.errors import LookalikeError, ModelLoadError
+from lookalike.files import command_error
 from lookalike.logs import configure_logging
 from lookalike.metrics import COLOUR_K, KS, retrieval_scores
 from lookalike.model_source import ModelSource
@@ -263,23 +264,21 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         catalogue = read_catalogue(args.catalogue or settings.catalogue_source())
         candidates = build_candidates(args, settings)
-    except LookalikeError as e:
-        print(f"evaluate: error: {e.message}", file=sys.stderr)
-        return 2
+        args.output_dir.mkdir(parents=True, exist_ok=True)  # before the work, if it cannot be written
+    except (LookalikeError, OSError) as e:
+        return _stopped(e)
     if args.holdout_categories:
         seen, unseen = split_by_holdout(catalogue.items)
         parts = {"unseen categories (never trained on)": (unseen, True), "seen categories (trained on)": (seen, False)}
         _warn_if_trained_on(args.checkpoint or settings.model_checkpoint, {i.category for i in unseen})
     else:
         parts = {"all categories": (catalogue.items, False)}
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     results, sections = {}, []
     for title, (items, leave_one_out) in parts.items():
         try:
             queries, gallery = _queries_and_gallery(items, leave_one_out, args.label, settings.max_image_pixels)
         except LookalikeError as e:
-            print(f"evaluate: error: {title}: {e.message}", file=sys.stderr)
-            return 2
+            return _stopped(e, f"{title}: ")
         report = evaluate_candidates(queries, gallery, candidates, args.colour_weights, args.label)
         split_info = {"queries": len(queries.items), "gallery": None if gallery is None else len(gallery.items)}
         results[title] = {"split": split_info, "models": report}
@@ -291,10 +290,20 @@ def main(argv: list[str] | None = None) -> int:
             f"{heading}, relevant = same {args.label}\n\n{markdown(report, per_label=args.label == 'category')}"
         )
     only = next(iter(results.values())) if len(results) == 1 else {"parts": results}
-    (args.output_dir / "evaluation.json").write_text(json.dumps(only, indent=2))
-    (args.output_dir / "evaluation.md").write_text("\n\n".join(sections) + "\n")
+    try:
+        (args.output_dir / "evaluation.json").write_text(json.dumps(only, indent=2))
+        (args.output_dir / "evaluation.md").write_text("\n\n".join(sections) + "\n")
+    except OSError as e:  # a full disk
+        return _stopped(e)
     print("\n\n".join(sections))
     return 0
+
+
+def _stopped(error: LookalikeError | OSError, part: str = "") -> int:
+    """The one line a stopped evaluation prints, and its exit status."""
+    message = (command_error(error) if isinstance(error, OSError) else error).message
+    print(f"evaluate: error: {part}{message}", file=sys.stderr)
+    return 2
 
 
 def _queries_and_gallery(

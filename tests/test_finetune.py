@@ -745,6 +745,22 @@ def test_saving_over_a_checkpoint_leaves_no_mix_of_two_runs(trained, shapes_dir,
     assert is_complete(output) and not (output / "onnx").exists()
 
 
+def test_evaluate_and_export_into_a_folder_that_cannot_be_written_say_so_in_one_line(
+    trained, shapes_dir, tmp_path, monkeypatch, capsys
+):
+    """Both ended in a NotADirectoryError traceback."""
+    from finetune.export import main as export_main
+
+    monkeypatch.setenv("MODEL_NAME", TEST_MODEL)
+    monkeypatch.setenv("MODEL_PRETRAINED", "")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert evaluate_main([str(shapes_dir), "--output-dir", str(blocker / "reports")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"evaluate: error: Not a directory: {blocker / 'reports'}"
+    assert export_main(["--checkpoint", str(trained[0]), "--out", str(blocker / "onnx")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("export: error: Not a directory: ")
+
+
 def test_cutmix_pastes_one_box_of_the_mirrored_image_and_shares_the_loss_by_its_area():
     from finetune.train import cut_and_mix
 
