@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from lookalike.cli import description, program
+from lookalike.cli import description, int_range, program
 from lookalike.errors import LookalikeError
 from lookalike.images import decode_image, read_bytes
 from lookalike.looks import looks_of
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=program("service.recommend"), description=description(__doc__))
     parser.add_argument("query", help="an image file, or the id of a catalogue item")
     parser.add_argument("--category", action="append", default=[], help="only this category (repeatable)")
-    parser.add_argument("-k", type=int, default=4, help="number of recommendations (default 4)")
+    parser.add_argument("-k", type=int_range(1, 100), default=4, help="number of recommendations, 1-100 (default 4)")
     parser.add_argument("-o", "--output", type=Path, default=Path("recommendations.png"))
     parser.add_argument("--api", help="base URL of a running service, e.g. http://127.0.0.1:8000")
     args = parser.parse_args(argv)
@@ -152,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     except (LookalikeError, httpx.HTTPError) as e:
         print(f"recommend: error: {getattr(e, 'message', e)}", file=sys.stderr)
         return 2
-    contact_sheet(tiles).save(args.output)
+    try:
+        contact_sheet(tiles).save(args.output)
+    except (OSError, ValueError) as e:  # a folder that cannot be written; a suffix that is no image format
+        print(f"recommend: error: cannot write {args.output}: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {args.output} ({len(tiles) - 1} recommendations)")
     return 0
 

@@ -38,6 +38,11 @@ def test_contact_sheet_by_id_and_by_file(settings, encoder, catalogue_dir, tmp_p
 
     assert main(["no-such-item", "-o", str(tmp_path / "x.png")]) == 2
     assert "no item with id" in capsys.readouterr().err
+    # an output it cannot write, or of no image format: one line, not a traceback
+    (tmp_path / "a-file").write_text("")
+    for output in (tmp_path / "a-file" / "x.png", tmp_path / "sheet.unknown"):
+        assert main(["blue_bar-item0", "-o", str(output)]) == 2
+        assert capsys.readouterr().err.splitlines()[-1].startswith(f"recommend: error: cannot write {output}: ")
 
 
 def test_contact_sheet_through_the_api_says_what_went_wrong(tmp_path, capsys, monkeypatch):
