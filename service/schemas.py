@@ -31,7 +31,7 @@ class PredictedCategory(BaseModel):
     in_collection: bool = Field(
         True,
         description="whether the collection holds items of this category; a head trained on other classes "
-        "(another catalogue, or products) predicts ones it lacks, which never filter the search",
+        "(another catalogue's categories) predicts ones it lacks, which never filter the search",
     )
 
 

@@ -106,7 +106,7 @@ def predict_category(resources: Resources, embedding: np.ndarray) -> PredictedCa
         )
     category, probability = classifier.predict(embedding)
     threshold = resources.settings.auto_category_min_probability
-    in_collection = resources.has_category(category)  # a head trained on other classes (products, say)
+    in_collection = resources.has_category(category)  # a head trained on another catalogue's categories
     return PredictedCategory(
         category=category,
         probability=round(probability, 4),
