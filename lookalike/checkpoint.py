@@ -57,6 +57,11 @@ def require_checkpoint(directory: Path) -> None:
             f"MODEL_CHECKPOINT={directory} is not a checkpoint directory "
             f"(no {CONFIG_FILE}); point it at a folder written by `python -m finetune`"
         )
+    if not is_complete(directory):  # `save_checkpoint` writes it last: its files may be of two runs
+        raise ModelLoadError(
+            f"MODEL_CHECKPOINT={directory} is an unfinished checkpoint (no {INFO_FILE}: its run stopped "
+            "while saving it); run `python -m finetune` again"
+        )
 
 
 def read_info(directory: Path) -> dict[str, Any]:

@@ -52,5 +52,8 @@ def test_checkpoint_that_is_not_a_checkpoint_is_refused(tmp_path: Path):
 def test_corrupt_checkpoint_is_one_clear_error(tmp_path: Path):
     (tmp_path / "open_clip_config.json").write_text('{"model_cfg": {"embed_dim": 8}}')
     (tmp_path / "open_clip_model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ModelLoadError, match=r"unfinished checkpoint \(no training\.json: its run stopped"):
+        ImageEncoder.from_settings(Settings(model_checkpoint=tmp_path))  # could be weights of another run
+    (tmp_path / "training.json").write_text("{}")
     with pytest.raises(ModelLoadError, match="could not load the encoder checkpoint:"):
         ImageEncoder.from_settings(Settings(model_checkpoint=tmp_path))
