@@ -110,7 +110,7 @@ def test_every_entry_point_stops_on_a_bad_variable_in_one_line(monkeypatch, caps
     with pytest.raises(SystemExit) as stopped:
         runpy.run_path(str(Path(__file__).parent.parent / "service" / "gunicorn.conf.py"))
     assert stopped.value.code == 2
-    assert capsys.readouterr().err.startswith("lookalike: error: invalid setting: DEVICE='tpu'")
+    assert capsys.readouterr().err.splitlines()[-1].startswith("lookalike: error: invalid setting: DEVICE='tpu'")
 
 
 def test_gunicorns_knobs_and_the_log_level_are_validated_settings(monkeypatch, capsys, tmp_path):
