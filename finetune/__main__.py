@@ -27,7 +27,7 @@ from lookalike.checkpoint import RESUME_FILE, is_complete, model_config, recipe_
 from lookalike.cli import description, float_range, int_range, positive_float, program
 from lookalike.device import resolve_device
 from lookalike.errors import CatalogueError, InvalidRequest, LookalikeError
-from lookalike.files import command_error
+from lookalike.files import stop_message
 from lookalike.lockfile import ProcessLock, StoreLockBusy
 from lookalike.logs import configure_logging
 from lookalike.model_source import ModelSource
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 (output / RESUME_FILE).unlink(missing_ok=True)  # start over, whatever an earlier run left
             result = fine_tune(items, source, output, config, settings.max_image_pixels, device)
     except (LookalikeError, OSError) as e:  # OSError: an --output that cannot be written, a full disk
-        print(f"finetune: error: {(command_error(e) if isinstance(e, OSError) else e).message}", file=sys.stderr)
+        print(f"finetune: error: {stop_message(e)}", file=sys.stderr)
         return 2
     overall = result.metrics["overall"]
     out = sys.stderr if args.print_checkpoint else sys.stdout

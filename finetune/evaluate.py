@@ -30,7 +30,7 @@ from lookalike.cli import description, float_list, program
 from lookalike.colour import colour_histogram
 from lookalike.encoder import ImageEncoder, load_visual
 from lookalike.errors import LookalikeError, ModelLoadError
-from lookalike.files import command_error
+from lookalike.files import stop_message
 from lookalike.logs import configure_logging
 from lookalike.metrics import COLOUR_K, KS, retrieval_scores
 from lookalike.model_source import ModelSource
@@ -301,8 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _stopped(error: LookalikeError | OSError, part: str = "") -> int:
     """The one line a stopped evaluation prints, and its exit status."""
-    message = (command_error(error) if isinstance(error, OSError) else error).message
-    print(f"evaluate: error: {part}{message}", file=sys.stderr)
+    print(f"evaluate: error: {part}{stop_message(error)}", file=sys.stderr)
     return 2
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lookalike.cli import description, program
 from lookalike.errors import LookalikeError
-from lookalike.files import command_error
+from lookalike.files import stop_message
 from lookalike.logs import configure_logging
 from lookalike.settings import Settings
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
         report = export_encoder(ModelSource.from_settings(settings), args.out or export_directory(settings))
     except (LookalikeError, OSError) as e:  # OSError: an --out that cannot be written, a full disk
-        print(f"export: error: {(command_error(e) if isinstance(e, OSError) else e).message}", file=sys.stderr)
+        print(f"export: error: {stop_message(e)}", file=sys.stderr)
         return 2
     print(report.line())
     return 0

@@ -37,6 +37,11 @@ def command_error(error: OSError) -> LookalikeError:
     return LookalikeError(f"{error.strerror or error}" + (f": {error.filename}" if error.filename else ""))
 
 
+def stop_message(error: LookalikeError | OSError) -> str:
+    """What a command prints when ``error`` stops it (a file error as `command_error` words it)."""
+    return (command_error(error) if isinstance(error, OSError) else error).message
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Replace ``path`` by ``data`` in one step, on disk when this returns: a reader (or a restart
     after a crash or a power cut) sees the old file or the new one. On failure the temporary file
