@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ingest.pipeline import IngestOptions, ingest_all, refuse_to_empty, reindex, seed_journal, verify
+from ingest.pipeline import IngestOptions, PruneLimit, ingest_all, refuse_mass_removal, reindex, seed_journal, verify
 from ingest.quality import calibrate_collection, quality_advice
 from ingest.report import ErrorReport
 from lookalike.backup import backup, restore
@@ -39,6 +39,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="folder of category sub-folders or CSV/JSONL manifest (default: CATALOGUE_DIR)",
     )
     parser.add_argument("--prune", action="store_true", help="delete items that left the catalogue")
+    parser.add_argument(
+        "--max-prune",
+        type=prune_limit,
+        default=PruneLimit(),
+        metavar="N|P%",
+        help="with --prune or --reindex: stop before any write when more than N items or P%% of the collection's "
+        "catalogue items would be removed (default: %(default)s; a manifest cut short would remove its tail)",
+    )
     parser.add_argument(
         "--reindex", action="store_true", help="build the current model's collection anew, then switch COLLECTION to it"
     )
@@ -70,6 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shard", help="i/n: handle only slice i of n (parallel workers, Qdrant server)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
+
+
+def prune_limit(text: str) -> PruneLimit:
+    try:
+        return PruneLimit.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +150,7 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
         print("near-duplicate check skipped: an encoder with random weights finds unrelated photos alike")
     try:
         if args.prune or args.reindex:
-            refuse_to_empty(whole, store)
+            refuse_mass_removal(whole, store, args.max_prune)
         if args.reindex:
             summary = reindex(catalogue, journal, encoder, store, report, options, drop_old=args.drop_old)
         elif args.verify:

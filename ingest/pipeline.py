@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 LOOKUP_CHUNK = 256
 RETRY_ATTEMPTS = 5
 RETRY_FIRST_DELAY_S = 1.0
+#: What ``--prune`` may remove of the collection's catalogue items unless told more (`PruneLimit`).
+DEFAULT_MAX_PRUNE_PERCENT = 25.0
 
 
 @dataclass(frozen=True)
@@ -246,31 +249,74 @@ def _stored_item(item: CatalogueItem, sha256: str, model: str) -> StoredItem:
 def _prune(catalogue: Catalogue, store: VectorStore) -> int:
     """Delete items of the catalogue's source no longer listed (failing ones stay; catalogue runs
     keep items added over the API, and the other way round)."""
-    gone = _unlisted(catalogue, store)
+    gone = _unlisted(catalogue, store.item_ids(image_source=catalogue.source))
     store.delete(gone)
     for item_id in gone:
         log.info("item pruned", extra={"item_id": item_id, "source": catalogue.source})
     return len(gone)
 
 
-def _unlisted(catalogue: Catalogue, store: VectorStore) -> list[str]:
-    """Stored items of the catalogue's source (and shard) that the catalogue no longer lists."""
+def _unlisted(catalogue: Catalogue, stored_ids: Iterable[str]) -> list[str]:
+    """The stored items of the catalogue's source (and shard) that the catalogue no longer lists."""
     listed = {item.id for item in catalogue.items} | {e.item_id for e in catalogue.errors if e.item_id}
     mine = catalogue.shard.holds if catalogue.shard else lambda item_id: True  # other workers' items stay
-    return [i for i in store.item_ids(image_source=catalogue.source) if i not in listed and mine(i)]
+    return [i for i in stored_ids if i not in listed and mine(i)]
 
 
-def refuse_to_empty(catalogue: Catalogue, store: VectorStore) -> None:
-    """Before ``--prune`` or ``--reindex``: a catalogue that lists nothing (an unmounted share, a
-    feed that came out blank) while the collection holds catalogue items would remove them all.
-    Checked on the whole catalogue, before any ``--shard`` (a shard may be empty), and only then:
-    a shop that adds its items over the API alone reindexes with an empty catalogue."""
-    if catalogue.items or catalogue.errors or not store.collection_exists():
+@dataclass(frozen=True)
+class PruneLimit:
+    """How many of the collection's catalogue items one ``--prune`` or ``--reindex`` may remove: a
+    count (``500``) or a share of them (``25%``), like rsync's ``--max-delete``. A manifest cut
+    short by a failed copy lists only its head, and its tail would go as "left the catalogue"."""
+
+    count: int | None = None
+    percent: float = DEFAULT_MAX_PRUNE_PERCENT
+
+    @classmethod
+    def parse(cls, text: str) -> PruneLimit:
+        """``N`` or ``P%`` (0-100); ValueError otherwise."""
+        number = text.strip().removesuffix("%")
+        if number == text.strip():
+            if not number.isdigit():
+                raise ValueError(f"{text!r} is neither a count of items nor a percentage like 25%")
+            return cls(count=int(number))
+        try:
+            percent = float(number)
+        except ValueError:
+            percent = math.nan
+        if not 0 <= percent <= 100:
+            raise ValueError(f"{text!r} is not a percentage between 0% and 100%")
+        return cls(percent=percent)
+
+    def allows(self, removed: int, held: int) -> bool:
+        return removed <= (self.count if self.count is not None else held * self.percent / 100)
+
+    def __str__(self) -> str:
+        return str(self.count) if self.count is not None else f"{self.percent:g}%"
+
+
+def refuse_mass_removal(catalogue: Catalogue, store: VectorStore, limit: PruneLimit = PruneLimit()) -> None:
+    """Before ``--prune`` or ``--reindex``, on the whole catalogue (before any ``--shard``):
+    refuse, before any write, to remove more of the collection's catalogue items than ``limit``,
+    and always to remove them all because the catalogue lists nothing (an unmounted share, a
+    feed that came out blank). A shop with API items only reindexes with an empty catalogue."""
+    if not store.collection_exists():
         return
-    if next(store.item_ids(image_source=catalogue.source), None) is not None:
+    held = list(store.item_ids(image_source=catalogue.source))
+    if not held:
+        return
+    if not catalogue.items and not catalogue.errors:
         raise CatalogueError(
             f"catalogue {catalogue.root} lists no items: --prune or --reindex would remove every catalogue item "
             "from the collection; check that it is the right folder or manifest (a share not mounted?)"
+        )
+    removed = len(_unlisted(catalogue, held))
+    if not limit.allows(removed, len(held)):
+        raise CatalogueError(
+            f"catalogue {catalogue.root} no longer lists {removed:,} of the collection's {len(held):,} catalogue "
+            f"items ({removed / len(held):.0%}): --prune or --reindex would remove more than --max-prune {limit} "
+            "allows; check that the catalogue is whole (a manifest cut short, a copy half done?), or if so many items "
+            "really left it, run again with --max-prune 100%"
         )
 
 
@@ -388,7 +434,8 @@ def verify(
         for _, item_id, reason in unsound:
             report.damaged(item_id, reason)
         store.delete_points([point for point, _, _ in unsound])
-        for item_id in _unlisted(catalogue, store):  # reported; --prune removes them
+        stored_ids = store.item_ids(image_source=catalogue.source)
+        for item_id in _unlisted(catalogue, stored_ids):  # reported; --prune removes them
             report.stray(item_id)
     except StoreDamaged as e:
         report.damaged(None, e.message)

@@ -490,3 +490,40 @@ def test_an_empty_catalogue_cannot_prune_or_reindex_the_collection_away(cli_env,
     assert "items=12" in capsys.readouterr().out
     monkeypatch.setenv("QDRANT_PATH", str(tmp_path / "api-only"))  # no catalogue items: nothing to lose
     assert ingest_main(["--reindex", "--no-progress"]) == 0
+
+
+def test_a_manifest_cut_short_cannot_prune_its_tail_away(cli_env, monkeypatch, capsys):
+    """A manifest truncated by a failed copy lists only its head: `--prune` deleted the rest."""
+    root = cli_env.catalogue_dir
+    rows = [
+        {"id": f"{p.parent.name}-{p.stem}", "image": str(p.relative_to(root)), "category": p.parent.name}
+        for p in sorted(root.glob("*/item*.jpg"))
+    ]
+    manifest = write_manifest(root, rows)
+    monkeypatch.setenv("CATALOGUE_DIR", str(manifest))
+    assert ingest_main(["--no-progress"]) == 0
+    assert "items=12" in capsys.readouterr().out
+    text = manifest.read_text()
+    manifest.write_text(text[: len(text) * 6 // 10])  # cut mid-row: 7 whole rows and a broken one
+    listed = read_catalogue(manifest)
+    assert (len(listed.items), len(listed.errors)) == (7, 1)
+
+    for options in (["--prune"], ["--reindex", "--drop-old"], ["--prune", "--max-prune", "4"], ["--verify", "--prune"]):
+        assert ingest_main([*options, "--no-progress"]) == 2
+        assert "no longer lists 5 of the collection's 12 catalogue items (42%)" in capsys.readouterr().err
+    assert ingest_main(["--no-progress"]) == 0
+    assert "items=12" in capsys.readouterr().out  # nothing removed
+    assert ingest_main(["--prune", "--max-prune", "5", "--no-progress"]) == 0  # told: so many really left
+    assert "pruned=5" in capsys.readouterr().out
+    manifest.write_text(text)
+    assert ingest_main(["--no-progress"]) == 0
+    write_manifest(root, rows[:-2])  # two items left: within the default 25%
+    assert ingest_main(["--prune", "--no-progress"]) == 0
+    assert "pruned=2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text", ["abc", "-1", "101%", "x%", "1.5"])
+def test_max_prune_is_a_count_or_a_percentage(text, capsys):
+    with pytest.raises(SystemExit):
+        ingest_main(["--max-prune", text])
+    assert "--max-prune" in capsys.readouterr().err
