@@ -36,9 +36,10 @@ from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, CatalogueItem, read_catalogue
 from lookalike.colour import colour_histogram
 from lookalike.device import Placement, default_workers, describe_device, resolve_device
-from lookalike.encoder import ImageEncoder, Preprocess, create_clip, load_visual, split_normalisation
+from lookalike.encoder import ImageEncoder, create_clip, load_visual
 from lookalike.images import decode_image, read_bytes, sha256_hex
 from lookalike.model_source import ModelSource
+from lookalike.pixels import Preprocess, split_normalisation
 from lookalike.queries import NearDuplicateRule
 from lookalike.settings import Settings
 from lookalike.store import VectorStore

@@ -21,9 +21,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from lookalike.catalogue import CatalogueItem
-from lookalike.encoder import Normalisation, Preprocess, split_normalisation
 from lookalike.errors import CatalogueError, InvalidImage
 from lookalike.images import decode_image, read_bytes
+from lookalike.pixels import Normalisation, Preprocess, split_normalisation
 
 QUERY_FRACTION = 0.2
 SPLIT_SEED = 0

@@ -107,8 +107,7 @@ def _from_trunk(
     """``vectors`` of the trunk's pooled features of ``images``, in batches."""
     parts = []
     for start in range(0, len(images), EMBED_BATCH):
-        batch = [encoder.preprocess(image) for image in images[start : start + EMBED_BATCH]]
-        pixels = torch.stack(batch).to(encoder.placement.device, encoder.weights_dtype)
+        pixels = encoder.pixels(images[start : start + EMBED_BATCH]).to(encoder.weights_dtype)
         with torch.inference_mode():
             parts.append(vectors(encoder.visual.trunk(pixels)).cpu().numpy())
     return np.concatenate(parts)

@@ -47,9 +47,10 @@ from lookalike.checkpoint import (
     save_resume_state,
 )
 from lookalike.device import BF16, FP32, Placement, default_workers, fastest_training_precision
-from lookalike.encoder import Preprocess, create_clip
+from lookalike.encoder import create_clip
 from lookalike.errors import CatalogueError, ModelLoadError
 from lookalike.model_source import ModelSource
+from lookalike.pixels import Preprocess
 
 log = logging.getLogger(__name__)
 #: Colour jitter leaves hue alone: colour is part of "looks alike", so a red shoe stays red.

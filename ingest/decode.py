@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from lookalike.catalogue import CatalogueItem
 from lookalike.colour import colour_histogram
-from lookalike.encoder import Preprocess
 from lookalike.errors import InvalidImage
 from lookalike.images import decode_image, read_bytes, sha256_hex
+from lookalike.pixels import Preprocess
 
 PR_SET_PDEATHSIG = 1
 #: Most images a worker decodes per task. A worker builds each task alone, so whole GPU batches as

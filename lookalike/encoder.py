@@ -12,8 +12,7 @@ import copy
 import hashlib
 import logging
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,13 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision import transforms
 
 from lookalike.classifier import CategoryClassifier
 from lookalike.cpu import has_native_bf16
 from lookalike.device import FP32, Placement, fastest_precision, inference_placement
 from lookalike.errors import InvalidRequest, ModelLoadError
 from lookalike.model_source import ModelSource
+from lookalike.pixels import Preprocess, split_normalisation
 from lookalike.settings import Settings
 from lookalike.text import TextTower, text_tower
 
@@ -37,54 +36,6 @@ log = logging.getLogger(__name__)
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 #: Seed for random-init weights, so every process (ingest, each API worker) builds the same model.
 RANDOM_INIT_SEED = 0
-
-Preprocess = Callable[[Image.Image], torch.Tensor]
-#: Names of torchvision's / open_clip's "PIL image -> float tensor in [0, 1]" step.
-TO_TENSOR = ("ToTensor", "MaybeToTensor")
-
-
-class Uint8Preprocess:
-    """The PIL steps of a val transform (resize, crop, RGB), returning uint8 (3, H, W).
-
-    Ingest's workers send these to the model: a quarter of the bytes through shared memory,
-    pinned memory and the copy to the device, and no float work in the workers. The encoder
-    does ToTensor's division and the normalisation on its device, with the same arithmetic,
-    so the vectors are those of the whole transform.
-    """
-
-    def __init__(self, pil_steps: Preprocess) -> None:
-        self.pil_steps = pil_steps
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        array = np.asarray(self.pil_steps(image).convert("RGB"), dtype=np.uint8)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-
-
-@dataclass(frozen=True)
-class Normalisation:
-    """ToTensor's division and Normalize, on uint8 pixels (N, 3, H, W) wherever they are: the
-    same arithmetic as the transform, so the floats are bitwise its own."""
-
-    mean: torch.Tensor  # (1, 3, 1, 1) float32
-    std: torch.Tensor
-
-    @classmethod
-    def of(cls, mean: Sequence[float], std: Sequence[float]) -> Normalisation:
-        return cls(torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1))
-
-    def to(self, device: torch.device) -> Normalisation:
-        return Normalisation(self.mean.to(device), self.std.to(device))
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        return (pixels.float() / 255 - self.mean.to(pixels.device)) / self.std.to(pixels.device)
-
-
-def split_normalisation(preprocess: Preprocess) -> tuple[Uint8Preprocess, Normalisation] | None:
-    """(the uint8 PIL steps, the rest) of a transform ending in ToTensor + Normalize, else None."""
-    steps = list(getattr(preprocess, "transforms", []))
-    if len(steps) < 2 or type(steps[-2]).__name__ not in TO_TENSOR or not isinstance(steps[-1], transforms.Normalize):
-        return None
-    return Uint8Preprocess(transforms.Compose(steps[:-2])), Normalisation.of(steps[-1].mean, steps[-1].std)
 
 
 def register_model_configs() -> None:
@@ -125,7 +76,8 @@ class ImageEncoder:
         self.memory_format = memory_format
         self.preprocess = preprocess
         split = split_normalisation(preprocess)
-        #: What ingest's workers run: uint8 when the transform allows it (`Uint8Preprocess`).
+        #: What every image goes through before `embed_batch`, in ingest's workers as in a request:
+        #: uint8 when the transform allows it (`lookalike.pixels`), else the transform itself.
         self.worker_preprocess: Preprocess = split[0] if split else preprocess
         self._normalisation = split[1].to(self.placement.device) if split else None
         self.classifier = classifier
@@ -193,8 +145,13 @@ class ImageEncoder:
         self.embed_batch(torch.zeros(batch_size, 3, size, size))
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Preprocess with the model's own transform, then embed."""
-        return self.embed_batch(torch.stack([self.preprocess(image) for image in images]))
+        """Preprocess as ingest's workers do (the same pixels, so the same vectors), then embed."""
+        return self.embed_batch(self.pixels(images))
+
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The images as the model takes them, on its device, in float (normalised)."""
+        pixels = torch.stack([self.worker_preprocess(image) for image in images]).to(self.placement.device)
+        return self._normalisation(pixels) if pixels.dtype == torch.uint8 else pixels
 
     def _probe_dim(self) -> int:
         output_dim = getattr(self.visual, "output_dim", None)

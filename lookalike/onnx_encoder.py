@@ -34,6 +34,7 @@ from lookalike.cpu import cpu_model
 from lookalike.errors import InvalidRequest, ModelLoadError
 from lookalike.model_source import ModelSource
 from lookalike.settings import Settings
+from lookalike.steps import crop_origin, resized_size
 
 log = logging.getLogger(__name__)
 
@@ -109,24 +110,15 @@ class PilPreprocess:
 
     @staticmethod
     def _resize(image: Image.Image, step: dict[str, Any]) -> Image.Image:
-        width, height = image.size
-        if isinstance(step["size"], int):  # the shorter side to size, the longer in proportion (truncated)
-            short, long = sorted((width, height))
-            scaled = int(step["size"] * long / short)
-            new = (step["size"], scaled) if width <= height else (scaled, step["size"])
-        else:
-            new = (step["size"][1], step["size"][0])
-        if new == (width, height):
+        new = resized_size(*image.size, step["size"])
+        if new == image.size:
             return image
         return image.resize(new, PIL_INTERPOLATION[step["interpolation"]])
 
     @staticmethod
     def _center_crop(image: Image.Image, step: dict[str, Any]) -> Image.Image:
         crop_height, crop_width = step["size"]
-        width, height = image.size
-        # torchvision pads a smaller image with zeros (half each side, the odd pixel right/bottom)
-        left = -((crop_width - width) // 2) if crop_width > width else round((width - crop_width) / 2.0)
-        top = -((crop_height - height) // 2) if crop_height > height else round((height - crop_height) / 2.0)
+        left, top = crop_origin(*image.size, crop_width, crop_height)
         return image.crop((left, top, left + crop_width, top + crop_height))
 
     @staticmethod

@@ -26,10 +26,11 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from PIL import Image
 from torchvision import transforms
 
-from lookalike.encoder import TO_TENSOR, ImageEncoder, load_visual, open_clip_image_size
+from lookalike.encoder import ImageEncoder, load_visual, open_clip_image_size
 from lookalike.errors import ModelLoadError
 from lookalike.model_source import ModelSource
 from lookalike.onnx_encoder import METADATA_KEY, VARIANTS, ExportInfo, OnnxEncoder, PilPreprocess, variant_file
+from lookalike.pixels import TO_TENSOR, Uint8Preprocess, describe_steps
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +60,14 @@ class ExportReport:
 def describe_transform(preprocess: Any) -> tuple[list[dict[str, Any]], list[float], list[float]]:
     """(PIL steps, mean, std) of a val transform ``[Resize] [CenterCrop] [RGB] ToTensor Normalize``;
     a `ModelLoadError` naming any step `PilPreprocess` cannot re-do."""
-    steps: list[dict[str, Any]] = []
     composed = list(getattr(preprocess, "transforms", []))
     ends_in_tensor = len(composed) >= 2 and type(composed[-2]).__name__ in TO_TENSOR
     if not ends_in_tensor or not isinstance(composed[-1], transforms.Normalize):
         raise ModelLoadError("cannot export: the model's transform does not end in ToTensor + Normalize")
-    for step in composed[:-2]:
-        if isinstance(step, transforms.Resize) and step.max_size is None:
-            size = step.size if isinstance(step.size, int) else list(step.size)
-            if isinstance(size, list) and len(size) == 1:
-                size = size[0]
-            steps.append({"op": "resize", "size": size, "interpolation": step.interpolation.value})
-        elif isinstance(step, transforms.CenterCrop):
-            steps.append({"op": "center_crop", "size": list(step.size)})
-        elif type(step).__name__ == "MaybeConvertMode" or getattr(step, "__name__", "") == "_convert_to_rgb":
-            steps.append({"op": "convert", "mode": getattr(step, "mode", "RGB")})
-        else:
-            raise ModelLoadError(f"cannot export: the transform step {step!r} has no PIL + numpy equivalent here")
+    try:
+        steps = describe_steps(composed[:-2])
+    except ValueError as e:
+        raise ModelLoadError(f"cannot export: {e}") from e
     normalize = composed[-1]
     return steps, [float(m) for m in normalize.mean], [float(s) for s in normalize.std]
 
@@ -102,7 +94,7 @@ def export_encoder(source: ModelSource, directory: Path, images: Sequence[Image.
     encoder = ImageEncoder(visual, preprocess, source.label)  # fp32 on the CPU: the reference vectors
     steps, mean, std = describe_transform(preprocess)
     images = list(images or sample_images())
-    _check_preprocessing(encoder, PilPreprocess(steps), images)
+    _check_preprocessing(preprocess, PilPreprocess(steps), images)
     reference = encoder.embed_images(images)
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory, prefix=".export-") as scratch:
@@ -130,9 +122,12 @@ def export_encoder(source: ModelSource, directory: Path, images: Sequence[Image.
     return report
 
 
-def _check_preprocessing(encoder: ImageEncoder, pil: PilPreprocess, images: Sequence[Image.Image]) -> None:
+def _check_preprocessing(preprocess: Any, pil: PilPreprocess, images: Sequence[Image.Image]) -> None:
+    """PIL + numpy against the transform's own PIL steps (torch's runtime resizes on tensors,
+    within 2 of 255 of them: the fp32 check below measures that on the vectors)."""
+    transform = Uint8Preprocess(transforms.Compose(list(preprocess.transforms)[:-2]))
     for image in images:
-        if not np.array_equal(pil(image), encoder.worker_preprocess(image).numpy()):
+        if not np.array_equal(pil(image), transform(image).numpy()):
             raise ModelLoadError(f"cannot export: PIL + numpy preprocessing differs from the transform on {image.size}")
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from pydantic import ValidationError
+from torchvision import transforms
 
 from finetune.__main__ import main as finetune_main
 from finetune.__main__ import preset_for
@@ -152,16 +153,23 @@ def test_readyz_names_device_and_precision(client, ingested):
     assert body["device"] == "cpu" and body["precision"] == "fp32"
 
 
-def test_workers_uint8_pixels_embed_exactly_as_the_whole_transform(encoder):
+def test_uint8_pixels_normalised_on_the_device_are_the_transforms_floats(encoder):
+    """The split itself changes nothing: ToTensor + Normalize on uint8 are the transform's floats
+    bitwise (the tensor resize before it is PIL's within rounding: tests/test_pixels.py)."""
+    from lookalike.pixels import Uint8Preprocess
+
     rng = np.random.default_rng(5)
     images = [Image.fromarray(rng.integers(0, 256, (50 + 7 * i, 61, 3), dtype=np.uint8)) for i in range(4)]
-    uint8 = torch.stack([encoder.worker_preprocess(image) for image in images])
+    pil_steps = Uint8Preprocess(transforms.Compose(encoder.preprocess.transforms[:-2]))
+    uint8 = torch.stack([pil_steps(image) for image in images])
     assert uint8.dtype == torch.uint8
     floats = torch.stack([encoder.preprocess(image) for image in images])
     np.testing.assert_array_equal(encoder.embed_batch(uint8), encoder.embed_batch(floats))
+    cosines = (encoder.embed_images(images) * encoder.embed_batch(floats)).sum(axis=1)
+    assert cosines.min() > 0.9999
 
 
 def test_a_transform_without_totensor_normalize_keeps_float_pixels_for_the_workers():
-    from lookalike.encoder import split_normalisation
+    from lookalike.pixels import split_normalisation
 
     assert split_normalisation(lambda image: torch.zeros(3, 4, 4)) is None

@@ -337,15 +337,21 @@ def test_device_batches_crop_within_the_photo_not_its_canvas():
     assert float((pixels < 0.5).float().mean()) < 0.05  # white, jittered in brightness: never the padding
 
 
-def test_evaluation_pixels_are_the_transforms_own_values():
+def test_evaluation_pixels_are_those_a_served_query_gets():
+    """uint8 through the tensor steps, as in ingest and the service; the transform's own within rounding."""
     from finetune.data import Pixels
+    from lookalike.pixels import split_normalisation
 
     _, _, transform = create_clip(ModelSource("random-init", TEST_MODEL))
     rng = np.random.default_rng(3)
     images = [Image.fromarray(rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8)) for i in range(5)]
     pixels = Pixels.of(images, transform, torch.device("cpu"))
     assert pixels.values.dtype == torch.uint8
-    torch.testing.assert_close(pixels.batch(1, 4), torch.stack([transform(image) for image in images[1:4]]))
+    steps, normalisation = split_normalisation(transform)
+    served = normalisation(torch.stack([steps(image) for image in images[1:4]]))
+    assert torch.equal(pixels.batch(1, 4), served)
+    rounding = 2 / 255 / min(transform.transforms[-1].std)  # two levels of 255, normalised
+    torch.testing.assert_close(served, torch.stack([transform(image) for image in images[1:4]]), atol=rounding, rtol=0)
 
 
 def test_a_time_budget_plans_fewer_epochs_and_ends_the_schedule_with_them():
