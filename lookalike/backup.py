@@ -4,6 +4,10 @@ Embedded store: a consistent copy of ``QDRANT_PATH`` taken while this process ho
 lock (no other process can write meanwhile) after the engine flushed, plus ``UPLOAD_DIR`` (the
 uploaded images and the upload journal). Restore puts such a copy back, again under the lock.
 A Qdrant server takes its own snapshot (Qdrant's snapshot API); the upload folder is copied.
+
+Both are whole or nothing (`lookalike.files.whole_or_not`): a backup stopped midway (a full disk,
+a kill) leaves no folder that looks like a backup, and a restore stopped midway leaves the store
+it was replacing in place and serving.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 from pathlib import Path
 
 from lookalike.errors import CatalogueError, StoreError
+from lookalike.files import whole_or_not
 from lookalike.lockfile import LOCK_FILE
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
@@ -26,18 +31,20 @@ STORE_FOLDER, UPLOADS_FOLDER = "qdrant", "uploads"
 def backup(settings: Settings, destination: Path) -> Path:
     """Write a backup into a new folder under ``destination``; returns that folder."""
     target = Path(destination) / time.strftime("lookalike-backup-%Y%m%d-%H%M%S")
-    target.mkdir(parents=True)
-    store = VectorStore.from_settings(settings)  # holds the lock until closed (embedded)
-    try:
-        if isinstance(store, QdrantStore) and not store.embedded:
-            (target / "server-snapshot.txt").write_text(f"{store.physical_name()} {store.snapshot()}\n")
-        else:
-            store.flush()
-            shutil.copytree(settings.qdrant_path, target / STORE_FOLDER, ignore=shutil.ignore_patterns(LOCK_FILE))
-    finally:
-        store.close()
-    if settings.upload_dir.is_dir():
-        shutil.copytree(settings.upload_dir, target / UPLOADS_FOLDER)
+    if target.exists():
+        raise FileExistsError(f"a backup of this second exists already: {target}")
+    with whole_or_not(target) as folder:
+        store = VectorStore.from_settings(settings)  # holds the lock until closed (embedded)
+        try:
+            if isinstance(store, QdrantStore) and not store.embedded:
+                (folder / "server-snapshot.txt").write_text(f"{store.physical_name()} {store.snapshot()}\n")
+            else:
+                store.flush()
+                shutil.copytree(settings.qdrant_path, folder / STORE_FOLDER, ignore=shutil.ignore_patterns(LOCK_FILE))
+        finally:
+            store.close()
+        if settings.upload_dir.is_dir():
+            shutil.copytree(settings.upload_dir, folder / UPLOADS_FOLDER)
     log.info("backup written", extra={"path": str(target)})
     return target
 
@@ -47,19 +54,27 @@ def restore(settings: Settings, source: Path) -> Path:
     if not settings.embedded:
         raise StoreError("restore a Qdrant server from its snapshot with Qdrant's own API (README: Backup and restore)")
     store_copy = Path(source) / STORE_FOLDER
-    if not store_copy.is_dir():
+    if not store_copy.is_dir() or Path(source).name.endswith(".partial"):
         raise CatalogueError(f"{source} is not a backup written by `python -m ingest --backup` (no {STORE_FOLDER}/)")
     suffix = time.strftime(".before-restore-%Y%m%d-%H%M%S")
     store = VectorStore.from_settings(settings)  # fails while the API or an ingest holds the store
     try:
-        settings.qdrant_path.rename(settings.qdrant_path.with_name(settings.qdrant_path.name + suffix))
-        shutil.copytree(store_copy, settings.qdrant_path)
+        _put_in_place(store_copy, settings.qdrant_path, suffix)
     finally:
         store.close()
     uploads_copy = Path(source) / UPLOADS_FOLDER
     if uploads_copy.is_dir():
-        if settings.upload_dir.exists():
-            settings.upload_dir.rename(settings.upload_dir.with_name(settings.upload_dir.name + suffix))
-        shutil.copytree(uploads_copy, settings.upload_dir)
+        _put_in_place(uploads_copy, settings.upload_dir, suffix)
     log.info("backup restored", extra={"path": str(source)})
     return settings.qdrant_path
+
+
+def _put_in_place(copy: Path, live: Path, suffix: str) -> None:
+    """Copy beside ``live`` first (a failure leaves it as it was), then swap: ``live`` moves aside."""
+    incoming = live.with_name(live.name + ".restoring")
+    shutil.rmtree(incoming, ignore_errors=True)  # copied by a restore killed before its swap
+    with whole_or_not(incoming) as folder:
+        shutil.copytree(copy, folder, dirs_exist_ok=True)
+    if live.exists():
+        live.rename(live.with_name(live.name + suffix))
+    incoming.rename(live)

@@ -7,11 +7,13 @@ little space to make them safely (`ensure_free_space`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from lookalike.errors import DiskFull, LookalikeError
@@ -71,6 +73,27 @@ def sync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def whole_or_not(target: Path) -> Iterator[Path]:
+    """A hidden sibling of ``target`` to fill; once filled, every file in it is synced and it is
+    renamed to ``target``, which so appears whole, on disk, or not at all. On failure it goes."""
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # left by a run killed before its cleanup
+    try:
+        partial.mkdir(parents=True)
+        yield partial
+        for folder, _, files in os.walk(partial):
+            for name in files:
+                with open(os.path.join(folder, name), "rb") as f:
+                    os.fsync(f.fileno())
+            sync_directory(Path(folder))
+        partial.rename(target)
+        sync_directory(target.parent)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
 def free_bytes(path: Path) -> int:

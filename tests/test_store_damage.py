@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -167,6 +168,57 @@ def test_verify_reports_stored_items_the_catalogue_no_longer_lists(cli_env, caps
         line for line in lines if line["code"] == "not_in_catalogue"
     ).items()
     assert "items=12" in capsys.readouterr().out  # reported, kept: --prune removes it
+
+
+def copying_fails_at(monkeypatch, folder_name: str) -> None:
+    """The disk fills while `folder_name` (a backup's or restore's copy) is being copied."""
+    copytree = shutil.copytree
+
+    def failing(source, target, *args, **kwargs):
+        if Path(source).name == folder_name:
+            copytree(source, target, *args, **kwargs)  # written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return copytree(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copytree", failing)
+
+
+def test_a_backup_stopped_by_a_full_disk_leaves_nothing_that_looks_like_a_backup(
+    cli_env, capsys, tmp_path, monkeypatch
+):
+    """A backup folder with the store copied and the uploads not was left as a backup to restore."""
+    ingest_all_items(capsys)
+    cli_env.upload_dir.mkdir(parents=True, exist_ok=True)
+    (cli_env.upload_dir / "journal.jsonl").write_text("")
+    with monkeypatch.context() as patched:
+        copying_fails_at(patched, cli_env.upload_dir.name)
+        assert ingest_main(["--backup", str(tmp_path / "backups")]) == 2
+    assert "disk is full" in capsys.readouterr().err
+    assert list((tmp_path / "backups").iterdir()) == []
+    assert ingest_main(["--backup", str(tmp_path / "backups")]) == 0  # and the next one is whole
+    (backup,) = (tmp_path / "backups").iterdir()
+    assert (backup / "qdrant").is_dir() and (backup / "uploads" / "journal.jsonl").is_file()
+
+
+def test_a_restore_stopped_by_a_full_disk_leaves_the_store_in_place(cli_env, encoder, capsys, tmp_path, monkeypatch):
+    """The store was moved aside before the copy: a restore that failed midway served a partial copy."""
+    ingest_all_items(capsys)
+    assert ingest_main(["--backup", str(tmp_path / "backups")]) == 0
+    (backup,) = (tmp_path / "backups").iterdir()
+    (cli_env.catalogue_dir / "blue_bar" / "item0.jpg").unlink()
+    assert ingest_main(["--prune", "--no-progress"]) == 0  # the store now differs from the backup: 11 items
+    with monkeypatch.context() as patched:
+        copying_fails_at(patched, "qdrant")
+        assert ingest_main(["--restore", str(backup)]) == 2
+    assert "disk is full" in capsys.readouterr().err
+    assert sorted(p.name for p in cli_env.qdrant_path.parent.iterdir() if "qdrant" in p.name) == ["qdrant"]
+    app = serve(cli_env, encoder)
+    assert app.test_client().get("/readyz").get_json()["items"] == 11  # the store as it was, serving
+    close(app)
+    assert ingest_main(["--restore", str(backup)]) == 0
+    app = serve(cli_env, encoder)
+    assert app.test_client().get("/readyz").get_json()["items"] == 12
+    close(app)
 
 
 class RecordingShard:
