@@ -182,8 +182,18 @@ def main() -> None:
                 near_duplicates=summary.near_duplicates,
                 stages_s={name: round(seconds, 3) for name, seconds in summary.stages.items()},
             )
-        read = read_rate(settings, large, items)
-        emit("ingest_read_stage_alone", batch_size=256, vs_pil_decode=round(read["images_per_s"] / decode, 3), **read)
+        # A worker's tensor reaches the main process as a file descriptor handed over by a thread of
+        # that worker (torch's default on Linux), one round trip per chunk, or as a named file in
+        # /dev/shm: if the second is much faster, the hand-over is what holds the read stage.
+        for sharing in ("file_descriptor", "file_system"):
+            read = read_rate(settings, large, items, sharing=sharing)
+            emit(
+                "ingest_read_stage_alone",
+                batch_size=256,
+                sharing=sharing,
+                vs_pil_decode=round(read["images_per_s"] / decode, 3),
+                **read,
+            )
         for on_device in () if args.no_small else (True, False):  # the small preset both ways: the data paths
             finetune_figure("small", on_device, items, Path(tmp), device, settings, args.quick)
 
@@ -233,13 +243,24 @@ def median_train_s(history: list[dict]) -> float | None:
     return round(times[len(times) // 2], 3) if times else None
 
 
-def read_rate(settings: Settings, checkpoint: Path, items: list[CatalogueItem], batch_size: int = 256) -> dict:
+def read_rate(
+    settings: Settings, checkpoint: Path, items: list[CatalogueItem], batch_size: int = 256, sharing: str = ""
+) -> dict:
     """Images a second that ingest's decode workers deliver to a main process doing nothing else:
     the read stage's own ceiling (no model, no writer thread); the seconds to the first batch,
     which start-up dominates (forking 15 workers took 0.27-0.51 s on 2 cores, more from a larger
     parent); and the main process's CPU seconds, which bound the rate if they near the wall time
     (0.14 ms a photo on 2 cores of an AMD EPYC: scratch measurements, 2026-11-27)."""
     encoder = ImageEncoder.from_settings(settings.with_overrides(model_checkpoint=checkpoint))
+    default_sharing = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy(sharing or default_sharing)
+    try:
+        return _timed_read(settings, encoder, items, batch_size)
+    finally:
+        torch.multiprocessing.set_sharing_strategy(default_sharing)
+
+
+def _timed_read(settings: Settings, encoder: ImageEncoder, items: list[CatalogueItem], batch_size: int) -> dict:
     device = encoder.placement.device
     started, cpu_started = time.perf_counter(), time.process_time()
     batches = iter_batches(
