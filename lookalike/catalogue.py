@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import re
@@ -157,17 +158,22 @@ def _manifest_rows(manifest: Path) -> Iterator[dict[str, Any]]:
 
 
 def _csv_rows(manifest: Path, text: str) -> Iterator[dict[str, Any]]:
-    reader = csv.DictReader(text.splitlines())
-    columns, types = _typed_header(reader.fieldnames or [])
-    reader.fieldnames = columns
+    """Rows as the csv module splits them (a quoted cell may hold line breaks, and ``str.splitlines``
+    would also cut at Unicode separators), each with the line it starts on."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    columns, types = _typed_header(next(reader, []))
     image_column = "image" if "image" in columns else "path" if "path" in columns else None
     if image_column is None or "category" not in columns:
         raise CatalogueError(f"manifest {manifest} needs the columns id, image, category; it has {', '.join(columns)}")
-    for line, row in enumerate(reader, start=2):
-        if None in row:  # more cells than header columns
-            yield {"_error": f"line {line}: {len(row[None])} cells more than the header has"}
+    ended = reader.line_num
+    for cells in reader:
+        line, ended = ended + 1, reader.line_num
+        if not cells:  # a blank line
             continue
-        values = {k: v for k, v in row.items() if v not in (None, "")}
+        if len(cells) > len(columns):
+            yield {"_error": f"line {line}: {len(cells) - len(columns)} cells more than the header has"}
+            continue
+        values = {k: v for k, v in zip(columns, cells, strict=False) if v != ""}  # fewer cells: absent
         values["image"] = values.pop(image_column, None)
         values["_line"] = line
         try:
@@ -214,7 +220,7 @@ CELL_TYPES = {"text": str, "number": _number, "int": _integer, "bool": _boolean}
 
 
 def _jsonl_rows(text: str) -> Iterator[dict[str, Any]]:
-    for line, raw in enumerate(text.splitlines(), start=1):
+    for line, raw in enumerate(text.split("\n"), start=1):  # JSON Lines: "\n" alone ends a row
         if not raw.strip():
             continue
         try:

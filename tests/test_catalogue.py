@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,33 @@ def test_csv_columns_declare_their_type_and_a_bad_cell_fails_its_row(catalogue_d
     (catalogue_dir / "bad.csv").write_text("id,image,category,price:money\n")
     with pytest.raises(CatalogueError, match="price:money"):
         read_catalogue(catalogue_dir / "bad.csv")
+
+
+def test_text_cells_keep_their_line_breaks_and_rows_their_line_numbers(catalogue_dir: Path):
+    """Rows were split with `str.splitlines`: a quoted line break vanished from its cell, and a
+    Unicode line or paragraph separator (in scraped descriptions) cut an unquoted cell, or a JSONL
+    row, in two: the rest became a broken row, and the item lost its metadata or failed."""
+    description = "Soft leather.\nHand stitched.\u2028Made in Italy,\u2029 since 1950\x85\x0c!"
+    csv_rows = [
+        {"id": "a", "image": "red_round/item0.jpg", "category": "ball", "description": description},
+        {"id": "b", "image": "red_round/item1.jpg", "category": "ball", "note": "one\u2028two"},
+        {"id": "c", "image": "red_round/item2.jpg", "category": "ball", "price:number": "cheap"},
+    ]
+    csv_manifest = write_manifest(catalogue_dir, csv_rows)
+    jsonl_manifest = catalogue_dir / "items.jsonl"  # the separators raw, as JSON allows (not escaped)
+    jsonl_manifest.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in csv_rows[:2]))
+    assert "\u2028" in jsonl_manifest.read_text()
+    for manifest in (csv_manifest, jsonl_manifest):
+        catalogue = read_catalogue(manifest)
+        items = {item.id: item.metadata for item in catalogue.items}
+        assert items["a"]["description"] == description
+        assert items["b"]["note"] == "one\u2028two"
+    errors = read_catalogue(csv_manifest).errors
+    assert [error.reason.split(":")[0] for error in errors] == ["line 5"]  # row c starts on line 5 of the file
+
+
+def test_a_csv_manifest_with_windows_line_ends_reads_as_any_other(catalogue_dir: Path):
+    manifest = catalogue_dir / "m.csv"
+    manifest.write_bytes(b'id,image,category,note\r\nok,red_round/item0.jpg,ball,"two\r\nlines"\r\n')
+    (item,) = read_catalogue(manifest).items
+    assert item.metadata == {"note": "two\nlines"}  # line ends read as "\n", as Python reads text
