@@ -145,6 +145,7 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
         index_duplicates=not args.skip_duplicates,
         near_duplicates=None if encoder.random_weights else NearDuplicateRule.from_settings(settings),
         filterable_fields=settings.filterable_fields,
+        max_prune=args.max_prune,
     )
     if encoder.random_weights and NearDuplicateRule.from_settings(settings) is not None:
         print("near-duplicate check skipped: an encoder with random weights finds unrelated photos alike")

@@ -44,6 +44,38 @@ DEFAULT_MAX_PRUNE_PERCENT = 25.0
 
 
 @dataclass(frozen=True)
+class PruneLimit:
+    """How many of the collection's catalogue items one ``--prune`` or ``--reindex`` may remove: a
+    count (``500``) or a share of them (``25%``), like rsync's ``--max-delete``. A manifest cut
+    short by a failed copy lists only its head, and its tail would go as "left the catalogue"."""
+
+    count: int | None = None
+    percent: float = DEFAULT_MAX_PRUNE_PERCENT
+
+    @classmethod
+    def parse(cls, text: str) -> PruneLimit:
+        """``N`` or ``P%`` (0-100); ValueError otherwise."""
+        number = text.strip().removesuffix("%")
+        if number == text.strip():
+            if not number.isdigit():
+                raise ValueError(f"{text!r} is neither a count of items nor a percentage like 25%")
+            return cls(count=int(number))
+        try:
+            percent = float(number)
+        except ValueError:
+            percent = math.nan
+        if not 0 <= percent <= 100:
+            raise ValueError(f"{text!r} is not a percentage between 0% and 100%")
+        return cls(percent=percent)
+
+    def allows(self, removed: int, held: int) -> bool:
+        return removed <= (self.count if self.count is not None else held * self.percent / 100)
+
+    def __str__(self) -> str:
+        return str(self.count) if self.count is not None else f"{self.percent:g}%"
+
+
+@dataclass(frozen=True)
 class IngestOptions:
     """How a run reads, embeds and writes (`python -m ingest` fills it from settings and flags)."""
 
@@ -55,6 +87,7 @@ class IngestOptions:
     index_duplicates: bool = True  # False: duplicates are reported, not stored (--skip-duplicates)
     near_duplicates: NearDuplicateRule | None = None  # None: only same bytes count as duplicates
     filterable_fields: Sequence[str] = ()  # metadata fields indexed in a new collection
+    max_prune: PruneLimit = PruneLimit()  # what a reindex's switch may leave out (--max-prune)
 
 
 @dataclass
@@ -263,38 +296,6 @@ def _unlisted(catalogue: Catalogue, stored_ids: Iterable[str]) -> list[str]:
     return [i for i in stored_ids if i not in listed and mine(i)]
 
 
-@dataclass(frozen=True)
-class PruneLimit:
-    """How many of the collection's catalogue items one ``--prune`` or ``--reindex`` may remove: a
-    count (``500``) or a share of them (``25%``), like rsync's ``--max-delete``. A manifest cut
-    short by a failed copy lists only its head, and its tail would go as "left the catalogue"."""
-
-    count: int | None = None
-    percent: float = DEFAULT_MAX_PRUNE_PERCENT
-
-    @classmethod
-    def parse(cls, text: str) -> PruneLimit:
-        """``N`` or ``P%`` (0-100); ValueError otherwise."""
-        number = text.strip().removesuffix("%")
-        if number == text.strip():
-            if not number.isdigit():
-                raise ValueError(f"{text!r} is neither a count of items nor a percentage like 25%")
-            return cls(count=int(number))
-        try:
-            percent = float(number)
-        except ValueError:
-            percent = math.nan
-        if not 0 <= percent <= 100:
-            raise ValueError(f"{text!r} is not a percentage between 0% and 100%")
-        return cls(percent=percent)
-
-    def allows(self, removed: int, held: int) -> bool:
-        return removed <= (self.count if self.count is not None else held * self.percent / 100)
-
-    def __str__(self) -> str:
-        return str(self.count) if self.count is not None else f"{self.percent:g}%"
-
-
 def refuse_mass_removal(catalogue: Catalogue, store: VectorStore, limit: PruneLimit = PruneLimit()) -> None:
     """Before ``--prune`` or ``--reindex``, on the whole catalogue (before any ``--shard``):
     refuse, before any write, to remove more of the collection's catalogue items than ``limit``,
@@ -388,6 +389,8 @@ def reindex(
     Writes that reach the API while the collection is rebuilt (``PUT``/``DELETE`` on a Qdrant
     server) land in the upload journal, which is replayed into the new collection after the
     switch. The old collection is dropped (``drop_old``) only when every API-added item made it.
+    Run in ``--shard`` workers, the last slice to be built switches; the switch is refused while
+    the new collection lacks more of the serving one's catalogue items than ``max_prune`` allows.
     """
     if store.is_plain_collection() and not drop_old:
         raise store.plain_collection_error()  # before any work is done
@@ -395,8 +398,14 @@ def reindex(
     target = store.for_model(encoder.identity)
     target.create_physical(encoder.dim, encoder.identity, options.filterable_fields)
     summary = ingest_all(catalogue, journal, encoder, target, report, dataclasses.replace(options, prune=True))
+    if not _every_slice_built(target, catalogue.shard):
+        log.info("reindex slice built: the last slice to finish switches the alias", extra={"into": target.collection})
+        return summary
+    _refuse_to_leave_out(store, target, catalogue, options.max_prune)
     previous = store.switch_alias(target.collection, replace_plain=drop_old)
-    replay = sync_uploads(_uploads_of(journal, catalogue.shard), journal, encoder, target, report, options)
+    _forget_slices(target, catalogue.shard)
+    everyones = _uploads_of(journal, None)  # with --shard this is the last slice: replay every slice's
+    replay = sync_uploads(everyones, journal, encoder, target, report, options)
     summary.add(replay)
     log.info("api items replayed after the switch", extra={"ingested": replay.ingested, "failed": replay.failed})
     if drop_old and previous not in (None, target.collection):
@@ -408,6 +417,43 @@ def reindex(
         else:
             store.drop(previous)
     return summary
+
+
+def _every_slice_built(target: VectorStore, shard: Shard | None) -> bool:
+    """Whether every slice of a reindex run in ``--shard`` workers is in ``target`` (recorded in
+    its metadata, one key a slice): the alias must not name a collection that holds one slice."""
+    if shard is None:
+        return True
+    target.update_metadata({_slice_key(shard.index, shard.count): True})
+    built = target.metadata()
+    return all(built.get(_slice_key(index, shard.count)) for index in range(shard.count))
+
+
+def _forget_slices(target: VectorStore, shard: Shard | None) -> None:
+    """After the switch: a later sharded reindex into this collection counts its slices afresh."""
+    if shard is not None:
+        target.update_metadata({_slice_key(index, shard.count): None for index in range(shard.count)})
+
+
+def _slice_key(index: int, count: int) -> str:
+    return f"reindex_slice_{index}_of_{count}"
+
+
+def _refuse_to_leave_out(store: VectorStore, target: VectorStore, catalogue: Catalogue, limit: PruneLimit) -> None:
+    """Before the switch: the new collection must hold the serving one's catalogue items, but for
+    what ``limit`` allows (those the catalogue dropped, and those that failed in this run: photos
+    that could not be read, a share gone midway). Otherwise the old collection keeps serving."""
+    if target.collection == store.physical_name() or not store.collection_exists():
+        return
+    serving = set(store.item_ids(image_source=catalogue.source))
+    missing = len(serving - set(target.item_ids(image_source=catalogue.source)))
+    if serving and not limit.allows(missing, len(serving)):
+        raise CatalogueError(
+            f"the new collection {target.collection!r} lacks {missing:,} of the {len(serving):,} catalogue items "
+            f"that {store.collection!r} serves ({missing / len(serving):.0%}), more than --max-prune {limit} "
+            "allows: the alias still names the old collection. See the error report for the items that failed, "
+            "then run the reindex again (it resumes), or pass --max-prune 100% if they really are gone"
+        )
 
 
 def verify(

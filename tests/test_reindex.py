@@ -9,10 +9,11 @@ import threading
 
 import pytest
 
-from ingest.pipeline import IngestOptions, ingest, reindex
+from ingest.pipeline import IngestOptions, PruneLimit, ingest, reindex
 from ingest.report import ErrorReport
-from lookalike.catalogue import read_catalogue
+from lookalike.catalogue import Shard, read_catalogue, take_shard
 from lookalike.encoder import ImageEncoder
+from lookalike.errors import CatalogueError
 from lookalike.journal import UploadJournal
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
@@ -188,3 +189,62 @@ def test_puts_and_deletes_during_a_reindex_are_not_lost(
 
     assert store.get("added-during-reindex").model == new_encoder.identity
     assert not store.get_many(["doomed"])
+
+
+# -- the switch waits for a whole collection -------------------------------------------------------
+
+
+def reindex_slice(catalogue_dir, encoder, store, tmp_path, shard: str | None, **options):
+    catalogue = read_catalogue(catalogue_dir)
+    catalogue = take_shard(catalogue, Shard.parse(shard)) if shard else catalogue
+    report = ErrorReport.open(tmp_path / "r.jsonl")
+    try:
+        options = IngestOptions(workers=0, progress=False, **options)
+        return reindex(catalogue, UploadJournal(tmp_path / "uploads"), encoder, store, report, options, drop_old=True)
+    finally:
+        report.close()
+
+
+def test_a_reindex_in_slices_switches_once_every_slice_is_built(
+    settings, encoder, new_encoder, store, catalogue_dir, tmp_path, auth
+):
+    """Each `--shard` worker switched the alias when its own slice was built (and dropped the old
+    collection): searches answered from one slice of the catalogue until the others finished."""
+    store.ensure_collection(encoder.dim, encoder.identity)
+    run(ingest, catalogue_dir, encoder, store, tmp_path)
+    settings = settings.with_overrides(upload_dir=tmp_path / "uploads")
+    put_photos(create_app(settings, encoder=encoder, store=store).test_client(), auth, ["api-1", "api-2", "api-3"])
+    old_collection = store.resolve()
+
+    reindex_slice(catalogue_dir, new_encoder, store, tmp_path, "1/2")
+    assert store.resolve() == old_collection and store.count() == 15  # still serving the whole old one
+    assert 0 < store.for_model(new_encoder.identity).count() < 15
+
+    reindex_slice(catalogue_dir, new_encoder, store, tmp_path, "0/2")
+    assert store.resolve() == store.for_model(new_encoder.identity).collection
+    assert store.count() == 15 and not store.bound_to(old_collection).collection_exists()
+    models = {item.model for item in store.get_many(["api-1", "api-2", "api-3", "red_round-item0"]).values()}
+    assert models == {new_encoder.identity}  # every slice's API items, replayed by the last slice
+
+    serving = store.resolve()
+    summary = reindex_slice(catalogue_dir, new_encoder, store, tmp_path, "0/2")  # a later run, same model
+    assert summary.ingested == 0 and store.resolve() == serving and store.count() == 15
+
+
+def test_a_reindex_that_could_not_read_its_photos_leaves_the_old_collection_serving(
+    encoder, new_encoder, store, catalogue_dir, tmp_path
+):
+    """A share that went away midway failed most photos: the switch served (and --drop-old kept)
+    a collection without them."""
+    store.ensure_collection(encoder.dim, encoder.identity)
+    run(ingest, catalogue_dir, encoder, store, tmp_path)
+    old_collection = store.resolve()
+    for photo in sorted(catalogue_dir.glob("*/item*.jpg"))[:4]:
+        photo.write_bytes(b"")  # listed, unreadable as an image: 4 of 12
+
+    with pytest.raises(CatalogueError, match=r"lacks 4 of the 12 catalogue items .* \(33%\)"):
+        reindex_slice(catalogue_dir, new_encoder, store, tmp_path, None)
+    assert store.resolve() == old_collection and store.count() == 12
+
+    reindex_slice(catalogue_dir, new_encoder, store, tmp_path, None, max_prune=PruneLimit(count=4))
+    assert store.resolve() == store.for_model(new_encoder.identity).collection and store.count() == 8
