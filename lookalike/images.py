@@ -2,14 +2,16 @@
 
 One function serves ingest, the service and fine-tuning, so every path sees the same pixels:
 the format is decided by content (not file name) against an allow-list, the pixel count is
-checked from the header before any decoding, EXIF orientation is applied, animated images give
-their first frame, and alpha is composited on white (product shots are shown on white).
+checked from the header before any decoding, EXIF orientation is applied, colours in an embedded
+profile are converted to sRGB, animated images give their first frame, and alpha is composited on
+white (product shots are shown on white).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import io
 import os
@@ -18,7 +20,7 @@ import threading
 import warnings
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from lookalike.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
 
@@ -139,7 +141,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         try:
             with _large_decodes if large else contextlib.nullcontext():
                 image.seek(0)  # animated GIF/WebP/TIFF: the first frame
-                decoded = to_rgb(ImageOps.exif_transpose(_load_reduced(image)))
+                decoded = to_rgb(to_srgb(ImageOps.exif_transpose(_load_reduced(image))))
                 image.close()
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise InvalidImage(f"corrupt or truncated {image.format} image: {e}") from e
@@ -216,6 +218,41 @@ def image_mimetype(path: Path) -> str | None:
             return Image.MIME.get(image.format or "")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
+
+
+#: Embedded colour profiles larger than this are not read (a press CMYK profile is 0.5-2 MB).
+MAX_ICC_BYTES = 4 * 2**20
+
+
+def to_srgb(image: Image.Image) -> Image.Image:
+    """An RGB or CMYK image tagged with a colour profile other than sRGB (Adobe RGB from a studio,
+    Display P3 from a phone, a press CMYK profile) converted to sRGB, as a browser shows it: colour
+    search and the model compare what shoppers see. Untagged, sRGB, or a profile that cannot be
+    read: the pixels as they are."""
+    icc = image.info.get("icc_profile")
+    if not icc or image.mode not in ("RGB", "CMYK") or len(icc) > MAX_ICC_BYTES:
+        return image
+    transform = _srgb_transform(icc, image.mode)
+    if transform is None:
+        return image
+    converted = ImageCms.applyTransform(image, transform)
+    converted.info = {key: value for key, value in image.info.items() if key != "icc_profile"}
+    return converted
+
+
+@functools.lru_cache(maxsize=8)  # a catalogue's photos share a few profiles; building one costs ms
+def _srgb_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if mode == "RGB" and ImageCms.getProfileDescription(profile).strip().startswith("sRGB"):
+            return None
+        # NOCACHE: one transform serves request threads at once (LittleCMS's cache is per transform)
+        return ImageCms.buildTransform(profile, _SRGB, mode, "RGB", flags=ImageCms.Flags.NOCACHE)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None
+
+
+_SRGB = ImageCms.createProfile("sRGB")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import threading
 import time
 
@@ -221,3 +222,59 @@ def test_at_most_two_huge_decodes_run_at_once(monkeypatch):
     for thread in threads:
         thread.join()
     assert most[0] == images.LARGE_DECODES_AT_ONCE
+
+
+# -- colour profiles ----------------------------------------------------------------------------
+
+#: Adobe RGB (1998)'s primaries adapted to D50, as its ICC profile holds them.
+WIDE_PRIMARIES = {
+    b"rXYZ": (0.60974, 0.31111, 0.01947),
+    b"gXYZ": (0.20528, 0.62567, 0.06087),
+    b"bXYZ": (0.14919, 0.06322, 0.74457),
+}
+
+
+def wide_gamut_profile() -> bytes:
+    """LittleCMS's sRGB profile with Adobe RGB's primaries and another name: a wide-gamut profile
+    built here (none can be downloaded), as a studio's or a phone's photos embed one."""
+    from PIL import ImageCms
+
+    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    data[84:100] = bytes(16)  # the profile id (an MD5 of the rest): "not computed"
+    for index in range(struct.unpack(">I", data[128:132])[0]):
+        signature, offset, _ = struct.unpack(">4sII", data[132 + 12 * index : 144 + 12 * index])
+        if signature in WIDE_PRIMARIES:
+            fixed = [round(value * 65536) for value in WIDE_PRIMARIES[signature]]
+            data[offset + 8 : offset + 20] = struct.pack(">3i", *fixed)
+        elif signature == b"desc":
+            data[offset : offset + 200] = data[offset : offset + 200].replace(
+                "sRGB".encode("utf-16-be"), "WIDE".encode("utf-16-be")
+            )
+    return bytes(data)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_colours_in_a_wide_gamut_profile_are_converted_to_srgb(fmt):
+    """An Adobe RGB or Display P3 photo read as if it were sRGB: duller, shifted colours than a
+    browser shows, in colour search and in the model's input."""
+    from PIL import ImageCms
+
+    wide = wide_gamut_profile()
+    image = Image.new("RGB", (16, 16), (60, 150, 90))  # a mid green: where Adobe RGB and sRGB differ most
+    decoded = decode_image(image_bytes(image, fmt, icc_profile=wide, quality=100), LIMIT)
+    source = ImageCms.ImageCmsProfile(io.BytesIO(wide))
+    expected = ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    red, green, blue = decoded.getpixel((8, 8))
+    assert red < 30  # a more saturated green in sRGB's terms than the numbers read as sRGB
+    assert max(abs(a - b) for a, b in zip((red, green, blue), expected.getpixel((8, 8)), strict=True)) <= 2
+    assert "icc_profile" not in decoded.info  # the pixels are sRGB now
+
+
+def test_srgb_untagged_and_unreadable_profiles_leave_the_pixels_as_they_are():
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    image = Image.new("RGB", (8, 8), (60, 150, 90))
+    for profile in (srgb, b"not a profile", b""):
+        decoded = decode_image(image_bytes(image, "PNG", icc_profile=profile), LIMIT)
+        assert decoded.getpixel((4, 4)) == (60, 150, 90)
