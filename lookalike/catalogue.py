@@ -19,7 +19,7 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from lookalike.errors import CatalogueError
@@ -29,6 +29,8 @@ MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 #: Ids appear in URL paths (`/v1/items/<id>`), so they are one path segment of safe characters.
 ITEM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}$")
 RESERVED_COLUMNS = ("id", "image", "category", "product_id")
+#: ``https://cdn.../a.jpg``: a product feed's image link, which ingest does not download.
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 INTEGER = re.compile(r"-?[0-9]{1,18}")
 
@@ -274,6 +276,13 @@ def _row_to_item(root: Path, row: dict[str, Any]) -> CatalogueItem:
     product = "" if product_id is None else str(product_id).strip()  # blank: a product of its own
     if len(product) > 200:
         raise ValueError(f"{where}product_id is longer than 200 characters")
+    if URL.match(image.strip()):
+        raise ValueError(
+            f"{where}image {image!r} is a URL: the manifest lists photos on disk, by their path relative to it "
+            "(download the feed's photos first)"
+        )
+    if "\\" in image and not (root / image).exists():  # written on Windows: shoes\red.jpg
+        image = image.replace("\\", "/")
     path = resolve_inside(root, image)
     if path.exists() and not path.is_file():  # a FIFO would block the reader forever
         raise ValueError(f"{where}image path {image!r} is not a regular file")
@@ -284,7 +293,7 @@ def _row_to_item(root: Path, row: dict[str, Any]) -> CatalogueItem:
 
 def resolve_inside(root: Path, relative: str) -> Path:
     """``root / relative`` with links resolved, or ValueError if that leaves ``root``."""
-    if PurePosixPath(relative).is_absolute() or Path(relative).is_absolute():
+    if PurePosixPath(relative).is_absolute() or PureWindowsPath(relative).anchor or Path(relative).is_absolute():
         raise ValueError(f"image path {relative!r} is absolute; paths are relative to the catalogue root")
     try:
         path = (root / relative).resolve()

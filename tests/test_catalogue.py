@@ -200,3 +200,19 @@ def test_a_csv_manifest_with_windows_line_ends_reads_as_any_other(catalogue_dir:
     manifest.write_bytes(b'id,image,category,note\r\nok,red_round/item0.jpg,ball,"two\r\nlines"\r\n')
     (item,) = read_catalogue(manifest).items
     assert item.metadata == {"note": "two\nlines"}  # line ends read as "\n", as Python reads text
+
+
+def test_image_links_and_windows_paths_in_a_manifest(catalogue_dir: Path):
+    """A product feed's image links and a manifest written on Windows failed as "file not found"
+    under a path glued together from them (``<root>/https:/cdn...``)."""
+    rows = [
+        {"id": "link", "image": "https://cdn.example.com/a.jpg", "category": "ball"},
+        {"id": "windows", "image": "red_round\\item0.jpg", "category": "ball"},
+        {"id": "drive", "image": "C:\\photos\\a.jpg", "category": "ball"},
+        {"id": "share", "image": "\\\\server\\photos\\a.jpg", "category": "ball"},
+    ]
+    catalogue = read_catalogue(write_manifest(catalogue_dir, rows))
+    assert [(item.id, item.image) for item in catalogue.items] == [("windows", "red_round/item0.jpg")]
+    reasons = {error.item_id: error.reason for error in catalogue.errors}
+    assert "is a URL" in reasons["link"]
+    assert "absolute" in reasons["drive"] and "absolute" in reasons["share"]
