@@ -86,11 +86,10 @@ def _center_crop(pixels: torch.Tensor, step: dict[str, Any]) -> torch.Tensor:
     crop_height, crop_width = step["size"]
     height, width = pixels.shape[1:]
     left, top = crop_origin(width, height, crop_width, crop_height)
-    if left < 0 or top < 0:
-        pad_left, pad_top = max(0, -left), max(0, -top)
-        pad = (pad_left, crop_width - width - pad_left if left < 0 else 0, pad_top, 0)
-        pad = (*pad[:3], crop_height - height - pad_top if top < 0 else 0)
-        pixels = F.pad(pixels, pad)
+    if left < 0 or top < 0:  # torchvision pads a smaller image with zeros: -left before, the rest after
+        before_x, before_y = max(0, -left), max(0, -top)
+        after_x, after_y = max(0, crop_width - width) - before_x, max(0, crop_height - height) - before_y
+        pixels = F.pad(pixels, (before_x, after_x, before_y, after_y))
         left, top = max(0, left), max(0, top)
     return pixels[:, top : top + crop_height, left : left + crop_width]
 
