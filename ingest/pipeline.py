@@ -13,11 +13,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,9 +24,10 @@ from tqdm import tqdm
 
 from ingest.decode import Batch, Decoded, iter_batches
 from ingest.duplicates import ExactDuplicates, NearDuplicates
+from ingest.removal import PruneLimit, refuse_to_leave_out, unlisted
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, CatalogueItem, Shard, take_shard
-from lookalike.errors import CatalogueError, StoreDamaged, StoreError, StoreUnavailable
+from lookalike.errors import StoreDamaged, StoreError, StoreUnavailable
 from lookalike.journal import UPLOAD, UploadJournal
 from lookalike.looks import Look
 from lookalike.points import StoredItem
@@ -39,40 +39,6 @@ log = logging.getLogger(__name__)
 LOOKUP_CHUNK = 256
 RETRY_ATTEMPTS = 5
 RETRY_FIRST_DELAY_S = 1.0
-#: What ``--prune`` may remove of the collection's catalogue items unless told more (`PruneLimit`).
-DEFAULT_MAX_PRUNE_PERCENT = 25.0
-
-
-@dataclass(frozen=True)
-class PruneLimit:
-    """How many of the collection's catalogue items one ``--prune`` or ``--reindex`` may remove: a
-    count (``500``) or a share of them (``25%``), like rsync's ``--max-delete``. A manifest cut
-    short by a failed copy lists only its head, and its tail would go as "left the catalogue"."""
-
-    count: int | None = None
-    percent: float = DEFAULT_MAX_PRUNE_PERCENT
-
-    @classmethod
-    def parse(cls, text: str) -> PruneLimit:
-        """``N`` or ``P%`` (0-100); ValueError otherwise."""
-        number = text.strip().removesuffix("%")
-        if number == text.strip():
-            if not number.isdigit():
-                raise ValueError(f"{text!r} is neither a count of items nor a percentage like 25%")
-            return cls(count=int(number))
-        try:
-            percent = float(number)
-        except ValueError:
-            percent = math.nan
-        if not 0 <= percent <= 100:
-            raise ValueError(f"{text!r} is not a percentage between 0% and 100%")
-        return cls(percent=percent)
-
-    def allows(self, removed: int, held: int) -> bool:
-        return removed <= (self.count if self.count is not None else held * self.percent / 100)
-
-    def __str__(self) -> str:
-        return str(self.count) if self.count is not None else f"{self.percent:g}%"
 
 
 @dataclass(frozen=True)
@@ -87,7 +53,7 @@ class IngestOptions:
     index_duplicates: bool = True  # False: duplicates are reported, not stored (--skip-duplicates)
     near_duplicates: NearDuplicateRule | None = None  # None: only same bytes count as duplicates
     filterable_fields: Sequence[str] = ()  # metadata fields indexed in a new collection
-    max_prune: PruneLimit = PruneLimit()  # what a reindex's switch may leave out (--max-prune)
+    max_prune: PruneLimit = dataclasses.field(default_factory=PruneLimit)  # what a reindex may leave out
 
 
 @dataclass
@@ -282,43 +248,11 @@ def _stored_item(item: CatalogueItem, sha256: str, model: str) -> StoredItem:
 def _prune(catalogue: Catalogue, store: VectorStore) -> int:
     """Delete items of the catalogue's source no longer listed (failing ones stay; catalogue runs
     keep items added over the API, and the other way round)."""
-    gone = _unlisted(catalogue, store.item_ids(image_source=catalogue.source))
+    gone = unlisted(catalogue, store.item_ids(image_source=catalogue.source))
     store.delete(gone)
     for item_id in gone:
         log.info("item pruned", extra={"item_id": item_id, "source": catalogue.source})
     return len(gone)
-
-
-def _unlisted(catalogue: Catalogue, stored_ids: Iterable[str]) -> list[str]:
-    """The stored items of the catalogue's source (and shard) that the catalogue no longer lists."""
-    listed = {item.id for item in catalogue.items} | {e.item_id for e in catalogue.errors if e.item_id}
-    mine = catalogue.shard.holds if catalogue.shard else lambda item_id: True  # other workers' items stay
-    return [i for i in stored_ids if i not in listed and mine(i)]
-
-
-def refuse_mass_removal(catalogue: Catalogue, store: VectorStore, limit: PruneLimit = PruneLimit()) -> None:
-    """Before ``--prune`` or ``--reindex``, on the whole catalogue (before any ``--shard``):
-    refuse, before any write, to remove more of the collection's catalogue items than ``limit``,
-    and always to remove them all because the catalogue lists nothing (an unmounted share, a
-    feed that came out blank). A shop with API items only reindexes with an empty catalogue."""
-    if not store.collection_exists():
-        return
-    held = list(store.item_ids(image_source=catalogue.source))
-    if not held:
-        return
-    if not catalogue.items and not catalogue.errors:
-        raise CatalogueError(
-            f"catalogue {catalogue.root} lists no items: --prune or --reindex would remove every catalogue item "
-            "from the collection; check that it is the right folder or manifest (a share not mounted?)"
-        )
-    removed = len(_unlisted(catalogue, held))
-    if not limit.allows(removed, len(held)):
-        raise CatalogueError(
-            f"catalogue {catalogue.root} no longer lists {removed:,} of the collection's {len(held):,} catalogue "
-            f"items ({removed / len(held):.0%}): --prune or --reindex would remove more than --max-prune {limit} "
-            "allows; check that the catalogue is whole (a manifest cut short, a copy half done?), or if so many items "
-            "really left it, run again with --max-prune 100%"
-        )
 
 
 def ingest_all(
@@ -401,7 +335,7 @@ def reindex(
     if not _every_slice_built(target, catalogue.shard):
         log.info("reindex slice built: the last slice to finish switches the alias", extra={"into": target.collection})
         return summary
-    _refuse_to_leave_out(store, target, catalogue, options.max_prune)
+    refuse_to_leave_out(store, target, catalogue, options.max_prune)
     previous = store.switch_alias(target.collection, replace_plain=drop_old)
     _forget_slices(target, catalogue.shard)
     everyones = _uploads_of(journal, None)  # with --shard this is the last slice: replay every slice's
@@ -439,23 +373,6 @@ def _slice_key(index: int, count: int) -> str:
     return f"reindex_slice_{index}_of_{count}"
 
 
-def _refuse_to_leave_out(store: VectorStore, target: VectorStore, catalogue: Catalogue, limit: PruneLimit) -> None:
-    """Before the switch: the new collection must hold the serving one's catalogue items, but for
-    what ``limit`` allows (those the catalogue dropped, and those that failed in this run: photos
-    that could not be read, a share gone midway). Otherwise the old collection keeps serving."""
-    if target.collection == store.physical_name() or not store.collection_exists():
-        return
-    serving = set(store.item_ids(image_source=catalogue.source))
-    missing = len(serving - set(target.item_ids(image_source=catalogue.source)))
-    if serving and not limit.allows(missing, len(serving)):
-        raise CatalogueError(
-            f"the new collection {target.collection!r} lacks {missing:,} of the {len(serving):,} catalogue items "
-            f"that {store.collection!r} serves ({missing / len(serving):.0%}), more than --max-prune {limit} "
-            "allows: the alias still names the old collection. See the error report for the items that failed, "
-            "then run the reindex again (it resumes), or pass --max-prune 100% if they really are gone"
-        )
-
-
 def verify(
     catalogue: Catalogue,
     journal: UploadJournal,
@@ -481,7 +398,7 @@ def verify(
             report.damaged(item_id, reason)
         store.delete_points([point for point, _, _ in unsound])
         stored_ids = store.item_ids(image_source=catalogue.source)
-        for item_id in _unlisted(catalogue, stored_ids):  # reported; --prune removes them
+        for item_id in unlisted(catalogue, stored_ids):  # reported; --prune removes them
             report.stray(item_id)
     except StoreDamaged as e:
         report.damaged(None, e.message)
