@@ -87,11 +87,16 @@ def worker_photo_ms(items: list[CatalogueItem], preprocess: Preprocess) -> dict[
         "colour_histogram": lambda i: colour_histogram(images[i]),
     }
     timings = {}
-    for name, step in steps.items():
-        started = time.perf_counter()
-        for index in range(len(items)):
-            step(index)
-        timings[name] = round(1000 * (time.perf_counter() - started) / len(items), 3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a decode worker (DataLoader gives each one thread)
+    try:
+        for name, step in steps.items():
+            started = time.perf_counter()
+            for index in range(len(items)):
+                step(index)
+            timings[name] = round(1000 * (time.perf_counter() - started) / len(items), 3)
+    finally:
+        torch.set_num_threads(threads)
     return timings
 
 
