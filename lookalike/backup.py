@@ -33,18 +33,18 @@ def backup(settings: Settings, destination: Path) -> Path:
     target = Path(destination) / time.strftime("lookalike-backup-%Y%m%d-%H%M%S")
     if target.exists():
         raise FileExistsError(f"a backup of this second exists already: {target}")
-    with whole_or_not(target) as folder:
-        store = VectorStore.from_settings(settings)  # holds the lock until closed (embedded)
-        try:
+    store = VectorStore.from_settings(settings)  # first: holds the lock (embedded) before any write
+    try:
+        with whole_or_not(target) as folder:
             if isinstance(store, QdrantStore) and not store.embedded:
                 (folder / "server-snapshot.txt").write_text(f"{store.physical_name()} {store.snapshot()}\n")
             else:
                 store.flush()
                 shutil.copytree(settings.qdrant_path, folder / STORE_FOLDER, ignore=shutil.ignore_patterns(LOCK_FILE))
-        finally:
-            store.close()
-        if settings.upload_dir.is_dir():
-            shutil.copytree(settings.upload_dir, folder / UPLOADS_FOLDER)
+            if settings.upload_dir.is_dir():
+                shutil.copytree(settings.upload_dir, folder / UPLOADS_FOLDER)
+    finally:
+        store.close()
     log.info("backup written", extra={"path": str(target)})
     return target
 
