@@ -55,6 +55,7 @@ test-tools:
 
 test: venv test-tools
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest
 
 # Benchmarks (not tests): each prints one line per figure with its goal and baseline, and writes
