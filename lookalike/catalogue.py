@@ -193,7 +193,10 @@ def _typed_header(header: list[str]) -> tuple[list[str], dict[str, str]]:
         name, _, kind = column.partition(":")
         if kind and kind not in CELL_TYPES:
             raise CatalogueError(f"column {column!r}: the type after ':' is one of {', '.join(CELL_TYPES)}")
-        columns.append(name if kind else column)
+        name = name if kind else column
+        if name in columns:  # its later cell would silently win
+            raise CatalogueError(f"column {name!r} appears twice in the header")
+        columns.append(name)
         if kind:
             types[name] = kind
     return columns, types

@@ -216,3 +216,11 @@ def test_image_links_and_windows_paths_in_a_manifest(catalogue_dir: Path):
     reasons = {error.item_id: error.reason for error in catalogue.errors}
     assert "is a URL" in reasons["link"]
     assert "absolute" in reasons["drive"] and "absolute" in reasons["share"]
+
+
+@pytest.mark.parametrize("header", ["id,image,category,colour,colour", "id,image,category,price,price:number"])
+def test_a_column_named_twice_is_refused_not_silently_half_read(catalogue_dir: Path, header: str):
+    manifest = catalogue_dir / "m.csv"
+    manifest.write_text(f"{header}\nok,red_round/item0.jpg,ball,red,blue\n")
+    with pytest.raises(CatalogueError, match="appears twice"):
+        read_catalogue(manifest)
