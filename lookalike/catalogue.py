@@ -162,7 +162,7 @@ def _manifest_rows(manifest: Path) -> Iterator[dict[str, Any]]:
 def _csv_rows(manifest: Path, text: str) -> Iterator[dict[str, Any]]:
     """Rows as the csv module splits them (a quoted cell may hold line breaks, and ``str.splitlines``
     would also cut at Unicode separators), each with the line it starts on."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)  # "id, image, category" too
     columns, types = _typed_header(next(reader, []))
     image_column = "image" if "image" in columns else "path" if "path" in columns else None
     if image_column is None or "category" not in columns:

@@ -224,3 +224,16 @@ def test_a_column_named_twice_is_refused_not_silently_half_read(catalogue_dir: P
     manifest.write_text(f"{header}\nok,red_round/item0.jpg,ball,red,blue\n")
     with pytest.raises(CatalogueError, match="appears twice"):
         read_catalogue(manifest)
+
+
+def test_a_hand_written_csv_with_spaces_after_its_commas_reads_as_any_other(catalogue_dir: Path):
+    """``id, image, category`` was refused: "needs the columns id, image, category; it has id,  image, ..."."""
+    manifest = catalogue_dir / "m.csv"
+    manifest.write_text('id, image, category, note\nok, red_round/item0.jpg, ball, "round, red"\n')
+    (item,) = read_catalogue(manifest).items
+    assert (item.id, item.image, item.category, item.metadata) == (
+        "ok",
+        "red_round/item0.jpg",
+        "ball",
+        {"note": "round, red"},
+    )
