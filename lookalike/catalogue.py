@@ -162,7 +162,8 @@ def _manifest_rows(manifest: Path) -> Iterator[dict[str, Any]]:
 def _csv_rows(manifest: Path, text: str) -> Iterator[dict[str, Any]]:
     """Rows as the csv module splits them (a quoted cell may hold line breaks, and ``str.splitlines``
     would also cut at Unicode separators), each with the line it starts on."""
-    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)  # "id, image, category" too
+    lines = io.StringIO(text, newline="")
+    reader = csv.reader(lines, delimiter=_delimiter(text), skipinitialspace=True)  # "id, image" too
     columns, types = _typed_header(next(reader, []))
     image_column = "image" if "image" in columns else "path" if "path" in columns else None
     if image_column is None or "category" not in columns:
@@ -183,6 +184,17 @@ def _csv_rows(manifest: Path, text: str) -> Iterator[dict[str, Any]]:
         except ValueError as e:  # the row fails, named by its id and image
             values = {"_error": f"line {line}: {e}", "id": values.get("id"), "image": values["image"]}
         yield values
+
+
+def _delimiter(text: str) -> str:
+    """ "," unless the header names the required columns only when cut at ";" or a tab: a
+    spreadsheet saved as CSV where the decimal mark is a comma uses ";"."""
+    header = text.split("\n", 1)[0]
+    for delimiter in (",", ";", "\t"):
+        names = {name.strip().strip('"').partition(":")[0] for name in header.split(delimiter)}
+        if "category" in names and names & {"image", "path"}:
+            return delimiter
+    return ","
 
 
 def _typed_header(header: list[str]) -> tuple[list[str], dict[str, str]]:

@@ -237,3 +237,21 @@ def test_a_hand_written_csv_with_spaces_after_its_commas_reads_as_any_other(cata
         "ball",
         {"note": "round, red"},
     )
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t"])
+def test_a_manifest_saved_by_a_spreadsheet_with_semicolons_or_tabs_reads_as_any_other(
+    catalogue_dir: Path, delimiter: str
+):
+    """Where the decimal mark is a comma, spreadsheets save "CSV" with ";": it was refused as
+    lacking its columns ("it has id;image;category")."""
+    manifest = catalogue_dir / "m.csv"
+    rows = [["id", "image", "category", "note"], ["ok", "red_round/item0.jpg", "ball", "round, red"]]
+    manifest.write_text("".join(delimiter.join(row) + "\n" for row in rows))
+    (item,) = read_catalogue(manifest).items
+    assert (item.id, item.image, item.category, item.metadata) == (
+        "ok",
+        "red_round/item0.jpg",
+        "ball",
+        {"note": "round, red"},
+    )
