@@ -165,9 +165,9 @@ def _csv_rows(manifest: Path, text: str) -> Iterator[dict[str, Any]]:
     lines = io.StringIO(text, newline="")
     reader = csv.reader(lines, delimiter=_delimiter(text), skipinitialspace=True)  # "id, image" too
     columns, types = _typed_header(next(reader, []))
-    image_column = "image" if "image" in columns else "path" if "path" in columns else None
-    if image_column is None or "category" not in columns:
+    if not _names_required_columns(columns):
         raise CatalogueError(f"manifest {manifest} needs the columns id, image, category; it has {', '.join(columns)}")
+    image_column = "image" if "image" in columns else "path"
     ended = reader.line_num
     for cells in reader:
         line, ended = ended + 1, reader.line_num
@@ -187,14 +187,18 @@ def _csv_rows(manifest: Path, text: str) -> Iterator[dict[str, Any]]:
 
 
 def _delimiter(text: str) -> str:
-    """ "," unless the header names the required columns only when cut at ";" or a tab: a
+    """The comma, unless the header names the required columns only when cut at ";" or a tab: a
     spreadsheet saved as CSV where the decimal mark is a comma uses ";"."""
     header = text.split("\n", 1)[0]
     for delimiter in (",", ";", "\t"):
-        names = {name.strip().strip('"').partition(":")[0] for name in header.split(delimiter)}
-        if "category" in names and names & {"image", "path"}:
+        if _names_required_columns([name.strip().strip('"').partition(":")[0] for name in header.split(delimiter)]):
             return delimiter
     return ","
+
+
+def _names_required_columns(columns: list[str]) -> bool:
+    """Whether a header has an image column (``image``, or ``path`` as the shared manifest) and ``category``."""
+    return "category" in columns and ("image" in columns or "path" in columns)
 
 
 def _typed_header(header: list[str]) -> tuple[list[str], dict[str, str]]:
