@@ -80,8 +80,9 @@ class UploadJournal:
         """Keep an uploaded photo under ``name`` for as long as the block succeeds.
 
         A file this call created is removed again when the block fails, so a failed ``PUT``
-        leaves no orphan; one that was already there (the same bytes under another item, or an
-        orphan not yet swept) gets a fresh time instead, so that no sweep takes it meanwhile.
+        leaves no orphan, unless a ``PUT`` of the same bytes (another item) has claimed it since;
+        one that was already there gets a fresh time instead, so that no sweep takes it meanwhile.
+        That time is each call's own (nanoseconds), so it also tells who claimed the file last.
         """
         target = self.upload_dir / name
         self.upload_dir.mkdir(parents=True, exist_ok=True)
@@ -89,13 +90,16 @@ class UploadJournal:
             created = not target.exists()
             if created:
                 write_atomically(target, data)
-            else:
-                os.utime(target)
+            stamp = time.time_ns()
+            os.utime(target, ns=(stamp, stamp))
+            claimed = target.stat().st_mtime_ns  # as the file system keeps it
         try:
             yield target
         except BaseException:
             if created:
-                target.unlink(missing_ok=True)
+                with self._photos_locked(fcntl.LOCK_EX), contextlib.suppress(FileNotFoundError):
+                    if target.stat().st_mtime_ns == claimed:  # nobody else's since
+                        target.unlink()
             raise
 
     def sweep_photos(self, also_named: Iterable[str] = (), grace_s: float = PHOTO_GRACE_S) -> list[str]:

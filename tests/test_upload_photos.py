@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from ingest.pipeline import IngestOptions, ingest_all, seed_journal
@@ -110,3 +111,21 @@ def test_what_a_write_killed_midway_left_is_swept_once_old(tmp_path):
     age(*left)
     assert journal.sweep_photos() == [orphan.name]  # the photos it removed
     assert not any(path.exists() for path in left) and fresh.exists()
+
+
+def test_a_failed_put_keeps_the_photo_when_a_put_of_the_same_bytes_claimed_it_meanwhile(tmp_path):
+    journal = UploadJournal(tmp_path)
+    name = f"{'b' * 64}.jpg"
+    with pytest.raises(RuntimeError), journal.photo_saved(name, b"photo"):  # the first PUT saves it...
+        with journal.photo_saved(name, b"photo"):  # ...a second item's PUT of the same photo succeeds...
+            pass
+        raise RuntimeError("the first PUT's store write failed")
+    assert (tmp_path / name).read_bytes() == b"photo"  # ...and its item keeps its photo
+
+
+def test_a_failed_put_alone_removes_the_photo_it_saved(tmp_path):
+    journal = UploadJournal(tmp_path)
+    name = f"{'c' * 64}.jpg"
+    with pytest.raises(RuntimeError), journal.photo_saved(name, b"photo"):
+        raise RuntimeError("store write failed")
+    assert not (tmp_path / name).exists()
