@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -43,6 +44,9 @@ PHOTO_GRACE_S = 3600.0
 PHOTOS_LOCK = ".photos.lock"
 #: What `write_atomically` leaves when the process is killed mid-write: ``.<name>.<random>.tmp``.
 HALF_WRITTEN = re.compile(r"\..+\.tmp")
+#: ``PUT`` and ``DELETE`` of one item hold one of these locks (chosen by its point id), in every
+#: process: a request and its retry reach the journal and the store in the same order.
+ITEM_LOCKS = 64
 
 
 class UploadJournal:
@@ -54,6 +58,17 @@ class UploadJournal:
     def complete(self) -> bool:
         """True once the journal is the whole truth about API-added items (seeded)."""
         return (self.folder / COMPLETE_MARKER).is_file()
+
+    @contextlib.contextmanager
+    def item_locked(self, item_id: str) -> Iterator[None]:
+        """Hold the item's lock: without it, a ``PUT`` whose store write failed would undo its entry
+        after a retry of it had written the same entry and stored the item (the next ingest then
+        deletes the item as no longer in the journal)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stripe = uuid.UUID(point_id(item_id)).int % ITEM_LOCKS
+        with (self.folder / f".lock-{stripe:02d}").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            yield
 
     @contextlib.contextmanager
     def recording(self, item: StoredItem) -> Iterator[None]:

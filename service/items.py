@@ -94,7 +94,6 @@ def put_item(item_id: str):
     upload = read_upload(resources.settings.max_image_pixels)
     encoder, store = resources.encoder, resources.store
     store.ensure_collection(encoder.dim, encoder.identity, resources.settings.filterable_fields)
-    existed = bool(store.get_many([item_id]))
     (look,) = resources.looks([upload.image], "put")
     duplicate = _look_alike(resources, item_id, look)
     item = StoredItem(
@@ -108,10 +107,12 @@ def put_item(item_id: str):
         form.product_id,
     )
     journal = UploadJournal(resources.settings.upload_dir)
-    # The file and the journal entry first (a reindex running meanwhile replays the entry into its
-    # collection); both are undone when the store write fails.
-    with journal.photo_saved(item.image, upload.data), journal.recording(item):
-        store.upsert([item], [look])
+    with journal.item_locked(item_id):
+        existed = bool(store.get_many([item_id]))
+        # The file and the journal entry first (a reindex running meanwhile replays the entry into
+        # its collection); both are undone when the store write fails.
+        with journal.photo_saved(item.image, upload.data), journal.recording(item):
+            store.upsert([item], [look])
     body = item_detail_json(item)
     if duplicate is not None:
         body["duplicate_of"] = DuplicateOf(
@@ -135,7 +136,8 @@ def _look_alike(resources: Resources, item_id: str, look: Look) -> Hit | None:
 def delete_item(item_id: str):
     resources = get_resources()
     resources.store.get(item_id)
-    with UploadJournal(resources.settings.upload_dir).forgetting(item_id):  # first, as PUT
+    journal = UploadJournal(resources.settings.upload_dir)
+    with journal.item_locked(item_id), journal.forgetting(item_id):  # first, as PUT
         resources.store.delete([item_id])
     return {"id": item_id, "deleted": True}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -17,16 +18,17 @@ from finetune.__main__ import parse_args as finetune_args
 from finetune.evaluate import main as evaluate_main
 from ingest.__main__ import main as ingest_main
 from lookalike.catalogue import read_catalogue
-from lookalike.errors import InvalidImage
+from lookalike.errors import InvalidImage, StoreUnavailable
 from lookalike.images import read_bytes
-from lookalike.journal import PHOTOS_LOCK
+from lookalike.journal import PHOTOS_LOCK, UploadJournal
 from lookalike.queries import SearchFilter, metadata_matches
 from tests.conftest import draw_item, image_bytes, write_manifest
 
 
 def files_under(folder: Path) -> list[Path]:
-    """The photos and journal entries under ``folder`` (not the lock a PUT takes to save a photo)."""
-    return [path for path in folder.rglob("*") if path.is_file() and path.name != PHOTOS_LOCK]
+    """The photos and journal entries under ``folder`` (not the locks a PUT takes)."""
+    locks = re.compile(rf"{re.escape(PHOTOS_LOCK)}|\.lock-\d+")
+    return [path for path in folder.rglob("*") if path.is_file() and not locks.fullmatch(path.name)]
 
 
 def upload(data: bytes, name: str = "photo.jpg") -> dict:
@@ -131,6 +133,44 @@ def test_a_put_whose_store_write_fails_leaves_no_file(client, ingested, auth, se
     response = client.put("/v1/items/doomed", data=data, headers=auth, content_type="multipart/form-data")
     assert response.status_code == 500
     assert not files_under(settings.upload_dir)
+
+
+def test_a_put_that_fails_after_its_retry_succeeded_keeps_the_item(client, ingested, auth, settings, monkeypatch):
+    """A site retries a PUT that is taking long (the store briefly unreachable): the retry is
+    stored, then the first attempt fails. Its undo must not remove the retry's journal entry, or
+    the next ingest deletes the item as no longer in the journal."""
+    store_upsert = type(ingested).upsert
+    first_in_store, first_may_fail = threading.Event(), threading.Event()
+
+    def upsert(self, items, looks):
+        if not first_in_store.is_set():  # the first attempt: stalls, then fails
+            first_in_store.set()
+            first_may_fail.wait(10)
+            raise StoreUnavailable("the vector store (Qdrant) is unreachable; retry later")
+        store_upsert(self, items, looks)
+
+    monkeypatch.setattr(type(ingested), "upsert", upsert)
+    photo = image_bytes(draw_item("blue_bar", 3), "PNG")
+    statuses: dict[str, int] = {}
+
+    def put(attempt: str) -> None:
+        data = {**upload(photo, "x.png"), "category": "c"}
+        response = client.put("/v1/items/retried", data=data, headers=auth, content_type="multipart/form-data")
+        statuses[attempt] = response.status_code
+
+    first = threading.Thread(target=put, args=("first",))
+    first.start()
+    assert first_in_store.wait(10)
+    retry = threading.Thread(target=put, args=("retry",))
+    retry.start()
+    retry.join(timeout=1.5)  # without the item's lock the retry is stored by now
+    first_may_fail.set()
+    first.join()
+    retry.join()
+
+    assert statuses == {"first": 503, "retry": 201}
+    assert client.get("/v1/items/retried").status_code == 200
+    assert [item.id for item in UploadJournal(settings.upload_dir).catalogue().items] == ["retried"]
 
 
 # -- 8. FIFOs and other non-regular files --------------------------------------------------------
