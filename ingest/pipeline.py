@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -248,7 +248,11 @@ def _stored_item(item: CatalogueItem, sha256: str, model: str) -> StoredItem:
 def _prune(catalogue: Catalogue, store: VectorStore) -> int:
     """Delete items of the catalogue's source no longer listed (failing ones stay; catalogue runs
     keep items added over the API, and the other way round)."""
-    gone = unlisted(catalogue, store.item_ids(image_source=catalogue.source))
+    return _delete_unlisted(catalogue, store.item_ids(image_source=catalogue.source), store)
+
+
+def _delete_unlisted(catalogue: Catalogue, stored_ids: Iterable[str], store: VectorStore) -> int:
+    gone = unlisted(catalogue, stored_ids)
     store.delete(gone)
     for item_id in gone:
         log.info("item pruned", extra={"item_id": item_id, "source": catalogue.source})
@@ -295,9 +299,25 @@ def sync_uploads(
     """Bring the collection's API-added items in line with the upload journal (re-embedding
     those it lacks or holds from another model). An upload whose image is missing fails its
     item in the report; its journal entry stays, so it is never silently lost."""
-    prune = journal.complete and not uploads.errors  # an unreadable entry must not delete its item
-    options = dataclasses.replace(options, prune=prune, index_duplicates=True, near_duplicates=None)
-    return ingest(uploads, encoder, store, report, options)
+    options = dataclasses.replace(options, prune=False, index_duplicates=True, near_duplicates=None)
+    summary = ingest(uploads, encoder, store, report, options)
+    if journal.complete and not uploads.errors:  # an unreadable entry must not delete its item
+        started = time.perf_counter()
+        with summary.stage("prune"):
+            summary.pruned = _prune_uploads(journal, store, uploads.shard)
+        summary.seconds += time.perf_counter() - started
+    return summary
+
+
+def _prune_uploads(journal: UploadJournal, store: VectorStore, shard: Shard | None) -> int:
+    """Delete the API items that the journal no longer lists (deleted over the API), judged by
+    the journal as it is once the store has been listed: a ``PUT`` writes its entry before the
+    store, so an item added while this run embedded the others is kept."""
+    stored = list(store.item_ids(image_source=UPLOAD))
+    journal_now = _uploads_of(journal, shard)
+    if journal_now.errors:
+        return 0
+    return _delete_unlisted(journal_now, stored, store)
 
 
 def _uploads_of(journal: UploadJournal, shard: Shard | None) -> Catalogue:

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ingest.pipeline import IngestOptions, ingest_all, seed_journal
+from ingest.pipeline import IngestOptions, ingest_all, seed_journal, sync_uploads
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
 from lookalike.journal import PHOTO_GRACE_S, PHOTO_NAME, PHOTOS_LOCK, UploadJournal
+from lookalike.points import point_id
 from tests.conftest import draw_item, image_bytes
 
 
@@ -129,3 +130,49 @@ def test_a_failed_put_alone_removes_the_photo_it_saved(tmp_path):
     with pytest.raises(RuntimeError), journal.photo_saved(name, b"photo"):
         raise RuntimeError("store write failed")
     assert not (tmp_path / name).exists()
+
+
+def test_an_item_put_while_ingest_runs_is_kept(
+    settings, encoder, store, client, auth, catalogue_dir, tmp_path, monkeypatch
+):
+    """Ingest reads the journal before embedding the catalogue; an item PUT meanwhile (a Qdrant
+    server takes both) is in the store but not in what it read, and must not be pruned as deleted."""
+    store.ensure_collection(encoder.dim, encoder.identity)
+    put(client, auth, "before", draw_item("red_round", 1))
+    journal = UploadJournal(settings.upload_dir)
+    seed_journal(journal, store)
+    embed_batch, puts = encoder.embed_batch, []
+
+    def embed_batch_while_a_put_lands(pixels):
+        if not puts:
+            puts.append("during")
+            put(client, auth, "during", draw_item("blue_bar", 2))
+        return embed_batch(pixels)
+
+    monkeypatch.setattr(encoder, "embed_batch", embed_batch_while_a_put_lands)
+    report = ErrorReport.open(tmp_path / "errors.jsonl")
+    try:
+        options = IngestOptions(workers=0, progress=False)
+        summary = ingest_all(read_catalogue(catalogue_dir), journal, encoder, store, report, options)
+    finally:
+        report.close()
+
+    assert puts and summary.pruned == 0
+    assert set(store.item_ids(image_source="upload")) == {"before", "during"}
+
+
+def test_an_item_deleted_over_the_api_is_pruned_by_the_next_ingest(settings, encoder, store, client, auth, tmp_path):
+    store.ensure_collection(encoder.dim, encoder.identity)
+    put(client, auth, "kept", draw_item("red_round", 1))
+    put(client, auth, "deleted", draw_item("blue_bar", 2))
+    journal = UploadJournal(settings.upload_dir)
+    seed_journal(journal, store)
+    (journal.folder / f"{point_id('deleted')}.json").unlink()  # a DELETE stopped between journal and store
+    report = ErrorReport.open(tmp_path / "errors.jsonl")
+    try:
+        summary = sync_uploads(journal.catalogue(), journal, encoder, store, report, IngestOptions(progress=False))
+    finally:
+        report.close()
+
+    assert summary.pruned == 1 and "prune" in summary.stages
+    assert set(store.item_ids(image_source="upload")) == {"kept"}
