@@ -133,6 +133,7 @@ def fine_tune(
     """Train on the catalogue's split, keep the best epoch, measure it as the product will use it,
     save the checkpoint (and its ONNX export)."""
     started = time.perf_counter()
+    fingerprint = catalogue_fingerprint(items)
     if config.whitening and config.embedding != "trunk":
         raise ModelLoadError("whitening applies to the trunk's features: it needs --embedding trunk")
     device = device or torch.device("cpu")
@@ -165,7 +166,8 @@ def fine_tune(
     queries, eval_gallery = queries.with_pixels(val_transform, device), gallery.with_pixels(val_transform, device)
     placement = Placement(device, _training_precision(model, loader, config, device))
     log.info("training on", extra={"placement": placement.describe(), "data": type(loader).__name__})
-    loop = EpochLoop(model, loader, config, output, placement, started)
+    learns_from = {"base_source": source.to_dict(), "catalogue_fingerprint": fingerprint[:16]}
+    loop = EpochLoop(model, loader, config, output, placement, started, learns_from)
     phases = {"prepare": time.perf_counter() - started}
     with _cudnn_autotuning(device):
         loop.run(lambda: evaluate(model, queries, eval_gallery, val_transform, classes, placement, config.label))
@@ -183,7 +185,7 @@ def fine_tune(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "base_model": source.label,
         "base_source": source.to_dict(),
-        "catalogue_fingerprint": catalogue_fingerprint(items),
+        "catalogue_fingerprint": fingerprint,
         "training": dataclasses.asdict(config),
         "epochs_run": loop.epoch,
         "epochs_planned": loop.planned_epochs,
@@ -371,9 +373,11 @@ class EpochLoop:
         output: Path,
         placement: Placement,
         started: float,
+        learns_from: dict[str, Any] | None = None,
     ) -> None:
         self.model, self.loader, self.config, self.output = model, loader, config, output
         self.placement, self.started = placement, started
+        self.learns_from = learns_from or {}  # the base model and the training data's fingerprint
         #: Re-estimated at each evaluation (unless configured): evaluation stays <= EVAL_SHARE of the time.
         self.eval_every = config.eval_every or 1
         self._saved_at = -math.inf
@@ -529,9 +533,11 @@ class EpochLoop:
         )
 
     def _recipe(self) -> dict[str, Any]:
-        """What a resume file must match: the training settings and the tower's input size (after
-        a preset changed size, as the small one did for issue 18, an older run must not continue)."""
-        return {**dataclasses.asdict(self.config), "image_size": self.model.visual.image_size}
+        """What a resume file must match: the training settings, the tower's input size (after a
+        preset changed size, as the small one did for issue 18, an older run must not continue),
+        the base model and the training data (a catalogue that gained a category, or changed
+        photos, is another run: its head has another shape, its held-out scores other queries)."""
+        return {**dataclasses.asdict(self.config), "image_size": self.model.visual.image_size, **self.learns_from}
 
     def _resume(self) -> None:
         state = load_resume_state(self.output, self._recipe())

@@ -199,8 +199,8 @@ def load_resume_state(directory: Path, config: dict[str, Any]) -> dict[str, Any]
     changed = _changes(saved, wanted, wanted.keys() | saved.keys())
     if changed:
         raise ResumeRefused(
-            f"{path} was written by a run with other settings ({', '.join(changed)}): "
-            "rerun with the same options to resume, or pass --force to start over"
+            f"{path} was written by a run with other settings or data ({', '.join(changed)}): "
+            "rerun with the same options and catalogue to resume, or pass --force to start over"
         )
     return state
 

@@ -189,6 +189,9 @@ def test_interrupted_training_resumes_from_its_last_epoch(shapes_dir, tmp_path, 
     monkeypatch.setattr(run.EpochLoop, "_save_resume_state", save)
     with pytest.raises(ResumeRefused, match=re.escape("lr: 0.003 -> 0.01")):  # another recipe never continues it
         fine_tune(items, source, tmp_path / "run", dataclasses.replace(config, lr=1e-2), max_pixels=10**7)
+    one_category_less = [item for item in items if item.category != items[0].category]
+    with pytest.raises(ResumeRefused, match="catalogue_fingerprint"):  # a head of another shape, other data
+        fine_tune(one_category_less, source, tmp_path / "run", config, max_pixels=10**7)
     resume_file = tmp_path / "run" / "resume.pt"
     original = resume_file.read_bytes()
     state = torch.load(resume_file, weights_only=True)
