@@ -23,7 +23,7 @@ from finetune.data import LABELS, catalogue_fingerprint, split_by_holdout
 from finetune.model import EMBEDDINGS
 from finetune.run import TrainingConfig, fine_tune
 from lookalike.catalogue import read_catalogue
-from lookalike.checkpoint import RESUME_FILE, is_complete, model_config, recipe_changes
+from lookalike.checkpoint import RESUME_FILE, is_complete, model_config, read_info, recipe_changes
 from lookalike.cli import description, float_range, int_range, positive_float, program
 from lookalike.device import resolve_device
 from lookalike.errors import CatalogueError, InvalidRequest, LookalikeError
@@ -166,11 +166,18 @@ def choose_recipe(
     return source, dataclasses.replace(config, progress=not args.no_progress, **overrides)
 
 
-def already_trained(output: Path, source: ModelSource, config: TrainingConfig) -> str:
-    """Why a finished checkpoint is reused, and what differs when this recipe would train another
-    (it is kept all the same: training again is minutes to hours, and `--force` says so)."""
+def already_trained(output: Path, source: ModelSource, config: TrainingConfig, fingerprint: str) -> str:
+    """Why a finished checkpoint is reused, and what differs when this recipe or this catalogue
+    (``fingerprint``) would train another (it is kept all the same: training again is minutes to
+    hours, and `--force` says so)."""
     image_size = (model_config(source) or {}).get("vision_cfg", {}).get("image_size")
     changes = recipe_changes(output, dataclasses.asdict(config), image_size, dataclasses.asdict(TrainingConfig()))
+    if read_info(output).get("catalogue_fingerprint") not in (None, fingerprint):  # an --output kept across changes
+        recipe = f", and with another recipe than this one ({', '.join(changes)})" if changes else ""
+        return (
+            f"checkpoint {output} was trained on another version of this catalogue (photos or categories changed "
+            f"since){recipe}: using it; --force trains it again on this one"
+        )
     if not changes:
         return f"checkpoint {output} is already trained for this catalogue (--force to train again)"
     return (
@@ -207,10 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         source, config = choose_recipe(args, settings, device)
         name = source.short_name
         suffix = ("-seen" if args.holdout_categories else "") + ("-product" if args.label == "product" else "")
+        fingerprint = catalogue_fingerprint(items)
         output = args.output or Path("models") / f"{name}-{catalogue_fingerprint(catalogue.items)[:10]}{suffix}"
         with trained_alone(output):
             if is_complete(output) and not args.force:
-                message = already_trained(output, source, config)
+                message = already_trained(output, source, config, fingerprint)
                 print(output if args.print_checkpoint else message)
                 if args.print_checkpoint:
                     print(message, file=sys.stderr)

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +252,12 @@ def test_cli_and_evaluate_report(shapes_dir, tmp_path, monkeypatch, capsys):
     assert finetune_main(args) == 0
     assert f"(image_size: {size - 16} -> {size})" in capsys.readouterr().out
     config_file.write_text(original)
+    grown = tmp_path / "grown"  # the catalogue has a photo more since: the --output is kept, and says so
+    shutil.copytree(shapes_dir, grown)
+    shutil.copy(shapes_dir / SHAPES[0] / "00.png", grown / SHAPES[0] / "new.png")
+    assert finetune_main([str(grown), *args[1:]]) == 0
+    assert "trained on another version of this catalogue" in capsys.readouterr().out
+    assert (output / "open_clip_model.safetensors").read_bytes() == weights
 
     reports = tmp_path / "reports"
     assert evaluate_main([str(shapes_dir), "--checkpoint", str(output), "--output-dir", str(reports)]) == 0
