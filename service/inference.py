@@ -82,14 +82,18 @@ class InferenceThread:
             images += len(job.images)
         return jobs
 
-    @staticmethod
-    def _embed(model: Encoder, jobs: list[_Job]) -> None:
+    @classmethod
+    def _embed(cls, model: Encoder, jobs: list[_Job]) -> None:
         try:
             looks = looks_of(model, [image for job in jobs for image in job.images])
-        except Exception as e:  # every waiting request gets the error, none hangs
-            log.exception("forward pass failed", extra={"requests": len(jobs)})
-            for job in jobs:
-                job.done.set_exception(e)
+        except Exception as e:
+            if len(jobs) > 1:  # one request's photo must not fail the others': each alone
+                log.warning("shared forward pass failed, retried one request at a time", extra={"requests": len(jobs)})
+                for job in jobs:
+                    cls._embed(model, [job])
+                return
+            log.exception("forward pass failed", extra={"images": len(jobs[0].images)})
+            jobs[0].done.set_exception(e)  # the request gets the error, never hangs
             return
         if len(jobs) > 1:
             log.debug("requests shared a forward pass", extra={"requests": len(jobs), "images": len(looks)})

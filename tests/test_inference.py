@@ -48,7 +48,7 @@ def test_queued_requests_share_one_forward_pass_and_get_their_own_answers(encode
             np.testing.assert_allclose(got.colour, want.colour)
 
 
-def test_a_failed_pass_fails_every_request_in_it_and_the_thread_goes_on(encoder, monkeypatch):
+def test_a_request_whose_pass_fails_gets_the_error_and_the_thread_goes_on(encoder, monkeypatch):
     calls = []
 
     def failing_once(model, images):
@@ -63,6 +63,34 @@ def test_a_failed_pass_fails_every_request_in_it_and_the_thread_goes_on(encoder,
         worker.looks([draw_item("red_round", 0)])
     assert len(worker.looks([draw_item("red_round", 0)])) == 1
     worker.close()
+
+
+def test_a_photo_that_fails_a_shared_pass_fails_its_own_request_only(encoder, monkeypatch):
+    poison, release, batches = draw_item("blue_bar", 1, size=(33, 33)), threading.Event(), []
+
+    def failing_on_the_poison(model, images):
+        batches.append(len(images))
+        if len(batches) == 1:
+            release.wait(10)  # hold the first pass so the others queue behind it
+        if any(image.size == poison.size for image in images):
+            raise RuntimeError("this photo breaks the model")
+        return looks_of(model, images)
+
+    monkeypatch.setattr(inference, "looks_of", failing_on_the_poison)
+    worker = InferenceThread(encoder, max_batch=32)
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(worker.looks, [draw_item("red_round", 0)])
+        while not batches:
+            pass
+        good, bad = pool.submit(worker.looks, [draw_item("green_square", 2)]), pool.submit(worker.looks, [poison])
+        while worker._jobs.qsize() < 2:
+            pass
+        release.set()
+        assert len(first.result()) == 1 and len(good.result()) == 1
+        with pytest.raises(RuntimeError, match="breaks the model"):
+            bad.result()
+    worker.close()
+    assert batches == [1, 2, 1, 1]  # the shared pass, then each of its requests alone
 
 
 def test_the_model_is_built_on_the_inference_thread_and_its_errors_surface():
