@@ -81,6 +81,7 @@ class ImageEncoder:
         self.worker_preprocess: Preprocess = split[0] if split else preprocess
         self._normalisation = split[1].to(self.placement.device) if split else None
         self.classifier = classifier
+        self._fits: int | None = None  # the largest batch the device had memory for, once one had not
         self.dim = int(self._probe_dim())
         #: Untrained weights (no MODEL_PRETRAINED, no checkpoint): /readyz and the page say so.
         self.random_weights = False
@@ -114,11 +115,33 @@ class ImageEncoder:
         log.info("encoder ready", extra={"model": encoder.identity, "dim": encoder.dim, "device": placement.describe()})
         return encoder
 
-    @torch.inference_mode()
     def embed_batch(self, pixels: torch.Tensor | np.ndarray) -> np.ndarray:
         """Embed preprocessed pixels (N, 3, H, W) on the encoder's device and precision: the
-        transform's floats, or `worker_preprocess`'s uint8 (normalised here, on the device)."""
-        pixels = torch.as_tensor(pixels).to(self.placement.device, non_blocking=True)
+        transform's floats, or `worker_preprocess`'s uint8 (normalised here, on the device).
+
+        A batch the device has no memory for (a GPU shared with other work, a larger model than
+        the batch size was chosen for) is embedded in halves, and later batches in parts of the
+        size that fitted, instead of stopping an ingest run that would stop again when rerun.
+        """
+        pixels = torch.as_tensor(pixels)
+        part, parts, start = min(len(pixels), self._fits or len(pixels)), [], 0
+        while start < len(pixels):
+            try:
+                parts.append(self._embed_pixels(pixels[start : start + part]))
+                start += part
+                continue
+            except torch.OutOfMemoryError:
+                if part == 1:
+                    raise
+            part = self._fits = part // 2
+            if self.placement.device.type == "cuda":  # out of the except block, its tensors are freed
+                torch.cuda.empty_cache()
+            log.warning("out of device memory: embedding in smaller batches", extra={"batch_size": part})
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
+    @torch.inference_mode()
+    def _embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        pixels = pixels.to(self.placement.device, non_blocking=True)
         if pixels.dtype == torch.uint8:
             if self._normalisation is None:
                 raise TypeError("uint8 pixels need a transform ending in ToTensor + Normalize")

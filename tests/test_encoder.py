@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from lookalike.encoder import ImageEncoder
 from lookalike.errors import ModelLoadError
@@ -57,3 +58,30 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path: Path):
     (tmp_path / "training.json").write_text("{}")
     with pytest.raises(ModelLoadError, match="could not load the encoder checkpoint:"):
         ImageEncoder.from_settings(Settings(model_checkpoint=tmp_path))
+
+
+def test_a_batch_the_device_has_no_memory_for_is_embedded_in_parts(monkeypatch):
+    encoder = ImageEncoder.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
+    pixels = encoder.pixels([draw_item("red_round", i) for i in range(10)])
+    whole = encoder.embed_batch(pixels)
+    embed, sizes = encoder._embed_pixels, []
+
+    def short_of_memory(part):
+        sizes.append(len(part))
+        if len(part) > 3:  # as CUDA answers a batch it has no room for
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return embed(part)
+
+    monkeypatch.setattr(encoder, "_embed_pixels", short_of_memory)
+    np.testing.assert_allclose(encoder.embed_batch(pixels), whole, atol=1e-5)
+    assert sizes == [10, 5, 2, 2, 2, 2, 2]  # halved until it fits
+    sizes.clear()
+    np.testing.assert_allclose(encoder.embed_batch(pixels[:6]), whole[:6], atol=1e-5)
+    assert sizes == [2, 2, 2]  # later batches go in parts that fit at once
+
+    def no_memory_at_all(part):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(encoder, "_embed_pixels", no_memory_at_all)
+    with pytest.raises(torch.OutOfMemoryError):  # not even one photo fits: the error, not a loop
+        encoder.embed_batch(pixels[:1])
