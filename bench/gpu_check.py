@@ -7,7 +7,8 @@ its size (bf16); fine-tuning the large preset on the catalogue's split (seconds,
 went, held-out P@4 and mAP@R, the protocol of finetune.evaluate); ingest with that checkpoint
 into a fresh embedded store (the catalogue at two batch sizes, then four times over, then with
 a forward pass that costs nothing: the pipeline alone, with and without the near-duplicate
-check; then the decode workers alone, feeding a main process that does nothing else), against
+check; then the decode workers alone, feeding a main process that does nothing else; then the
+store's writes alone, and how much of their time another thread could run), against
 the decode rate (goal: >= 0.8x, i.e. the forward pass is not the bottleneck); then the small
 preset, data held on the device and from PIL workers (not with ``--no-small``). ``--quick``
 shrinks everything so the script itself can be checked on a CPU in a minute. On a lent
@@ -22,12 +23,14 @@ import json
 import multiprocessing
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from bench.common import FreeEncoder
+from bench.common import FreeEncoder, unit_rows
 from finetune.__main__ import PRESETS
 from finetune.run import fine_tune
 from ingest.decode import iter_batches
@@ -38,8 +41,10 @@ from lookalike.colour import colour_histogram
 from lookalike.device import Placement, default_workers, describe_device, resolve_device
 from lookalike.encoder import ImageEncoder, create_clip, load_visual
 from lookalike.images import decode_image, read_bytes, sha256_hex
+from lookalike.looks import Look
 from lookalike.model_source import ModelSource
 from lookalike.pixels import Preprocess, split_normalisation
+from lookalike.points import StoredItem
 from lookalike.queries import NearDuplicateRule
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
@@ -199,6 +204,9 @@ def main() -> None:
                 vs_pil_decode=round(read["images_per_s"] / decode, 3),
                 **read,
             )
+        write = store_write_rate(settings, len(items), Path(tmp))
+        rate = write["points_per_s"]
+        emit("ingest_store_write_alone", batch_size=256, vs_pil_decode=round(rate / decode, 3), **write)
         for on_device in () if args.no_small else (True, False):  # the small preset both ways: the data paths
             finetune_figure("small", on_device, items, Path(tmp), device, settings, args.quick)
 
@@ -286,6 +294,46 @@ def _timed_read(settings: Settings, encoder: ImageEncoder, items: list[Catalogue
         "seconds": round(seconds, 3),
         "first_batch_s": round(first_batch_s, 3),
         "main_process_cpu_s": round(time.process_time() - cpu_started, 3),
+    }
+
+
+def store_write_rate(settings: Settings, count: int, tmp: Path, dim: int = 512, batch_size: int = 256) -> dict:
+    """Points a second that the embedded store takes as ingest's writer thread gives them (random
+    looks, catalogue-like payloads, batches of ``batch_size``): the write stage's own ceiling. And
+    how late a thread that wakes every millisecond (as ingest's main thread waits for the
+    workers' chunks) gets the GIL back meanwhile: Qdrant Edge keeps the GIL through most of a
+    call, so the writer's calls delay the main thread by up to their length."""
+    rng = np.random.default_rng(0)
+    items = [StoredItem(f"item-{i}", f"c{i % 30}", f"c{i % 30}/{i}.jpg", f"{i:064x}", "bench") for i in range(count)]
+    embeddings, colours = unit_rows(rng, count, dim), unit_rows(rng, count, 512, colour=True)
+    looks = [Look(embedding, colour) for embedding, colour in zip(embeddings, colours, strict=True)]
+    store = VectorStore.from_settings(settings.with_overrides(qdrant_path=tmp / "write-alone", qdrant_url=None))
+    store.ensure_collection(dim, "bench")
+    lags_s: list[float] = []
+    writing = threading.Event()
+
+    def wake_every_ms() -> None:
+        while writing.is_set():
+            asleep = time.perf_counter()
+            time.sleep(0.001)
+            lags_s.append(time.perf_counter() - asleep - 0.001)
+
+    writing.set()
+    waker = threading.Thread(target=wake_every_ms, daemon=True)
+    waker.start()
+    try:
+        started = time.perf_counter()
+        for start in range(0, count, batch_size):
+            store.upsert(items[start : start + batch_size], looks[start : start + batch_size])
+        seconds = time.perf_counter() - started
+    finally:
+        writing.clear()
+        waker.join()
+        store.close()
+    return {
+        "points_per_s": round(count / seconds, 1),
+        "seconds": round(seconds, 3),
+        "wake_lag_ms": {"mean": round(1000 * float(np.mean(lags_s)), 2), "max": round(1000 * max(lags_s), 2)},
     }
 
 
