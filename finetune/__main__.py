@@ -22,7 +22,7 @@ import torch
 from finetune.data import LABELS, catalogue_fingerprint, split_by_holdout
 from finetune.model import EMBEDDINGS
 from finetune.run import TrainingConfig, fine_tune
-from lookalike.catalogue import read_catalogue
+from lookalike.catalogue import CatalogueItem, read_catalogue
 from lookalike.checkpoint import RESUME_FILE, is_complete, model_config, read_info, recipe_changes
 from lookalike.cli import description, float_range, int_range, positive_float, program
 from lookalike.device import resolve_device
@@ -166,13 +166,14 @@ def choose_recipe(
     return source, dataclasses.replace(config, progress=not args.no_progress, **overrides)
 
 
-def already_trained(output: Path, source: ModelSource, config: TrainingConfig, fingerprint: str) -> str:
-    """Why a finished checkpoint is reused, and what differs when this recipe or this catalogue
-    (``fingerprint``) would train another (it is kept all the same: training again is minutes to
-    hours, and `--force` says so)."""
+def already_trained(output: Path, source: ModelSource, config: TrainingConfig, items: list[CatalogueItem]) -> str:
+    """Why a finished checkpoint is reused, and what differs when this recipe or these catalogue
+    ``items`` would train another (it is kept all the same: training again is minutes to hours,
+    and `--force` says so)."""
     image_size = (model_config(source) or {}).get("vision_cfg", {}).get("image_size")
     changes = recipe_changes(output, dataclasses.asdict(config), image_size, dataclasses.asdict(TrainingConfig()))
-    if read_info(output).get("catalogue_fingerprint") not in (None, fingerprint):  # an --output kept across changes
+    trained_on = read_info(output).get("catalogue_fingerprint")
+    if trained_on not in (None, catalogue_fingerprint(items)):  # an --output kept across catalogue changes
         recipe = f", and with another recipe than this one ({', '.join(changes)})" if changes else ""
         return (
             f"checkpoint {output} was trained on another version of this catalogue (photos or categories changed "
@@ -214,11 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         source, config = choose_recipe(args, settings, device)
         name = source.short_name
         suffix = ("-seen" if args.holdout_categories else "") + ("-product" if args.label == "product" else "")
-        fingerprint = catalogue_fingerprint(items)
         output = args.output or Path("models") / f"{name}-{catalogue_fingerprint(catalogue.items)[:10]}{suffix}"
         with trained_alone(output):
             if is_complete(output) and not args.force:
-                message = already_trained(output, source, config, fingerprint)
+                message = already_trained(output, source, config, items)
                 print(output if args.print_checkpoint else message)
                 if args.print_checkpoint:
                     print(message, file=sys.stderr)
