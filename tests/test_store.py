@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lookalike.errors import ItemNotFound, ModelMismatch, StoreLocked
+from lookalike.errors import ItemNotFound, ModelMismatch, StoreError, StoreLocked
 from lookalike.looks import Look
 from lookalike.points import StoredItem, point_id
 from lookalike.queries import Boost, Ranking, SearchFilter
@@ -434,3 +434,33 @@ def test_diversity_keeps_one_products_near_identical_variants_from_filling_the_p
     paged, whole = products(0.6, colour_weight=0.5, offset=1), products(0.6, limit=5, colour_weight=0.5)
     assert paged == whole[1:]  # pages of one diverse ranking
     assert products(0.6, one_per_product=True).count("a") == 1
+
+
+@pytest.mark.parametrize("engine", ["qdrant-client"])  # a server's path; Edge's folder has one process
+def test_a_collection_another_process_created_meanwhile_is_used(store: VectorStore, monkeypatch):
+    """Parallel ``--shard`` runs, or two API workers' first PUTs, on a fresh Qdrant server: each
+    sees no collection, one creates it, the other's creation fails. That one must go on."""
+    create = type(store)._create
+
+    def created_first_by_another_process(self, collection, *args):
+        create(self, collection, *args)  # the other process wins the race...
+        create(self, collection, *args)  # ...so this creation fails: "already exists"
+
+    monkeypatch.setattr(type(store), "_create", created_first_by_another_process)
+    store.ensure_collection(3, MODEL)
+    store.upsert([item("a", "shoe")], [look(1, 0, 0)])
+    assert store.count() == 1
+    with pytest.raises(ModelMismatch):  # a collection of another model is still refused
+        store.bound_to(store.physical_name()).create_physical(5, "other-model@1")
+
+
+def test_an_alias_another_process_set_meanwhile_is_used(store: VectorStore, monkeypatch):
+    set_alias = type(store)._set_alias
+
+    def set_first_by_another_process(self, alias, collection):
+        set_alias(self, alias, collection)  # the other process's switch lands first...
+        raise StoreError("alias already exists")  # ...and this one's fails
+
+    monkeypatch.setattr(type(store), "_set_alias", set_first_by_another_process)
+    store.ensure_collection(3, MODEL)
+    assert store.resolve() == store.for_model(MODEL).collection

@@ -78,18 +78,37 @@ class CollectionLifecycle(ABC):
             return
         target = self.for_model(model)
         target.create_physical(dim, model, filterable_fields)
-        self.switch_alias(target.collection)
+        try:
+            self.switch_alias(target.collection)
+        except StoreError:
+            if self.resolve() != target.collection:  # else another process pointed it there meanwhile
+                raise
 
     def create_physical(self, dim: int, model: str, filterable_fields: Sequence[str] = ()) -> None:
-        """Create this store's collection unless it exists (a reindex killed midway resumes into it)."""
-        with self._call():
-            if self._exists(self.collection):
-                self.check_model(dim, model)
-                return
-            metadata = {MODEL: model, "dim": dim, "layout": LAYOUT}
-            indexes = payload_indexes(filterable_fields)
-            self._create(self.collection, {EMBEDDING: dim, COLOUR: COLOUR_DIM}, metadata, indexes)
+        """Create this store's collection unless it exists (a reindex killed midway resumes into it),
+        else check that it holds this model's embeddings."""
+        if not self._created(dim, model, filterable_fields):
+            self.check_model(dim, model)
+
+    def _created(self, dim: int, model: str, filterable_fields: Sequence[str]) -> bool:
+        """Create the collection; False when it exists, also when another process created it
+        between the check and the creation (on a server: parallel ``--shard`` runs, the first
+        PUTs of two API workers), which fails the creation."""
+        try:
+            with self._call():
+                if self._exists(self.collection):
+                    return False
+                metadata = {MODEL: model, "dim": dim, "layout": LAYOUT}
+                vectors = {EMBEDDING: dim, COLOUR: COLOUR_DIM}
+                self._create(self.collection, vectors, metadata, payload_indexes(filterable_fields))
+        except StoreError:
+            with self._call():
+                if not self._exists(self.collection):  # a failure of its own
+                    raise
+            log.info("collection created meanwhile by another process", extra={"collection": self.collection})
+            return False
         log.info("collection created", extra={"collection": self.collection, "model": model, "dim": dim})
+        return True
 
     def check_model(self, dim: int, model: str) -> None:
         """Raise `ModelMismatch` unless the collection holds embeddings of exactly this model."""
