@@ -47,6 +47,8 @@ HALF_WRITTEN = re.compile(r"\..+\.tmp")
 #: ``PUT`` and ``DELETE`` of one item hold one of these locks (chosen by its point id), in every
 #: process: a request and its retry reach the journal and the store in the same order.
 ITEM_LOCKS = 64
+#: The names of the lock files (empty files: neither photos nor entries).
+LOCK_FILES = re.compile(rf"{re.escape(PHOTOS_LOCK)}|\.lock-\d+")
 
 
 class UploadJournal:

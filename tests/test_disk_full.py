@@ -23,7 +23,7 @@ from ingest.__main__ import main as ingest_main
 from lookalike import files
 from lookalike.errors import DiskFull, StoreOutOfSpace
 from lookalike.files import MIB, on_tmpfs, unallocated_bytes, write_atomically
-from lookalike.journal import PHOTOS_LOCK, UploadJournal
+from lookalike.journal import LOCK_FILES, UploadJournal
 from lookalike.looks import looks_of
 from lookalike.points import StoredItem
 from lookalike.queries import Ranking, SearchFilter
@@ -108,7 +108,7 @@ def test_a_put_on_a_full_disk_is_507_and_leaves_nothing_behind(client, ingested,
     answer = client.put("/v1/items/new-1", data=form, headers=auth, content_type="multipart/form-data")
     assert answer.status_code == 507
     assert answer.get_json()["error"]["code"] == "insufficient_storage"
-    left = [path for path in settings.upload_dir.rglob("*") if path.is_file() and path.name != PHOTOS_LOCK]
+    left = [path for path in settings.upload_dir.rglob("*") if path.is_file() and not LOCK_FILES.fullmatch(path.name)]
     assert left == []  # neither the photo nor a journal entry stayed
     assert client.get("/v1/items/new-1").status_code == 404
     assert client.get("/v1/items/red_round-0/similar?k=2").status_code == 200  # searching still works

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import threading
 from pathlib import Path
 
@@ -20,15 +19,14 @@ from ingest.__main__ import main as ingest_main
 from lookalike.catalogue import read_catalogue
 from lookalike.errors import InvalidImage, StoreUnavailable
 from lookalike.images import read_bytes
-from lookalike.journal import PHOTOS_LOCK, UploadJournal
+from lookalike.journal import LOCK_FILES, UploadJournal
 from lookalike.queries import SearchFilter, metadata_matches
 from tests.conftest import draw_item, image_bytes, write_manifest
 
 
 def files_under(folder: Path) -> list[Path]:
     """The photos and journal entries under ``folder`` (not the locks a PUT takes)."""
-    locks = re.compile(rf"{re.escape(PHOTOS_LOCK)}|\.lock-\d+")
-    return [path for path in folder.rglob("*") if path.is_file() and not locks.fullmatch(path.name)]
+    return [path for path in folder.rglob("*") if path.is_file() and not LOCK_FILES.fullmatch(path.name)]
 
 
 def upload(data: bytes, name: str = "photo.jpg") -> dict:
