@@ -32,10 +32,12 @@ class Upload:
 
 def read_upload(max_pixels: int) -> Upload:
     """The decoded ``image`` field; 400 if absent, 413/415/422 if it is not a usable image."""
-    file = request.files.get(IMAGE_FIELD)
-    if file is None:
+    files = request.files.getlist(IMAGE_FIELD)
+    if not files:
         raise InvalidRequest(f"send the image as the multipart form field {IMAGE_FIELD!r}")
-    data = file.read()
+    if len(files) > 1:  # which one was meant? (several examples go to /v1/recommend)
+        raise InvalidRequest(f"send one image in the form field {IMAGE_FIELD!r}, not {len(files)}")
+    data = files[0].read()
     image = decode_image(data, max_pixels)
     return Upload(data, image)
 

@@ -326,3 +326,17 @@ def test_hide_duplicates_works_in_batch(client, ingested, auth, catalogue_dir):
 def test_openapi_says_where_hide_duplicates_applies(client):
     spec = json.dumps(client.get("/openapi.json").get_json())
     assert "any example's" in spec
+
+
+def test_two_images_in_one_upload_field_are_a_400_not_the_first_one_silently(client, ingested, auth):
+    one, other = (image_bytes(draw_item(shape, 1), "PNG") for shape in ("blue_bar", "red_round"))
+    photos = {"image": [(io.BytesIO(one), "a.png"), (io.BytesIO(other), "b.png")]}
+    put = client.put(
+        "/v1/items/two", data={**photos, "category": "c"}, headers=auth, content_type="multipart/form-data"
+    )
+    photos = {"image": [(io.BytesIO(one), "a.png"), (io.BytesIO(other), "b.png")]}
+    search = client.post("/v1/search", data=photos, content_type="multipart/form-data")
+    for response in (put, search):
+        assert response.status_code == 400
+        assert "one image" in response.get_json()["error"]["message"]
+    assert client.get("/v1/items/two").status_code == 404
