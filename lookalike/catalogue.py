@@ -280,7 +280,7 @@ def _row_to_item(root: Path, row: dict[str, Any]) -> CatalogueItem:
         raise ValueError(row["_error"])
     where = f"line {row['_line']}: " if "_line" in row else ""
     if any(_has_surrogates(v) for v in row.values()):
-        raise ValueError(f"{where}not valid UTF-8")
+        raise ValueError(f"{where}not valid UTF-8: save the manifest as UTF-8 (a spreadsheet's 'CSV UTF-8')")
     image, category = row.get("image"), row.get("category")
     if not isinstance(image, str) or not image.strip():
         raise ValueError(f"{where}no image path")

@@ -202,6 +202,17 @@ def test_a_csv_manifest_with_windows_line_ends_reads_as_any_other(catalogue_dir:
     assert item.metadata == {"note": "two\nlines"}  # line ends read as "\n", as Python reads text
 
 
+def test_a_manifest_in_a_windows_code_page_fails_its_rows_saying_how_to_save_it(catalogue_dir: Path):
+    manifest = catalogue_dir / "m.csv"
+    manifest.write_bytes(
+        "id,image,category\r\nok,red_round/item0.jpg,ball\r\né,red_round/item1.jpg,été\r\n".encode("cp1252")
+    )
+    catalogue = read_catalogue(manifest)
+    assert [item.id for item in catalogue.items] == ["ok"]
+    (error,) = catalogue.errors
+    assert error.reason == "line 3: not valid UTF-8: save the manifest as UTF-8 (a spreadsheet's 'CSV UTF-8')"
+
+
 def test_image_links_and_windows_paths_in_a_manifest(catalogue_dir: Path):
     """A product feed's image links and a manifest written on Windows failed as "file not found"
     under a path glued together from them (``<root>/https:/cdn...``)."""
