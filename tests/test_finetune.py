@@ -601,7 +601,7 @@ def test_a_whitened_checkpoint_keeps_the_presets_shape_and_ranks_as_training_mea
     source = ModelSource.from_settings(
         Settings(model_name="lookalike-small", model_pretrained="", model_checkpoint=None)
     )
-    config = dataclasses.replace(FAST, epochs=30, embedding="trunk", whitening=0.25, eval_every=5)
+    config = dataclasses.replace(FAST, epochs=6, embedding="trunk", whitening=0.25, eval_every=2)
     result = fine_tune(items, source, tmp_path / "white", config, max_pixels=10**7)
     assert json.loads((tmp_path / "white" / CONFIG_FILE).read_text())["model_cfg"] == model_config(source)
     assert read_head(tmp_path / "white").projection.shape == (256, 256)
