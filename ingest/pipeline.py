@@ -27,7 +27,7 @@ from ingest.duplicates import ExactDuplicates, NearDuplicates
 from ingest.removal import PruneLimit, refuse_to_leave_out, unlisted
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, CatalogueItem, Shard, take_shard
-from lookalike.errors import StoreDamaged, StoreError, StoreUnavailable
+from lookalike.errors import ItemNotFound, StoreDamaged, StoreError, StoreUnavailable
 from lookalike.journal import UPLOAD, UploadJournal
 from lookalike.looks import Look
 from lookalike.points import StoredItem
@@ -224,12 +224,17 @@ def _stored(store: VectorStore, items: Sequence[CatalogueItem]) -> dict[str, Sto
 def _sync_payload(run: _Run, decoded: Decoded) -> None:
     """An image stored with the same bytes and model: rewrite its payload if that changed."""
     wanted = _stored_item(decoded.item, decoded.sha256, run.encoder.identity)  # type: ignore[arg-type]
-    if wanted != run.stored[decoded.item.id]:
-        run.store.replace_payload(wanted)
-        run.summary.updated += 1
-        log.info("payload updated", extra={"item_id": decoded.item.id})
-    else:
+    if wanted == run.stored[decoded.item.id]:
         run.summary.skipped += 1
+        return
+    try:
+        run.store.replace_payload(wanted)
+    except ItemNotFound:  # deleted over the API since this run looked it up: the next run adds it again
+        log.warning("item deleted during the run: payload not updated", extra={"item_id": decoded.item.id})
+        run.summary.skipped += 1
+        return
+    run.summary.updated += 1
+    log.info("payload updated", extra={"item_id": decoded.item.id})
 
 
 def _stored_item(item: CatalogueItem, sha256: str, model: str) -> StoredItem:

@@ -76,6 +76,30 @@ def test_changed_image_is_re_embedded_and_changed_metadata_only_rewritten(catalo
     assert store.get("sku-2").metadata == {"colour": "navy"}
 
 
+def test_an_item_deleted_during_a_run_does_not_stop_the_run(catalogue_dir, encoder, store, tmp_path, monkeypatch):
+    """With a Qdrant server the API keeps running beside ingest: an item DELETEd after the run looked
+    it up, whose metadata changed, cannot take its new payload. Its rewrite is skipped, not the run."""
+    rows = [{"id": f"sku-{i}", "image": f"blue_bar/item{i}.jpg", "category": "bar", "colour": "blue"} for i in range(4)]
+    manifest = write_manifest(catalogue_dir, rows)
+    run_ingest(manifest, encoder, store, tmp_path / "r.jsonl")
+    for row in rows:
+        row["colour"] = "navy"
+    write_manifest(catalogue_dir, rows)
+    replace_payload = type(store).replace_payload
+
+    def deleted_first(self, item):
+        if item.id == "sku-1":
+            self.delete([item.id])  # the API's DELETE lands between the lookup and the rewrite
+        replace_payload(self, item)
+
+    monkeypatch.setattr(type(store), "replace_payload", deleted_first)
+    summary = run_ingest(manifest, encoder, store, tmp_path / "r.jsonl")
+    assert (summary.updated, summary.skipped, summary.failed) == (3, 1, 0)
+    assert [store.get(f"sku-{i}").metadata for i in (0, 2, 3)] == [{"colour": "navy"}] * 3
+    assert not store.get_many(["sku-1"])  # not brought back by a payload without vectors
+    assert run_ingest(manifest, encoder, store, tmp_path / "r.jsonl").ingested == 1  # the next run adds it
+
+
 def test_manifest_product_ids_are_stored_and_reruns_skip(catalogue_dir, encoder, store, tmp_path):
     rows = [
         {"id": f"photo-{i}", "image": f"blue_bar/item{i}.jpg", "category": "bar", "product_id": f"sku-{i // 2}"}

@@ -88,8 +88,11 @@ class VectorStore(CollectionLifecycle):
             self._upsert(records)
 
     def replace_payload(self, item: StoredItem) -> None:
-        """Update what is known about an item without touching its vectors."""
+        """Update what is known about an item without touching its vectors; `ItemNotFound` when
+        it is not stored (deleted since it was read: a DELETE during an ingest run)."""
         with self._call():
+            if not self._retrieve([point_id(item.id)], with_vectors=False):
+                raise ItemNotFound(f"no item with id {item.id!r}")
             self._overwrite_payload(point_id(item.id), item.payload())
 
     def get(self, item_id: str) -> StoredItem:
