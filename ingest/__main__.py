@@ -159,6 +159,7 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
             summary = verify(catalogue, journal, encoder, store, report, options)
         else:
             store.ensure_collection(encoder.dim, encoder.identity, settings.filterable_fields)
+            store.ensure_indexes(settings.filterable_fields)  # fields added since the collection was built
             seed_journal(journal, store)
             summary = ingest_all(catalogue, journal, encoder, store, report, options)
         total = store.count()

@@ -551,3 +551,15 @@ def test_max_prune_is_a_count_or_a_percentage(text, capsys):
     with pytest.raises(SystemExit):
         ingest_main(["--max-prune", text])
     assert "--max-prune" in capsys.readouterr().err
+
+
+def test_a_field_made_filterable_after_the_first_ingest_is_indexed_by_the_next(cli_env, monkeypatch):
+    assert ingest_main(["--no-progress"]) == 0
+    monkeypatch.setenv("FILTERABLE_FIELDS", "brand,price:number")
+    assert ingest_main(["--no-progress"]) == 0
+    store = VectorStore.from_settings(cli_env)
+    try:  # nothing left to add: the second run indexed them (local mode keeps no indexes at all)
+        assert store.ensure_indexes(["brand", "price:number"]) == []
+        assert store.count() == 12
+    finally:
+        store.close()

@@ -8,7 +8,7 @@ import pytest
 from lookalike.errors import ItemNotFound, ModelMismatch, StoreError, StoreLocked
 from lookalike.looks import Look
 from lookalike.points import StoredItem, point_id
-from lookalike.queries import Boost, Ranking, SearchFilter
+from lookalike.queries import Boost, Range, Ranking, SearchFilter
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
 from tests.conftest import ENGINES
@@ -172,6 +172,39 @@ def test_server_collections_get_the_configured_layout():
     assert indexed["metadata.price"] == models.PayloadSchemaType.FLOAT  # range filters use it
     alias = client.update_collection_aliases.call_args.kwargs["change_aliases_operations"][-1].create_alias
     assert (alias.alias_name, alias.collection_name) == ("products", name)
+
+
+def test_filterable_fields_added_after_the_collection_was_built_get_their_indexes(filled: VectorStore, engine):
+    added = filled.ensure_indexes(["colour", "brand", "size:number"])  # "colour" was indexed at creation
+    if engine == "qdrant-client":  # local mode scans: it keeps no indexes
+        assert added == []
+    else:
+        assert added == ["metadata.brand", "metadata.size"]
+        assert filled.ensure_indexes(["colour", "brand", "size:number"]) == []  # once
+    assert ids(filled.similar("b", SearchFilter(ranges={"size": Range(gte=41)}), Ranking(limit=3))) == ["a"]
+    assert ids(filled.similar("b", SearchFilter(metadata={"colour": ["red"]}), Ranking(limit=3))) == ["a", "c"]
+
+
+def test_a_server_collection_gets_the_indexes_it_lacks_of_the_kind_asked():
+    from unittest.mock import MagicMock
+
+    from qdrant_client import models
+
+    from lookalike.store.qdrant import QdrantStore
+
+    client = MagicMock()
+    client.get_aliases.return_value = models.CollectionsAliasesResponse(aliases=[])
+    keyword, number = (models.PayloadIndexInfo(data_type=t, points=0) for t in ("keyword", "float"))
+    schema = {"category": keyword, "item_id": keyword, "product_id": keyword, "metadata.size": keyword}
+    client.get_collection.return_value.payload_schema = schema
+    added = QdrantStore(client, "products", embedded=False).ensure_indexes(["brand", "size:number"])
+    assert added == ["metadata.brand", "metadata.size"]  # size was a keyword index: now a numeric one
+    indexed = {call.args[1]: call.args[2] for call in client.create_payload_index.call_args_list}
+    assert indexed == {
+        "metadata.brand": models.PayloadSchemaType.KEYWORD,
+        "metadata.size": models.PayloadSchemaType.FLOAT,
+    }
+    assert number.data_type == models.PayloadSchemaType.FLOAT
 
 
 @pytest.fixture

@@ -56,6 +56,7 @@ FLOOR_FILE = "points.json"
 #: filter at 100k, 0.78 -> 0.62 ms; unfiltered 0.89 -> 0.62 ms).
 HNSW = edge.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000)
 INDEX_KINDS = {"keyword": edge.PayloadSchemaType.Keyword, "number": edge.PayloadSchemaType.Float}
+KIND_NAMES = {schema_type: kind for kind, schema_type in INDEX_KINDS.items()}
 #: Private payload key: a keyword per boolean in the payload (see the module docstring).
 BOOLEANS = "_edge_booleans"
 #: Edge maps its files into memory, so a write past the end of a full disk kills the process
@@ -133,6 +134,14 @@ class EdgeStore(VectorStore):
         for key, kind in {BOOLEANS: "keyword", **indexes}.items():
             shard.update(edge.UpdateOperation.create_field_index(key, INDEX_KINDS[kind]))
         _write_json(directory / COLLECTION_FILE, {"vectors": vector_sizes, "metadata": metadata})
+
+    def _indexes(self, collection: str) -> dict[str, str]:
+        schema = self._shard().info().payload_schema
+        return {key: KIND_NAMES[info.data_type] for key, info in schema.items() if info.data_type in KIND_NAMES}
+
+    def _create_index(self, collection: str, key: str, kind: str) -> None:
+        self._ensure_room()
+        self._shard().update(edge.UpdateOperation.create_field_index(key, INDEX_KINDS[kind]))
 
     def _describe(self, collection: str) -> CollectionInfo:
         described = self._described(self._physical(collection))

@@ -29,6 +29,7 @@ from lookalike.store.rollout import CollectionInfo
 
 log = logging.getLogger(__name__)
 INDEX_KINDS = {"keyword": models.PayloadSchemaType.KEYWORD, "number": models.PayloadSchemaType.FLOAT}
+KIND_NAMES = {schema_type: kind for kind, schema_type in INDEX_KINDS.items()}
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,16 @@ class QdrantStore(VectorStore):
         )
         if not self.embedded:  # local mode scans everything and ignores payload indexes
             for key, kind in indexes.items():
-                self.client.create_payload_index(collection, key, INDEX_KINDS[kind])
+                self._create_index(collection, key, kind)
+
+    def _indexes(self, collection: str) -> dict[str, str] | None:
+        if self.embedded:
+            return None
+        schema = self.client.get_collection(collection).payload_schema
+        return {key: KIND_NAMES[info.data_type] for key, info in schema.items() if info.data_type in KIND_NAMES}
+
+    def _create_index(self, collection: str, key: str, kind: str) -> None:
+        self.client.create_payload_index(collection, key, INDEX_KINDS[kind])
 
     def _describe(self, collection: str) -> CollectionInfo:
         config = self.client.get_collection(collection).config

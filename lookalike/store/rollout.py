@@ -127,6 +127,21 @@ class CollectionLifecycle(ABC):
                 "`python -m ingest --reindex --drop-old` (searches keep working until the switch)"
             )
 
+    def ensure_indexes(self, filterable_fields: Sequence[str]) -> list[str]:
+        """Index the payload keys that ``FILTERABLE_FIELDS`` names and the collection does not
+        index yet (a field added after the collection was built, or given another kind): its
+        filters then run through an index, as in a collection built with it. Returns those keys."""
+        wanted = payload_indexes(filterable_fields)
+        physical = self.physical_name()
+        with self._call():
+            present = self._indexes(physical)
+            added = [] if present is None else [key for key, kind in wanted.items() if present.get(key) != kind]
+            for key in added:
+                self._create_index(physical, key, wanted[key])
+        for key in added:
+            log.info("payload index added", extra={"collection": physical, "key": key, "kind": wanted[key]})
+        return added
+
     def metadata(self) -> dict[str, Any]:
         """The collection's metadata (model, layout, calibration)."""
         with self._call():
@@ -191,6 +206,13 @@ class CollectionLifecycle(ABC):
     @abstractmethod
     def _create(self, collection: str, vector_sizes: dict[str, int], metadata: dict, indexes: dict[str, str]) -> None:
         """Create a collection of cosine vectors, with payload ``indexes`` (key -> "keyword"/"number")."""
+
+    @abstractmethod
+    def _indexes(self, collection: str) -> dict[str, str] | None:
+        """The payload indexes (key -> "keyword"/"number"); None for an engine that has none."""
+
+    @abstractmethod
+    def _create_index(self, collection: str, key: str, kind: str) -> None: ...
 
     @abstractmethod
     def _describe(self, collection: str) -> CollectionInfo:
