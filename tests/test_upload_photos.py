@@ -37,6 +37,16 @@ def photos(folder: Path) -> set[str]:
     return {path.name for path in folder.iterdir() if PHOTO_NAME.fullmatch(path.name)}
 
 
+def ingest_everything(catalogue_dir: Path, journal: UploadJournal, encoder, store, tmp_path: Path):
+    """`ingest_all` as `python -m ingest` runs it: the catalogue, then the API's items."""
+    report = ErrorReport.open(tmp_path / "errors.jsonl")
+    try:
+        options = IngestOptions(workers=0, progress=False)
+        return ingest_all(read_catalogue(catalogue_dir), journal, encoder, store, report, options)
+    finally:
+        report.close()
+
+
 def test_ingest_removes_the_photos_no_item_names_once_they_are_old(
     settings, encoder, store, client, auth, catalogue_dir, tmp_path
 ):
@@ -56,12 +66,7 @@ def test_ingest_removes_the_photos_no_item_names_once_they_are_old(
 
     journal = UploadJournal(uploads)
     seed_journal(journal, store)
-    report = ErrorReport.open(tmp_path / "errors.jsonl")
-    try:
-        options = IngestOptions(workers=0, progress=False)
-        summary = ingest_all(read_catalogue(catalogue_dir), journal, encoder, store, report, options)
-    finally:
-        report.close()
+    summary = ingest_everything(catalogue_dir, journal, encoder, store, tmp_path)
 
     assert summary.photos_removed == 2 and "photos_removed=2" in summary.line()
     assert photos(uploads) == {store.get("kept").image, store.get("replaced").image, young.name}
@@ -150,12 +155,7 @@ def test_an_item_put_while_ingest_runs_is_kept(
         return embed_batch(pixels)
 
     monkeypatch.setattr(encoder, "embed_batch", embed_batch_while_a_put_lands)
-    report = ErrorReport.open(tmp_path / "errors.jsonl")
-    try:
-        options = IngestOptions(workers=0, progress=False)
-        summary = ingest_all(read_catalogue(catalogue_dir), journal, encoder, store, report, options)
-    finally:
-        report.close()
+    summary = ingest_everything(catalogue_dir, journal, encoder, store, tmp_path)
 
     assert puts and summary.pruned == 0
     assert set(store.item_ids(image_source="upload")) == {"before", "during"}
