@@ -153,9 +153,11 @@ class Settings(BaseSettings):
         """`API_KEY=` (as compose passes an unset variable) means no key, never the empty key."""
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("model_pretrained", mode="before")
+    @field_validator("model_pretrained", "api_key", "qdrant_api_key", "qdrant_url", mode="before")
     @classmethod
     def _strip(cls, value: object) -> object:
+        """A key read from a secret file keeps its trailing newline (a Kubernetes secret made with
+        `echo`): kept, it is a key no client can send, and every write answers 401."""
         return value.strip() if isinstance(value, str) else value
 
     @classmethod

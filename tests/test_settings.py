@@ -41,6 +41,16 @@ def test_empty_values_mean_unset(monkeypatch):
     assert settings.api_key is None and settings.qdrant_api_key is None and settings.model_checkpoint is None
 
 
+def test_keys_and_the_server_url_read_from_a_secret_file_lose_its_line_end(monkeypatch):
+    monkeypatch.setenv("API_KEY", "s3cret\n")  # a Kubernetes secret made with `echo`
+    monkeypatch.setenv("QDRANT_API_KEY", " q-key\r\n")
+    monkeypatch.setenv("QDRANT_URL", "http://qdrant:6333\n")
+    settings = Settings()
+    assert settings.api_key.get_secret_value() == "s3cret"
+    assert settings.qdrant_api_key.get_secret_value() == "q-key"
+    assert settings.qdrant_url == "http://qdrant:6333"
+
+
 def test_defaults(monkeypatch):
     for name in ("QDRANT_URL", "QDRANT_PATH", "COLLECTION", "MODEL_PRETRAINED", "MODEL_CHECKPOINT"):
         monkeypatch.delenv(name, raising=False)
