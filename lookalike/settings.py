@@ -160,6 +160,15 @@ class Settings(BaseSettings):
         `echo`): kept, it is a key no client can send, and every write answers 401."""
         return value.strip() if isinstance(value, str) else value
 
+    @field_validator("qdrant_url")
+    @classmethod
+    def _server_url(cls, value: str | None) -> str | None:
+        """``http(s)://host[:port]``, or a bare host name: ``qdrant:6333`` (a compose service and
+        its port) would reach qdrant-client as the unknown scheme "qdrant", a traceback."""
+        if value is None or value.startswith(("http://", "https://")) or not any(c in value for c in ":/"):
+            return value
+        raise ValueError(f"give the server's URL with its scheme, e.g. http://{value.split('://')[-1]}")
+
     @classmethod
     def from_env(cls) -> Settings:
         """The settings from the environment. A bad value raises `InvalidRequest` naming the
@@ -171,7 +180,10 @@ class Settings(BaseSettings):
         try:
             return cls()
         except ValidationError as e:
-            problems = "; ".join(f"{cls._shown(err['loc'], err['input'])}: {err['msg']}" for err in e.errors())
+            problems = "; ".join(
+                f"{cls._shown(err['loc'], err['input'])}: {err['msg'].removeprefix('Value error, ')}"
+                for err in e.errors()
+            )
             raise InvalidRequest(f"invalid setting: {problems}") from None
 
     @classmethod

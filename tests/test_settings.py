@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from lookalike.errors import InvalidRequest
 from lookalike.settings import Settings
 
 
@@ -49,6 +52,21 @@ def test_keys_and_the_server_url_read_from_a_secret_file_lose_its_line_end(monke
     assert settings.api_key.get_secret_value() == "s3cret"
     assert settings.qdrant_api_key.get_secret_value() == "q-key"
     assert settings.qdrant_url == "http://qdrant:6333"
+
+
+@pytest.mark.parametrize("url", ["qdrant:6333", "10.0.0.5:6333", "grpc://qdrant:6334"])
+def test_a_server_url_without_its_scheme_is_refused_saying_how_to_write_it(monkeypatch, url):
+    monkeypatch.setenv("QDRANT_URL", url)
+    host = url.split("://")[-1]
+    with pytest.raises(InvalidRequest) as refused:
+        Settings.from_env()
+    assert (
+        refused.value.message
+        == f"invalid setting: QDRANT_URL={url!r}: give the server's URL with its scheme, e.g. http://{host}"
+    )
+    for accepted in ("http://qdrant:6333", "https://x.cloud.qdrant.io", "localhost"):  # a bare host: qdrant-client's
+        monkeypatch.setenv("QDRANT_URL", accepted)
+        assert Settings.from_env().qdrant_url == accepted
 
 
 def test_defaults(monkeypatch):
