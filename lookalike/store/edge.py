@@ -136,6 +136,7 @@ class EdgeStore(VectorStore):
         _write_json(directory / COLLECTION_FILE, {"vectors": vector_sizes, "metadata": metadata})
 
     def _indexes(self, collection: str) -> dict[str, str]:
+        """Of this store's shard (the lifecycle passes its physical name as ``collection``)."""
         schema = self._shard().info().payload_schema
         return {key: KIND_NAMES[info.data_type] for key, info in schema.items() if info.data_type in KIND_NAMES}
 
