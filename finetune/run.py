@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import logging
 import math
+import random
 import shutil
 import time
 from collections.abc import Iterator
@@ -138,6 +139,7 @@ def fine_tune(
         raise ModelLoadError("whitening applies to the trunk's features: it needs --embedding trunk")
     device = device or torch.device("cpu")
     torch.manual_seed(config.seed)
+    random.seed(config.seed)  # timm's and open_clip's PIL augmentations draw from Python's own RNG
     clip, train_transform, val_transform = create_clip(source, aug_cfg=AUGMENTATION)
     train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
     split = split_catalogue(items, label=config.label)
