@@ -68,6 +68,7 @@ class _Run:
     stored: dict[str, StoredItem]
     bar: tqdm
     near_duplicates: NearDuplicates | None
+    journal: UploadJournal | None  # a catalogue pass: items the API claims meanwhile are left alone
 
 
 def ingest(
@@ -76,8 +77,10 @@ def ingest(
     store: VectorStore,
     report: ErrorReport,
     options: IngestOptions = IngestOptions(),
+    journal: UploadJournal | None = None,
 ) -> IngestSummary:
-    """Bring the collection in line with the catalogue; returns what was done."""
+    """Bring the collection in line with the catalogue; returns what was done. With the upload
+    ``journal``, an item that the API replaces while this runs is left to the API."""
     started = time.perf_counter()
     summary = IngestSummary()
     for error in catalogue.errors:
@@ -91,7 +94,7 @@ def ingest(
     if options.near_duplicates is not None:  # other shards write beside this one: ask the store
         ask_store = catalogue.shard is not None or store.count() > 0
         near_duplicates = NearDuplicates(store, options.near_duplicates, report, summary, ask_store=ask_store)
-    run = _Run(encoder, store, report, summary, options, stored, bar, near_duplicates)
+    run = _Run(encoder, store, report, summary, options, stored, bar, near_duplicates, journal)
     duplicates = ExactDuplicates(report, summary)
     pin = encoder.placement.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
     batches = iter_batches(
@@ -170,13 +173,14 @@ def _write(run: _Run, batch: Batch, embeddings: np.ndarray | None, copies: set[s
     """Report a batch's failures, rewrite changed payloads of unchanged images, check the new
     images for near-duplicates, upsert what is kept."""
     vectors = iter(embeddings if embeddings is not None else [])
+    unchanged: list[Decoded] = []
     new: list[tuple[Decoded, Look]] = []
     for decoded in batch.decoded:
         if decoded.error is not None:
             run.report.item_error(decoded.item, decoded.error)
             run.summary.failed += 1
         elif decoded.unchanged:
-            _sync_payload(run, decoded)
+            unchanged.append(decoded)
         else:
             look = Look(next(vectors), decoded.colour)  # type: ignore[arg-type]
             if run.options.index_duplicates or decoded.item.id not in copies:
@@ -186,13 +190,29 @@ def _write(run: _Run, batch: Batch, embeddings: np.ndarray | None, copies: set[s
             alike = run.near_duplicates.check([d.item for d, _ in new], [look for _, look in new], copies)
         if not run.options.index_duplicates:
             new = [(d, look) for d, look in new if d.item.id not in alike]
-    if new:
-        stored = [_stored_item(d.item, d.sha256, run.encoder.identity) for d, _ in new]  # type: ignore[arg-type]
-        with run.summary.stage("upsert"):
-            upsert_with_retry(run.store, stored, [look for _, look in new])
-        run.summary.ingested += len(stored)
-        log.info("batch upserted", extra={"items": len(stored), "first": stored[0].id})
+    with _api_items_locked(run, [d.item.id for d in (*unchanged, *(d for d, _ in new))]) as api_items:
+        for decoded in unchanged:
+            if decoded.item.id not in api_items:
+                _sync_payload(run, decoded)
+        new = [(d, look) for d, look in new if d.item.id not in api_items]
+        if new:
+            stored = [_stored_item(d.item, d.sha256, run.encoder.identity) for d, _ in new]  # type: ignore[arg-type]
+            with run.summary.stage("upsert"):
+                upsert_with_retry(run.store, stored, [look for _, look in new])
+            run.summary.ingested += len(stored)
+            log.info("batch upserted", extra={"items": len(stored), "first": stored[0].id})
+    for item_id in sorted(api_items):
+        log.info("item replaced over the API during the run: left to the API", extra={"item_id": item_id})
+    run.summary.skipped += len(api_items)
     run.bar.update(len(batch.decoded))
+
+
+def _api_items_locked(run: _Run, item_ids: list[str]) -> contextlib.AbstractContextManager[set[str]]:
+    """In a catalogue pass: the batch's ids that a ``PUT`` has claimed since the run read the
+    journal, with their item locks held while the batch is written (`listed_while_locked`)."""
+    if run.journal is None or not item_ids:
+        return contextlib.nullcontext(set())
+    return run.journal.listed_while_locked(item_ids)
 
 
 def upsert_with_retry(
@@ -281,7 +301,7 @@ def ingest_all(
     uploads = _uploads_of(journal, catalogue.shard)
     replaced = {item.id for item in uploads.items}
     own = dataclasses.replace(catalogue, items=[item for item in catalogue.items if item.id not in replaced])
-    summary = ingest(own, encoder, store, report, options)
+    summary = ingest(own, encoder, store, report, options, journal)
     summary.add(sync_uploads(uploads, journal, encoder, store, report, options))
     summary.photos_removed += len(journal.sweep_photos(item.image for item in store.stored_items(UPLOAD)))
     return summary

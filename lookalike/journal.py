@@ -66,11 +66,17 @@ class UploadJournal:
         """Hold the item's lock: without it, a ``PUT`` whose store write failed would undo its entry
         after a retry of it had written the same entry and stored the item (the next ingest then
         deletes the item as no longer in the journal)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        stripe = uuid.UUID(point_id(item_id)).int % ITEM_LOCKS
-        with (self.folder / f".lock-{stripe:02d}").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        with self._stripes_locked({_stripe(item_id)}):
             yield
+
+    @contextlib.contextmanager
+    def listed_while_locked(self, item_ids: Iterable[str]) -> Iterator[set[str]]:
+        """Hold these items' locks and yield those the journal lists (the API's items): ingest
+        writes catalogue items under them, so a ``PUT`` on a catalogue id while it runs is
+        either overwritten by the API or left alone by ingest, never overwritten by ingest."""
+        item_ids = list(item_ids)
+        with self._stripes_locked({_stripe(i) for i in item_ids}):
+            yield {item_id for item_id in item_ids if self._path(item_id).is_file()}
 
     @contextlib.contextmanager
     def recording(self, item: StoredItem) -> Iterator[None]:
@@ -193,6 +199,16 @@ class UploadJournal:
         write_atomically(path, json.dumps(data).encode())
 
     @contextlib.contextmanager
+    def _stripes_locked(self, stripes: set[int]) -> Iterator[None]:
+        """Item locks, taken in ascending order so two holders of several never deadlock."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as held:
+            for stripe in sorted(stripes):
+                lock = held.enter_context((self.folder / f".lock-{stripe:02d}").open("a"))
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            yield
+
+    @contextlib.contextmanager
     def _photos_locked(self, mode: int) -> Iterator[bool]:
         """The photos lock in ``mode``; yields False when a non-blocking request found it taken."""
         with (self.upload_dir / PHOTOS_LOCK).open("a") as lock:
@@ -217,6 +233,10 @@ class UploadJournal:
                 with contextlib.suppress(OSError):
                     path.write_bytes(previous)
             raise
+
+
+def _stripe(item_id: str) -> int:
+    return uuid.UUID(point_id(item_id)).int % ITEM_LOCKS
 
 
 def _files(folder: Path) -> list[Path]:

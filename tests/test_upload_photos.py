@@ -161,6 +161,39 @@ def test_an_item_put_while_ingest_runs_is_kept(
     assert set(store.item_ids(image_source="upload")) == {"before", "during"}
 
 
+def test_a_catalogue_item_replaced_over_the_api_while_ingest_runs_stays_the_apis(
+    settings, encoder, store, client, auth, catalogue_dir, tmp_path, monkeypatch
+):
+    """A PUT on a catalogue item's id while ingest runs (a Qdrant server takes both): the run
+    read the journal before it, and must not overwrite the API's item with the catalogue's
+    version (photo, category and vectors) when it reaches that item's batch."""
+    store.ensure_collection(encoder.dim, encoder.identity)
+    journal = UploadJournal(settings.upload_dir)
+    seed_journal(journal, store)
+    catalogue = read_catalogue(catalogue_dir)
+    last = catalogue.items[-1].id  # in the run's last batch: written after the PUT
+    embed_batch, puts = encoder.embed_batch, []
+
+    def embed_batch_while_a_put_lands(pixels):
+        if not puts:
+            puts.append(last)
+            put(client, auth, last, draw_item("blue_bar", 7))
+        return embed_batch(pixels)
+
+    monkeypatch.setattr(encoder, "embed_batch", embed_batch_while_a_put_lands)
+    report = ErrorReport.open(tmp_path / "errors.jsonl")
+    try:
+        options = IngestOptions(batch_size=2, workers=0, progress=False)
+        summary = ingest_all(catalogue, journal, encoder, store, report, options)
+    finally:
+        report.close()
+
+    item = store.get(last)
+    assert puts and (item.image_source, item.category) == ("upload", "api")
+    assert summary.skipped == 1  # left to the API (nothing else was stored before the run)
+    assert set(store.item_ids(image_source="upload")) == {last}
+
+
 def test_an_item_deleted_over_the_api_is_pruned_by_the_next_ingest(settings, encoder, store, client, auth, tmp_path):
     store.ensure_collection(encoder.dim, encoder.identity)
     put(client, auth, "kept", draw_item("red_round", 1))
