@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,7 +68,7 @@ class _Run:
     stored: dict[str, StoredItem]
     bar: tqdm
     near_duplicates: NearDuplicates | None
-    journal: UploadJournal | None  # a catalogue pass: items the API claims meanwhile are left alone
+    journal: UploadJournal | None  # items the API changes meanwhile are left to it
 
 
 def ingest(
@@ -80,7 +80,7 @@ def ingest(
     journal: UploadJournal | None = None,
 ) -> IngestSummary:
     """Bring the collection in line with the catalogue; returns what was done. With the upload
-    ``journal``, an item that the API replaces while this runs is left to the API."""
+    ``journal``, an item that the API changes while this runs is left to the API."""
     started = time.perf_counter()
     summary = IngestSummary()
     for error in catalogue.errors:
@@ -190,29 +190,38 @@ def _write(run: _Run, batch: Batch, embeddings: np.ndarray | None, copies: set[s
             alike = run.near_duplicates.check([d.item for d, _ in new], [look for _, look in new], copies)
         if not run.options.index_duplicates:
             new = [(d, look) for d, look in new if d.item.id not in alike]
-    with _api_items_locked(run, [d.item.id for d in (*unchanged, *(d for d, _ in new))]) as api_items:
+    with _journal_locked(run, [d.item for d in (*unchanged, *(d for d, _ in new))]) as changed_by_api:
         for decoded in unchanged:
-            if decoded.item.id not in api_items:
+            if decoded.item.id not in changed_by_api:
                 _sync_payload(run, decoded)
-        new = [(d, look) for d, look in new if d.item.id not in api_items]
+        new = [(d, look) for d, look in new if d.item.id not in changed_by_api]
         if new:
             stored = [_stored_item(d.item, d.sha256, run.encoder.identity) for d, _ in new]  # type: ignore[arg-type]
             with run.summary.stage("upsert"):
                 upsert_with_retry(run.store, stored, [look for _, look in new])
             run.summary.ingested += len(stored)
             log.info("batch upserted", extra={"items": len(stored), "first": stored[0].id})
-    for item_id in sorted(api_items):
-        log.info("item replaced over the API during the run: left to the API", extra={"item_id": item_id})
-    run.summary.skipped += len(api_items)
+    for item_id in sorted(changed_by_api):
+        log.info("item changed over the API during the run: left to the API", extra={"item_id": item_id})
+    run.summary.skipped += len(changed_by_api)
     run.bar.update(len(batch.decoded))
 
 
-def _api_items_locked(run: _Run, item_ids: list[str]) -> contextlib.AbstractContextManager[set[str]]:
-    """In a catalogue pass: the batch's ids that a ``PUT`` has claimed since the run read the
-    journal, with their item locks held while the batch is written (`listed_while_locked`)."""
-    if run.journal is None or not item_ids:
-        return contextlib.nullcontext(set())
-    return run.journal.listed_while_locked(item_ids)
+@contextlib.contextmanager
+def _journal_locked(run: _Run, items: list[CatalogueItem]) -> Iterator[set[str]]:
+    """The ids among ``items`` that the API changed since this run read the journal: a ``PUT``
+    on a catalogue item's id, a ``PUT`` or ``DELETE`` of an API item. Their item locks are held
+    while the batch is written (`UploadJournal.entries_while_locked`)."""
+    if run.journal is None or not items:
+        yield set()
+        return
+    with run.journal.entries_while_locked(item.id for item in items) as entries:
+        yield {item.id for item in items if _changed_by_api(item, entries[item.id])}
+
+
+def _changed_by_api(item: CatalogueItem, entry: CatalogueItem | None) -> bool:
+    """A catalogue item the journal now lists, or an API item whose entry is no longer the one read."""
+    return entry is not None if item.image_source != UPLOAD else entry != item
 
 
 def upsert_with_retry(
@@ -325,7 +334,7 @@ def sync_uploads(
     those it lacks or holds from another model). An upload whose image is missing fails its
     item in the report; its journal entry stays, so it is never silently lost."""
     options = dataclasses.replace(options, prune=False, index_duplicates=True, near_duplicates=None)
-    summary = ingest(uploads, encoder, store, report, options)
+    summary = ingest(uploads, encoder, store, report, options, journal)
     if journal.complete and not uploads.errors:  # an unreadable entry must not delete its item
         started = time.perf_counter()
         with summary.stage("prune"):

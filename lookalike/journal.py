@@ -70,13 +70,13 @@ class UploadJournal:
             yield
 
     @contextlib.contextmanager
-    def listed_while_locked(self, item_ids: Iterable[str]) -> Iterator[set[str]]:
-        """Hold these items' locks and yield those the journal lists (the API's items): ingest
-        writes catalogue items under them, so a ``PUT`` on a catalogue id while it runs is
-        either overwritten by the API or left alone by ingest, never overwritten by ingest."""
+    def entries_while_locked(self, item_ids: Iterable[str]) -> Iterator[dict[str, CatalogueItem | None]]:
+        """Hold these items' locks and yield their entries as they are now (None: none, or one
+        unreadable). Ingest writes a batch under them, so a ``PUT`` or ``DELETE`` while it runs
+        happens before the batch (and ingest sees it) or after it (and wins), never under it."""
         item_ids = list(item_ids)
         with self._stripes_locked({_stripe(i) for i in item_ids}):
-            yield {item_id for item_id in item_ids if self._path(item_id).is_file()}
+            yield {item_id: self._entry_item(self._path(item_id)) for item_id in item_ids}
 
     @contextlib.contextmanager
     def recording(self, item: StoredItem) -> Iterator[None]:
@@ -174,22 +174,23 @@ class UploadJournal:
         root = self.upload_dir.resolve()
         for path in sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []:
             try:
-                entry = json.loads(path.read_text(encoding="utf-8"))
-                image_path = resolve_inside(root, entry["image"])
-                items.append(
-                    CatalogueItem(
-                        entry["id"],
-                        image_path,
-                        entry["image"],
-                        entry["category"],
-                        entry.get("metadata") or {},
-                        entry.get("product_id"),
-                        image_source=UPLOAD,
-                    )
-                )
+                items.append(self._read_entry(path, root))
             except (OSError, ValueError, KeyError, TypeError) as e:
                 errors.append(RowError(None, str(path), f"unreadable upload journal entry: {e}"))
         return Catalogue(root=root, items=items, errors=errors, source=UPLOAD)
+
+    def _read_entry(self, path: Path, root: Path) -> CatalogueItem:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        image_path = resolve_inside(root, entry["image"])
+        metadata, product_id = entry.get("metadata") or {}, entry.get("product_id")
+        return CatalogueItem(entry["id"], image_path, entry["image"], entry["category"], metadata, product_id, UPLOAD)
+
+    def _entry_item(self, path: Path) -> CatalogueItem | None:
+        """The entry at ``path``, None when there is none or it cannot be read."""
+        try:
+            return self._read_entry(path, self.upload_dir.resolve())
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def _path(self, item_id: str) -> Path:
         return self.folder / f"{point_id(item_id)}.json"  # ids may be "..": never a file name

@@ -17,7 +17,6 @@ from lookalike.encoder import ImageEncoder
 from lookalike.errors import CatalogueError
 from lookalike.journal import UploadJournal
 from lookalike.settings import Settings
-from lookalike.store import VectorStore
 from service import create_app
 from tests.conftest import ENGINES, draw_item, image_bytes
 
@@ -174,19 +173,21 @@ def test_puts_and_deletes_during_a_reindex_are_not_lost(
     run(ingest, catalogue_dir, encoder, store, tmp_path)
     old_service = create_app(settings, encoder=encoder, store=store).test_client()
     put_photos(old_service, auth, ["doomed"])
-    upserts = []
-    original = VectorStore.upsert
+    batches = []
+    embed_batch = new_encoder.embed_batch
 
-    def upsert_and_meanwhile_write(self, items, looks):
-        original(self, items, looks)
-        upserts.append(1)
-        if len(upserts) == 2:  # the rebuild is under way: the old service takes writes
+    def embed_and_meanwhile_write(pixels):
+        batches.append(1)
+        if len(batches) == 2:  # the rebuild is under way (its API items): the old service takes writes
             put_photos(old_service, auth, ["added-during-reindex"])
             assert old_service.delete("/v1/items/doomed", headers=auth).status_code == 200
+        return embed_batch(pixels)
 
-    monkeypatch.setattr(VectorStore, "upsert", upsert_and_meanwhile_write)
+    monkeypatch.setattr(new_encoder, "embed_batch", embed_and_meanwhile_write)
     run(reindex, catalogue_dir, new_encoder, store, tmp_path, drop_old=True)
     monkeypatch.undo()
+
+    assert len(batches) > 2  # the replay after the switch embedded again
 
     assert store.get("added-during-reindex").model == new_encoder.identity
     assert not store.get_many(["doomed"])

@@ -194,6 +194,46 @@ def test_a_catalogue_item_replaced_over_the_api_while_ingest_runs_stays_the_apis
     assert set(store.item_ids(image_source="upload")) == {last}
 
 
+@pytest.mark.parametrize("change", ["replaced", "deleted"])
+def test_an_api_item_changed_over_the_api_while_ingest_re_embeds_it_stays_as_changed(
+    change, settings, encoder, store, client, auth, catalogue_dir, tmp_path, monkeypatch
+):
+    """The upload pass embeds the API items the collection lacks (a new collection, a lost point)
+    from the journal as the run read it; a PUT or DELETE of one meanwhile must not be undone."""
+    store.ensure_collection(encoder.dim, encoder.identity)
+    put(client, auth, "api-item", draw_item("red_round", 1))
+    journal = UploadJournal(settings.upload_dir)
+    seed_journal(journal, store)
+    store.delete(["api-item"])  # the collection lacks it: the upload pass embeds it again
+    embed_batch, changes = encoder.embed_batch, []
+
+    def embed_batch_while_the_api_changes_it(pixels):
+        if not changes:
+            changes.append(change)
+            if change == "replaced":
+                put(client, auth, "api-item", draw_item("blue_bar", 2))
+            else:
+                assert client.delete("/v1/items/api-item", headers=auth).status_code == 404  # not stored
+                (journal.folder / f"{point_id('api-item')}.json").unlink()  # as DELETE forgets it
+        return embed_batch(pixels)
+
+    monkeypatch.setattr(encoder, "embed_batch", embed_batch_while_the_api_changes_it)
+    now = journal.catalogue()
+    report = ErrorReport.open(tmp_path / "errors.jsonl")
+    try:
+        options = IngestOptions(workers=0, progress=False)
+        sync_uploads(now, journal, encoder, store, report, options)
+    finally:
+        report.close()
+
+    assert changes
+    if change == "replaced":
+        (entry,) = journal.catalogue().items
+        assert store.get("api-item").image == entry.image != now.items[0].image
+    else:
+        assert not store.get_many(["api-item"])
+
+
 def test_an_item_deleted_over_the_api_is_pruned_by_the_next_ingest(settings, encoder, store, client, auth, tmp_path):
     store.ensure_collection(encoder.dim, encoder.identity)
     put(client, auth, "kept", draw_item("red_round", 1))
