@@ -19,6 +19,7 @@ from pathlib import Path
 
 from lookalike.errors import CatalogueError, StoreError
 from lookalike.files import whole_or_not
+from lookalike.journal import FOLDER as JOURNAL_FOLDER
 from lookalike.lockfile import LOCK_FILE
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
@@ -42,11 +43,27 @@ def backup(settings: Settings, destination: Path) -> Path:
                 store.flush()
                 shutil.copytree(settings.qdrant_path, folder / STORE_FOLDER, ignore=shutil.ignore_patterns(LOCK_FILE))
             if settings.upload_dir.is_dir():
-                shutil.copytree(settings.upload_dir, folder / UPLOADS_FOLDER)
+                copy_uploads(settings.upload_dir, folder / UPLOADS_FOLDER)
     finally:
         store.close()
     log.info("backup written", extra={"path": str(target)})
     return target
+
+
+def copy_uploads(uploads: Path, copy: Path) -> None:
+    """The journal's entries first, then the photos. A Qdrant server's API takes ``PUT``s during
+    a backup, and each saves its photo before its entry: every entry copied then has its photo
+    copied after it (a photo without an entry is only an unused file)."""
+    entries = uploads / JOURNAL_FOLDER
+    if entries.is_dir():
+        shutil.copytree(entries, copy / JOURNAL_FOLDER)
+    top = uploads.resolve()
+    shutil.copytree(
+        uploads,
+        copy,
+        ignore=lambda folder, _: [JOURNAL_FOLDER] if Path(folder).resolve() == top else [],
+        dirs_exist_ok=True,
+    )
 
 
 def restore(settings: Settings, source: Path) -> Path:

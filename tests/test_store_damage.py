@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 import os
@@ -15,8 +16,10 @@ import numpy as np
 import pytest
 
 from ingest.__main__ import main as ingest_main
+from lookalike.backup import copy_uploads
+from lookalike.journal import UploadJournal
 from lookalike.looks import looks_of
-from lookalike.points import COLOUR, EMBEDDING, point_id
+from lookalike.points import COLOUR, EMBEDDING, StoredItem, point_id
 from lookalike.settings import Settings
 from lookalike.store import Record, VectorStore
 from lookalike.store import edge as edge_store
@@ -145,6 +148,42 @@ def test_backup_then_restore_serves_the_backed_up_items(cli_env, encoder, capsys
     assert client.get("/v1/items/api-item/image").status_code == 200
     assert client.get("/v1/items/api-item/similar").status_code == 200
     close(app)
+
+
+def test_a_backup_taken_while_puts_land_has_the_photo_of_every_entry(tmp_path, monkeypatch):
+    """With a Qdrant server the API takes PUTs during a backup; the uploads were copied in one
+    pass that listed the photos first, so an entry written meanwhile could be copied without its
+    photo, and that item was lost to a restore."""
+    journal = UploadJournal(tmp_path / "uploads")
+    for index in range(3):
+        add_over_the_api(journal, f"before-{index}")
+    copytree, copied = shutil.copytree, []
+
+    def copying_while_a_put_lands(source, destination):
+        copied.append(Path(source).parent.name)
+        if len(copied) == 1:
+            add_over_the_api(journal, "during")  # its photo, then its entry, as PUT does
+        return shutil.copy2(source, destination)
+
+    def copytree_with_the_put(*args, **kwargs):
+        return copytree(*args, **kwargs, copy_function=copying_while_a_put_lands)
+
+    monkeypatch.setattr(shutil, "copytree", copytree_with_the_put)
+    copy_uploads(journal.upload_dir, tmp_path / "copy")
+    monkeypatch.undo()
+
+    entries = UploadJournal(tmp_path / "copy").catalogue()
+    assert {item.id for item in entries.items} >= {"before-0", "before-1", "before-2"}
+    assert all(item.path.is_file() for item in entries.items)
+    assert copied.index("uploads") > max(i for i, folder in enumerate(copied) if folder == "items")
+
+
+def add_over_the_api(journal: UploadJournal, item_id: str) -> None:
+    photo = image_bytes(draw_item("blue_bar", len(item_id)), "PNG")
+    name = f"{hashlib.sha256(photo + item_id.encode()).hexdigest()}.png"
+    item = StoredItem(item_id, "api", name, name[:64], "m", "upload")
+    with journal.photo_saved(name, photo), journal.recording(item):
+        pass
 
 
 def test_restore_refuses_while_the_store_is_in_use(cli_env, capsys, tmp_path):
