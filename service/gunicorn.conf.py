@@ -36,7 +36,7 @@ if workers > 1:
 timeout = _settings.timeout  # model load at worker start on a small CPU
 graceful_timeout = 30
 accesslog = "-"
-access_log_format = '{"remote": "%(h)s", "request": "%(r)s", "status": %(s)s, "bytes": %(B)s, "ms": %(M)s}'
+logger_class = "service.gunicorn_worker.JsonAccessLogger"  # one JSON object a request
 
 
 def on_starting(server) -> None:

@@ -1,9 +1,10 @@
-"""gunicorn's threaded worker, answering the requests it refuses itself in the API's JSON error shape.
+"""gunicorn's threaded worker and access log, in the service's JSON.
 
 gunicorn refuses some requests before Flask sees them: a request line over ``limit_request_line``
 (414), headers over their limits (431), a malformed request (400). Its answer is an HTML page,
 which a site backend parsing ``{"error": {"code", "message"}}`` cannot read. This worker lets
 gunicorn decide the status and log as it always does, then sends that status with a JSON body.
+Its access log is written by `JsonAccessLogger`, one JSON object a line.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 from typing import Any
 
 from gunicorn import util
+from gunicorn.glogging import Logger
 from gunicorn.workers.gthread import ThreadWorker
 
 from service.errors import error_code
@@ -47,3 +49,23 @@ class _CapturedAnswer:
     def sendall(self, data: bytes) -> None:
         _, code, reason = data.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
         self.status = (int(code), reason)
+
+
+class JsonAccessLogger(Logger):
+    """The access log as one JSON object a line, encoded by ``json``: gunicorn's own
+    ``access_log_format`` escapes quotes only, so a backslash in a request's URL made the line
+    invalid JSON for whatever reads the log."""
+
+    def access(self, resp: Any, req: Any, environ: dict, request_time: Any) -> None:
+        if not self.access_log_enabled:
+            return
+        atoms = self.atoms(resp, req, environ, request_time)
+        status = str(atoms["s"])
+        line = {
+            "remote": atoms["h"],
+            "request": atoms["r"],
+            "status": int(status) if status.isdigit() else status,
+            "bytes": atoms["B"],
+            "ms": atoms["M"],
+        }
+        self.access_log.info(json.dumps(line))

@@ -11,12 +11,15 @@ import signal
 import socket
 import threading
 import time
+from datetime import timedelta
+from types import SimpleNamespace
 
 import httpx
 import pytest
 
 from bench.server import children, running_service, wait_until_answering
 from lookalike.store import VectorStore
+from service.gunicorn_worker import JsonAccessLogger
 from tests.conftest import (
     API_KEY,
     HEADER_TOO_LARGE,
@@ -127,3 +130,26 @@ def test_what_the_api_acknowledged_outlives_its_worker_killed(tmp_path, settings
         assert children(master.pid) != [worker]  # served by a new worker
         assert [httpx.get(f"{url}/v1/items/new-{n}").status_code for n in range(3)] == [200, 404, 200]
         assert [r["id"] for r in httpx.get(f"{url}/v1/items/new-0/similar").json()["results"]] == ["new-2"]
+
+
+@pytest.mark.parametrize("target", ["/healthz?q=a\\b", '/healthz?q=","status":500,"x":"\\', "/v1/items/caf\u00e9"])
+def test_every_access_log_line_is_json(tmp_path, target):
+    """gunicorn's access_log_format escaped quotes only: a backslash in a URL gave a line that is
+    not JSON (and one of text and quotes could read as other fields)."""
+    from gunicorn.config import Config
+
+    config = Config()
+    config.set("accesslog", str(tmp_path / "access.log"))
+    logger = JsonAccessLogger(config)
+    environ = {"REQUEST_METHOD": "GET", "RAW_URI": target, "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "10.0.0.1"}
+    response = SimpleNamespace(status="200 OK", sent=16, headers=[])
+    logger.access(response, SimpleNamespace(headers=[]), environ, timedelta(milliseconds=4))
+
+    (line,) = (tmp_path / "access.log").read_text().splitlines()
+    assert json.loads(line) == {
+        "remote": "10.0.0.1",
+        "request": f"GET {target} HTTP/1.1",
+        "status": 200,
+        "bytes": 16,
+        "ms": 4,
+    }
