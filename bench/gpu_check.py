@@ -34,7 +34,7 @@ from bench.common import FreeEncoder, unit_rows
 from finetune.__main__ import PRESETS
 from finetune.run import fine_tune
 from ingest.decode import iter_batches
-from ingest.pipeline import IngestOptions, ingest
+from ingest.pipeline import SYNC_EVERY_S, IngestOptions, ingest
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, CatalogueItem, read_catalogue
 from lookalike.colour import colour_histogram
@@ -204,9 +204,16 @@ def main() -> None:
                 vs_pil_decode=round(read["images_per_s"] / decode, 3),
                 **read,
             )
-        write = store_write_rate(settings, len(items), Path(tmp))
-        rate = write["points_per_s"]
-        emit("ingest_store_write_alone", batch_size=256, vs_pil_decode=round(rate / decode, 3), **write)
+        for sync_every_s in (SYNC_EVERY_S, 0.0):  # as ingest writes; as the API writes (a sync each)
+            write = store_write_rate(settings, len(items), Path(tmp), sync_every_s=sync_every_s)
+            rate = write["points_per_s"]
+            emit(
+                "ingest_store_write_alone",
+                batch_size=256,
+                sync_every_s=sync_every_s,
+                vs_pil_decode=round(rate / decode, 3),
+                **write,
+            )
         for on_device in () if args.no_small else (True, False):  # the small preset both ways: the data paths
             finetune_figure("small", on_device, items, Path(tmp), device, settings, args.quick)
 
@@ -297,9 +304,12 @@ def _timed_read(settings: Settings, encoder: ImageEncoder, items: list[Catalogue
     }
 
 
-def store_write_rate(settings: Settings, count: int, tmp: Path, dim: int = 512, batch_size: int = 256) -> dict:
+def store_write_rate(
+    settings: Settings, count: int, tmp: Path, dim: int = 512, batch_size: int = 256, sync_every_s: float = 0.0
+) -> dict:
     """Points a second that the embedded store takes as ingest's writer thread gives them (random
-    looks, catalogue-like payloads, batches of ``batch_size``): the write stage's own ceiling. And
+    looks, catalogue-like payloads, batches of ``batch_size``, synced to disk every
+    ``sync_every_s`` and at the end, as `writing_behind`): the write stage's own ceiling. And
     how late a thread that wakes every millisecond (as ingest's main thread waits for the
     workers' chunks) gets the GIL back meanwhile: Qdrant Edge keeps the GIL through most of a
     call, so the writer's calls delay the main thread by up to their length."""
@@ -307,7 +317,8 @@ def store_write_rate(settings: Settings, count: int, tmp: Path, dim: int = 512, 
     items = [StoredItem(f"item-{i}", f"c{i % 30}", f"c{i % 30}/{i}.jpg", f"{i:064x}", "bench") for i in range(count)]
     embeddings, colours = unit_rows(rng, count, dim), unit_rows(rng, count, 512, colour=True)
     looks = [Look(embedding, colour) for embedding, colour in zip(embeddings, colours, strict=True)]
-    store = VectorStore.from_settings(settings.with_overrides(qdrant_path=tmp / "write-alone", qdrant_url=None))
+    folder = tmp / f"write-alone-{sync_every_s}"
+    store = VectorStore.from_settings(settings.with_overrides(qdrant_path=folder, qdrant_url=None))
     store.ensure_collection(dim, "bench")
     lags_s: list[float] = []
     writing = threading.Event()
@@ -323,8 +334,9 @@ def store_write_rate(settings: Settings, count: int, tmp: Path, dim: int = 512, 
     waker.start()
     try:
         started = time.perf_counter()
-        for start in range(0, count, batch_size):
-            store.upsert(items[start : start + batch_size], looks[start : start + batch_size])
+        with store.writing_behind(sync_every_s) as writes:
+            for start in range(0, count, batch_size):
+                writes.upsert(items[start : start + batch_size], looks[start : start + batch_size])
         seconds = time.perf_counter() - started
     finally:
         writing.clear()

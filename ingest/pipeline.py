@@ -4,8 +4,9 @@ Stages, each timed in the summary: ``lookup`` (what the store holds of these ids
 (waiting for the workers, which read every file once and decode only new or changed images),
 ``embed``, and on a writer thread ``near_duplicates`` and ``upsert``; then ``prune`` and ``index``.
 Incremental: an item whose image bytes (sha256) and model are unchanged is not decoded again; if
-only its category or metadata changed, its payload is rewritten. Every batch is committed before
-the next starts, so a killed run loses at most the batch in flight and a rerun finishes.
+only its category or metadata changed, its payload is rewritten. Every batch is written before
+the next starts (and synced to disk every `SYNC_EVERY_S`), so a killed run loses at most the batch
+in flight and a rerun finishes.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 LOOKUP_CHUNK = 256
 RETRY_ATTEMPTS = 5
 RETRY_FIRST_DELAY_S = 1.0
+#: Ingest's writes reach the disk at least this often and at the end of a pass (`writing_behind`):
+#: a power cut costs the rerun at most this much work again.
+SYNC_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,6 @@ def ingest(
     if options.near_duplicates is not None:  # other shards write beside this one: ask the store
         ask_store = catalogue.shard is not None or store.count() > 0
         near_duplicates = NearDuplicates(store, options.near_duplicates, report, summary, ask_store=ask_store)
-    run = _Run(encoder, store, report, summary, options, stored, bar, near_duplicates, journal)
-    duplicates = ExactDuplicates(report, summary)
     pin = encoder.placement.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
     batches = iter_batches(
         catalogue.items,
@@ -106,18 +108,9 @@ def ingest(
         workers=options.workers,
         pin_memory=pin,
     )
-    with bar, BatchWriter(lambda *job: _write(run, *job)) as writer:
-        while True:
-            with summary.stage("read"):  # waiting for the workers
-                batch = next(batches, None)
-            if batch is None:
-                break
-            copies = {d.item.id for d in batch.decoded if d.sha256 and duplicates.seen(d.item, d.sha256)}
-            embeddings = None
-            if batch.pixels is not None:
-                with summary.stage("embed"):
-                    embeddings = encoder.embed_batch(batch.pixels)
-            writer.put(batch, embeddings, copies)
+    with bar, store.writing_behind(SYNC_EVERY_S) as writes:
+        run = _Run(encoder, writes, report, summary, options, stored, bar, near_duplicates, journal)
+        _embed_and_write(run, batches, ExactDuplicates(report, summary))
     if options.prune:
         with summary.stage("prune"):
             summary.pruned = _prune(catalogue, store)
@@ -126,6 +119,22 @@ def ingest(
             store.optimize()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _embed_and_write(run: _Run, batches: Iterator[Batch], duplicates: ExactDuplicates) -> None:
+    """Wait for each batch from the workers, embed it, and hand it to the writer thread."""
+    with BatchWriter(lambda *job: _write(run, *job)) as writer:
+        while True:
+            with run.summary.stage("read"):  # waiting for the workers
+                batch = next(batches, None)
+            if batch is None:
+                return
+            copies = {d.item.id for d in batch.decoded if d.sha256 and duplicates.seen(d.item, d.sha256)}
+            embeddings = None
+            if batch.pixels is not None:
+                with run.summary.stage("embed"):
+                    embeddings = run.encoder.embed_batch(batch.pixels)
+            writer.put(batch, embeddings, copies)
 
 
 class BatchWriter:

@@ -297,3 +297,32 @@ def test_the_point_floor_is_raised_only_once_the_write_is_on_disk(ingested, enco
     events.clear()
     store.delete(["new", "red_round-0"])  # lowered first: a cut mid-delete is no false alarm either
     assert events == [("points.json", 11), "update", "flush", ("points.json", 11)]
+
+
+@pytest.mark.parametrize("sync_every_s", [3600.0, 0.0])
+def test_ingests_writes_are_synced_once_their_interval_passed_and_at_the_end(
+    ingested, encoder, monkeypatch, sync_every_s
+):
+    """A sync a batch was 40 % of ingest's write time and held the GIL its main thread needs:
+    inside `writing_behind` upserts are synced once the interval has passed, and when the block
+    ends; the API's writes to the store itself are synced each, also meanwhile."""
+    store, events = ingested, []
+    physical = store.physical_name()
+    store.folder.shards[physical] = RecordingShard(store.folder.shards[physical], events)
+    write_json = edge_store._write_json
+    monkeypatch.setattr(edge_store, "_write_json", lambda path, data: (events.append(data), write_json(path, data)))
+    item, look = store.get("red_round-0"), looks_of(encoder, [draw_item("red_round", 0)])
+
+    with store.writing_behind(sync_every_s) as writes:
+        writes.upsert([replace(item, id="new-1")], look)
+        writes.upsert([replace(item, id="new-2")], look)
+        if sync_every_s:
+            assert events == ["update", "update"]
+        else:
+            assert events == ["update", "flush", {"at_least": 13}, "update", "flush", {"at_least": 14}]
+        events.clear()
+        store.upsert([replace(item, id="api")], look)  # an API write meanwhile
+        assert events == ["update", "flush", {"at_least": 15}]
+        events.clear()
+    assert events == ["flush", {"at_least": 15}]
+    assert store.count() == 15

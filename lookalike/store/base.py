@@ -336,6 +336,12 @@ class VectorStore(CollectionLifecycle):
     def flush(self) -> None:
         """Have the engine write what it holds to disk."""
 
+    @contextlib.contextmanager
+    def writing_behind(self, sync_every_s: float) -> Iterator[VectorStore]:
+        """This store for a bulk load that a rerun redoes (ingest): an engine that syncs every write
+        to disk syncs its writes every ``sync_every_s`` and when the block ends instead."""
+        yield self
+
     def optimize(self) -> None:
         """Build search indexes after a bulk load, where the engine wants it done explicitly."""
 

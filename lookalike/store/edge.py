@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,11 +88,26 @@ class EdgeStore(VectorStore):
     def __init__(self, folder: EdgeFolder, collection: str) -> None:
         super().__init__(collection, embedded=True)
         self.folder = folder
+        self._sync_every_s, self._synced_at = 0.0, 0.0  # 0: every write is synced (`writing_behind`)
 
     def flush(self) -> None:
         with self._call():
             for shard in self.folder.shards.values():
                 shard.flush()
+
+    @contextlib.contextmanager
+    def writing_behind(self, sync_every_s: float) -> Iterator[VectorStore]:
+        """A twin whose upserts are synced (`_commit`) every ``sync_every_s`` and at the end, not
+        each: ingest's sync a batch was 40 % of its write time and held the GIL its main thread
+        needs. A write not synced yet survives a killed process (the kernel holds it), and what a
+        power cut takes, the rerun writes again; the API's writes (this store) are synced each."""
+        twin = self.bound_to(self.collection)
+        twin._sync_every_s, twin._synced_at = sync_every_s, time.monotonic()
+        yield twin
+        with twin._call():
+            shard = twin.folder.shards.get(twin._physical(twin.collection))
+            if shard is not None:
+                twin._commit(shard)
 
     def optimize(self) -> None:
         """Build the HNSW index of what was ingested (Edge leaves small or new segments unindexed)."""
@@ -176,7 +192,7 @@ class EdgeStore(VectorStore):
         self._ensure_room()
         shard = self._shard()
         shard.update(edge.UpdateOperation.upsert_points(points))
-        self._commit(shard)
+        self._commit(shard, due_only=True)
 
     def _overwrite_payload(self, point: str, payload: dict[str, Any]) -> None:
         self._ensure_room()
@@ -330,12 +346,16 @@ class EdgeStore(VectorStore):
             self.folder.shards[physical] = shard
         return self.folder.shards[physical]
 
-    def _commit(self, shard: edge.EdgeShard) -> None:
+    def _commit(self, shard: edge.EdgeShard, *, due_only: bool = False) -> None:
         """Sync a write, then record the count as the floor. Edge writes its log through memory maps
         that only ``flush`` syncs, while the floor file is synced at once: recorded first, a power
-        cut could leave a floor above what survived, and a sound store refused as damaged."""
+        cut could leave a floor above what survived, and a sound store refused as damaged.
+        ``due_only``: only when `writing_behind`'s interval has passed since the last sync."""
+        if due_only and time.monotonic() - self._synced_at < self._sync_every_s:
+            return
         shard.flush()
         self._write_floor(shard.count(edge.CountRequest(exact=True)))
+        self._synced_at = time.monotonic()
 
     def _write_floor(self, count: int) -> None:
         _write_json(self.folder.directory(self._physical(self.collection)) / FLOOR_FILE, {"at_least": count})
