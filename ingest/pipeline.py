@@ -93,7 +93,8 @@ def ingest(
     with summary.stage("lookup"):
         stored = _stored(store, catalogue.items)
     same_model = {item_id: s.sha256 for item_id, s in stored.items() if s.model == encoder.identity}
-    bar = tqdm(total=len(catalogue.items), unit="img", desc="ingest", disable=not options.progress)
+    shown = options.progress and bool(catalogue.items)  # no empty bar for a pass with nothing to do
+    bar = tqdm(total=len(catalogue.items), unit="img", desc="ingest", disable=not shown)
     near_duplicates = None
     if options.near_duplicates is not None:  # other shards write beside this one: ask the store
         ask_store = catalogue.shard is not None or store.count() > 0

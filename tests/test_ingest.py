@@ -17,11 +17,12 @@ from PIL import Image
 
 from ingest.__main__ import main as ingest_main
 from ingest.decode import Batch, Decoded, chunk_size, iter_batches, merge
-from ingest.pipeline import BatchWriter, IngestOptions, ingest
+from ingest.pipeline import BatchWriter, IngestOptions, ingest, ingest_all
 from ingest.report import ErrorReport
 from lookalike.catalogue import CatalogueItem, read_catalogue
 from lookalike.encoder import ImageEncoder
 from lookalike.images import decode_image
+from lookalike.journal import UploadJournal
 from lookalike.queries import NearDuplicateRule
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
@@ -563,3 +564,18 @@ def test_a_field_made_filterable_after_the_first_ingest_is_indexed_by_the_next(c
         assert store.count() == 12
     finally:
         store.close()
+
+
+def test_a_pass_with_nothing_to_ingest_draws_no_progress_bar(catalogue_dir, encoder, store, tmp_path, capsys):
+    """Every run ends with the pass over the API-added items; with none, it drew an empty bar
+    ("ingest: 0img") under the catalogue's, twice after a reindex."""
+    store.ensure_collection(encoder.dim, encoder.identity)
+    report = ErrorReport.open(tmp_path / "r.jsonl")
+    try:
+        options = IngestOptions(batch_size=4, workers=0, progress=True)
+        ingest_all(read_catalogue(catalogue_dir), UploadJournal(tmp_path / "uploads"), encoder, store, report, options)
+    finally:
+        report.close()
+
+    bars = capsys.readouterr().err
+    assert "13/13" in bars and "0img" not in bars
