@@ -578,4 +578,4 @@ def test_a_pass_with_nothing_to_ingest_draws_no_progress_bar(catalogue_dir, enco
         report.close()
 
     bars = capsys.readouterr().err
-    assert "13/13" in bars and "0img" not in bars
+    assert "13/13" in bars and "ingest: 0img" not in bars
