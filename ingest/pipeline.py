@@ -329,7 +329,8 @@ def ingest_all(
 def seed_journal(journal: UploadJournal, store: VectorStore) -> None:
     """Once: copy the API-added items of the serving collection that predate the journal into it."""
     if not journal.complete:
-        journal.seed(store.stored_items(UPLOAD) if store.collection_exists() else [])
+        stored = store.stored_items(UPLOAD) if store.collection_exists() else iter(())
+        journal.seed(stored, lambda item_ids: store.get_many(item_ids).keys())
 
 
 def sync_uploads(

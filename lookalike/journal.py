@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 
 from lookalike.catalogue import Catalogue, CatalogueItem, RowError, resolve_inside
@@ -47,6 +48,8 @@ HALF_WRITTEN = re.compile(r"\..+\.tmp")
 #: ``PUT`` and ``DELETE`` of one item hold one of these locks (chosen by its point id), in every
 #: process: a request and its retry reach the journal and the store in the same order.
 ITEM_LOCKS = 64
+#: Items the first seed asks the store about at a time (`UploadJournal.seed`).
+SEED_PAGE = 256
 #: The names of the lock files (empty files: neither photos nor entries).
 LOCK_FILES = re.compile(rf"{re.escape(PHOTOS_LOCK)}|\.lock-\d+")
 
@@ -153,16 +156,23 @@ class UploadJournal:
                     log.info("unused upload file removed", extra={"file": str(path.relative_to(self.upload_dir))})
         return [name for name in removed if PHOTO_NAME.fullmatch(name)]
 
-    def seed(self, stored: Iterable[StoredItem]) -> int:
-        """Copy API-added items that only a store knows into the journal (once); returns how many."""
+    def seed(self, stored: Iterable[StoredItem], still_stored: Callable[[list[str]], Collection[str]]) -> int:
+        """Copy API-added items that only a store knows into the journal (once); returns how many.
+
+        Each entry is written under its item's lock once ``still_stored`` (the store, asked again)
+        says the item is there: a ``DELETE`` after the store was listed found no entry to remove,
+        and must not get one back (the next ingest would restore the item from its photo).
+        """
         if self.complete:
             return 0
-        added = 0
-        for item in stored:
-            path = self._path(item.id)
-            if not path.exists():
-                self._write(path, _entry(item))
-                added += 1
+        added, stored = 0, iter(stored)
+        while page := [item for item in itertools.islice(stored, SEED_PAGE) if not self._path(item.id).exists()]:
+            with self._stripes_locked({_stripe(item.id) for item in page}):
+                held = still_stored([item.id for item in page])
+                for item in page:
+                    if item.id in held and not self._path(item.id).exists():
+                        self._write(self._path(item.id), _entry(item))
+                        added += 1
         self._write(self.folder / COMPLETE_MARKER, {"seeded": added})
         log.info("upload journal seeded from the store", extra={"items": added})
         return added

@@ -73,7 +73,7 @@ def test_write_atomically_puts_the_rename_on_disk_too(tmp_path, monkeypatch):
 def test_a_forgotten_upload_entry_is_gone_from_disk_before_the_store_delete(tmp_path, monkeypatch):
     """Else a power cut after a DELETE could leave its journal entry, and the next ingest bring the item back."""
     journal = UploadJournal(tmp_path)
-    journal.seed([])
+    journal.seed([], lambda item_ids: item_ids)
     item = StoredItem("new", "shoe", "a.jpg", "0" * 64, "model", "upload")
     with journal.recording(item):
         pass

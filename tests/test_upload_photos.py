@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import io
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def test_ingest_removes_the_photos_no_item_names_once_they_are_old(
 def sweepable_journal(folder: Path) -> tuple[UploadJournal, Path]:
     """A seeded journal whose folder holds one old photo that no entry names."""
     journal = UploadJournal(folder)
-    journal.seed([])
+    journal.seed([], lambda item_ids: item_ids)
     orphan = folder / f"{'a' * 64}.jpg"
     with journal.photo_saved(orphan.name, b"photo"):
         pass
@@ -232,6 +233,30 @@ def test_an_api_item_changed_over_the_api_while_ingest_re_embeds_it_stays_as_cha
         assert store.get("api-item").image == entry.image != now.items[0].image
     else:
         assert not store.get_many(["api-item"])
+
+
+def test_an_item_deleted_while_the_journal_is_seeded_does_not_come_back(
+    settings, encoder, store, client, auth, monkeypatch
+):
+    """A deployment older than the journal: the first ingest copies the store's API items into
+    it. A DELETE landing after the seed listed the store found no entry to remove, and the seed
+    then wrote one: the next ingest brought the deleted item back from its photo."""
+    store.ensure_collection(encoder.dim, encoder.identity)
+    put(client, auth, "kept", draw_item("red_round", 1))
+    put(client, auth, "deleted", draw_item("blue_bar", 2))
+    journal = UploadJournal(settings.upload_dir)
+    shutil.rmtree(journal.folder)  # as before the journal existed
+    listed = store.stored_items
+
+    def listed_then_deleted(image_source):
+        items = list(listed(image_source))
+        assert client.delete("/v1/items/deleted", headers=auth).status_code == 200
+        return iter(items)
+
+    monkeypatch.setattr(store, "stored_items", listed_then_deleted)
+    seed_journal(journal, store)
+
+    assert journal.complete and [item.id for item in journal.catalogue().items] == ["kept"]
 
 
 def test_an_item_deleted_over_the_api_is_pruned_by_the_next_ingest(settings, encoder, store, client, auth, tmp_path):
