@@ -114,7 +114,7 @@ def ingest(
         _embed_and_write(run, batches, ExactDuplicates(report, summary))
     if options.prune:
         with summary.stage("prune"):
-            summary.pruned = _prune(catalogue, store)
+            summary.pruned = _prune(catalogue, store, journal)
     if summary.ingested or summary.pruned:
         with summary.stage("index"):
             store.optimize()
@@ -289,15 +289,21 @@ def _stored_item(item: CatalogueItem, sha256: str, model: str) -> StoredItem:
     )
 
 
-def _prune(catalogue: Catalogue, store: VectorStore) -> int:
+def _prune(catalogue: Catalogue, store: VectorStore, journal: UploadJournal | None) -> int:
     """Delete items of the catalogue's source no longer listed (failing ones stay; catalogue runs
     keep items added over the API, and the other way round)."""
-    return _delete_unlisted(catalogue, store.item_ids(image_source=catalogue.source), store)
+    return _delete_unlisted(catalogue, store.item_ids(image_source=catalogue.source), store, journal)
 
 
-def _delete_unlisted(catalogue: Catalogue, stored_ids: Iterable[str], store: VectorStore) -> int:
+def _delete_unlisted(
+    catalogue: Catalogue, stored_ids: Iterable[str], store: VectorStore, journal: UploadJournal | None
+) -> int:
+    """Delete the stored items the catalogue does not list, but for those the journal lists by
+    the time they are deleted (under their item locks): a ``PUT`` since the store was listed."""
     gone = unlisted(catalogue, stored_ids)
-    store.delete(gone)
+    with journal.entries_while_locked(gone) if journal else contextlib.nullcontext({}) as entries:
+        gone = [item_id for item_id in gone if entries.get(item_id) is None]
+        store.delete(gone)
     for item_id in gone:
         log.info("item pruned", extra={"item_id": item_id, "source": catalogue.source})
     return len(gone)
@@ -362,7 +368,7 @@ def _prune_uploads(journal: UploadJournal, store: VectorStore, shard: Shard | No
     journal_now = _uploads_of(journal, shard)
     if journal_now.errors:
         return 0
-    return _delete_unlisted(journal_now, stored, store)
+    return _delete_unlisted(journal_now, stored, store, journal)
 
 
 def _uploads_of(journal: UploadJournal, shard: Shard | None) -> Catalogue:

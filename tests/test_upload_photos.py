@@ -259,6 +259,37 @@ def test_an_item_deleted_while_the_journal_is_seeded_does_not_come_back(
     assert journal.complete and [item.id for item in journal.catalogue().items] == ["kept"]
 
 
+def test_an_item_put_while_prune_runs_is_not_pruned(
+    settings, encoder, store, client, auth, catalogue_dir, tmp_path, monkeypatch
+):
+    """`--prune` lists the store, then deletes what the catalogue no longer lists; a PUT of one
+    of those ids in between (a Qdrant server takes both) made it an API item, and prune deleted it
+    (its client had a 200; the item was gone until the next run restored it from the journal)."""
+    store.ensure_collection(encoder.dim, encoder.identity)
+    journal = UploadJournal(settings.upload_dir)
+    seed_journal(journal, store)
+    options = IngestOptions(workers=0, progress=False, prune=True)
+    report = ErrorReport.open(tmp_path / "errors.jsonl")
+    try:
+        ingest_all(read_catalogue(catalogue_dir), journal, encoder, store, report, options)
+        (catalogue_dir / "blue_bar" / "item3.jpg").unlink()  # left the catalogue: --prune deletes it
+        item_ids = store.item_ids
+
+        def listed_then_put(image_source=None):
+            listed = list(item_ids(image_source=image_source))
+            if image_source == "catalogue":
+                put(client, auth, "blue_bar-item3", draw_item("blue_bar", 9))  # the API takes it over
+            return iter(listed)
+
+        monkeypatch.setattr(store, "item_ids", listed_then_put)
+        summary = ingest_all(read_catalogue(catalogue_dir), journal, encoder, store, report, options)
+    finally:
+        report.close()
+
+    assert summary.pruned == 0
+    assert store.get("blue_bar-item3").image_source == "upload"
+
+
 def test_an_item_deleted_over_the_api_is_pruned_by_the_next_ingest(settings, encoder, store, client, auth, tmp_path):
     store.ensure_collection(encoder.dim, encoder.identity)
     put(client, auth, "kept", draw_item("red_round", 1))
