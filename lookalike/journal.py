@@ -166,7 +166,8 @@ class UploadJournal:
         if self.complete:
             return 0
         added, stored = 0, iter(stored)
-        while page := [item for item in itertools.islice(stored, SEED_PAGE) if not self._path(item.id).exists()]:
+        while chunk := list(itertools.islice(stored, SEED_PAGE)):
+            page = [item for item in chunk if not self._path(item.id).exists()]
             with self._stripes_locked({_stripe(item.id) for item in page}):
                 held = still_stored([item.id for item in page])
                 for item in page:

@@ -17,7 +17,7 @@ from ingest.pipeline import IngestOptions, ingest_all, seed_journal, sync_upload
 from ingest.report import ErrorReport
 from lookalike.catalogue import read_catalogue
 from lookalike.journal import PHOTO_GRACE_S, PHOTO_NAME, PHOTOS_LOCK, UploadJournal
-from lookalike.points import point_id
+from lookalike.points import StoredItem, point_id
 from tests.conftest import draw_item, image_bytes
 
 
@@ -288,6 +288,17 @@ def test_an_item_put_while_prune_runs_is_not_pruned(
 
     assert summary.pruned == 0
     assert store.get("blue_bar-item3").image_source == "upload"
+
+
+def test_seeding_goes_on_past_a_page_the_journal_holds_already(tmp_path, monkeypatch):
+    monkeypatch.setattr("lookalike.journal.SEED_PAGE", 1)
+    journal = UploadJournal(tmp_path / "uploads")
+    first, second = (StoredItem(i, "api", f"{i}.png", "0" * 64, "m", "upload") for i in ("first", "second"))
+    with journal.recording(first):  # PUT after the journal existed, before its first seed
+        pass
+
+    assert journal.seed([first, second], lambda item_ids: item_ids) == 1
+    assert sorted(item.id for item in journal.catalogue().items) == ["first", "second"]
 
 
 def test_an_item_deleted_over_the_api_is_pruned_by_the_next_ingest(settings, encoder, store, client, auth, tmp_path):
