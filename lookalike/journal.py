@@ -169,7 +169,7 @@ class UploadJournal:
         while chunk := list(itertools.islice(stored, SEED_PAGE)):
             page = [item for item in chunk if not self._path(item.id).exists()]
             with self._stripes_locked({_stripe(item.id) for item in page}):
-                held = still_stored([item.id for item in page])
+                held = still_stored([item.id for item in page]) if page else ()
                 for item in page:
                     if item.id in held and not self._path(item.id).exists():
                         self._write(self._path(item.id), _entry(item))
