@@ -303,7 +303,7 @@ def test_the_point_floor_is_raised_only_once_the_write_is_on_disk(ingested, enco
 def test_ingests_writes_are_synced_once_their_interval_passed_and_at_the_end(
     ingested, encoder, monkeypatch, sync_every_s
 ):
-    """A sync a batch was 40 % of ingest's write time and held the GIL its main thread needs:
+    """A sync a batch was a third of ingest's write time and held the GIL its main thread needs:
     inside `writing_behind` upserts are synced once the interval has passed, and when the block
     ends; the API's writes to the store itself are synced each, also meanwhile."""
     store, events = ingested, []

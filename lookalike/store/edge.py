@@ -98,7 +98,7 @@ class EdgeStore(VectorStore):
     @contextlib.contextmanager
     def writing_behind(self, sync_every_s: float) -> Iterator[VectorStore]:
         """A twin whose upserts are synced (`_commit`) every ``sync_every_s`` and at the end, not
-        each: ingest's sync a batch was 40 % of its write time and held the GIL its main thread
+        each: ingest's sync a batch was a third of its write time and held the GIL its main thread
         needs. A write not synced yet survives a killed process (the kernel holds it), and what a
         power cut takes, the rerun writes again; the API's writes (this store) are synced each."""
         twin = self.bound_to(self.collection)
