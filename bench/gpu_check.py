@@ -172,14 +172,24 @@ def main() -> None:
         # free: the forward pass replaced by random vectors, what the pipeline reaches without the model.
         # no_near_duplicates: without the writer thread's check, whose work (and, before it held
         # numpy to one BLAS thread, its BLAS threads) competed with the workers and the main thread.
+        # synced: the store synced after every batch, as before ingest synced it every SYNC_EVERY_S.
         runs = ((64, 1, False, True), (256, 1, False, True), (256, 4, False, True), (256, 1, True, True))
-        for batch_size, copies, free, near in (*runs, (256, 1, True, False)):
+        for batch_size, copies, free, near, synced in (
+            *((*run, False) for run in runs),
+            (256, 1, True, False, False),
+            (256, 1, False, True, True),
+        ):
             copied = Catalogue(catalogue.root, repeated(items, copies), [])
-            summary = measure_ingest(settings, large, copied, Path(tmp), batch_size, free=free, near_duplicates=near)
+            summary = measure_ingest(
+                settings, large, copied, Path(tmp), batch_size, free=free, near_duplicates=near, synced=synced
+            )
             ingest_rate = summary.ingested / summary.seconds
             name = "ingest_whole_catalogue" if copies == 1 else f"ingest_catalogue_x{copies}"
             emit(
-                name + ("_free_encoder" if free else "") + ("" if near else "_no_near_duplicates"),
+                name
+                + ("_free_encoder" if free else "")
+                + ("" if near else "_no_near_duplicates")
+                + ("_synced_every_batch" if synced else ""),
                 checkpoint="large",
                 batch_size=batch_size,
                 items=len(copied.items),
@@ -358,10 +368,13 @@ def measure_ingest(
     *,
     free: bool = False,
     near_duplicates: bool = True,
+    synced: bool = False,
 ) -> IngestSummary:
     """Ingest as `python -m ingest` runs it (decode workers, batches, near-duplicate check), into
-    a fresh embedded store; ``free``: with a forward pass that costs nothing (`FreeEncoder`)."""
+    a fresh embedded store; ``free``: with a forward pass that costs nothing (`FreeEncoder`);
+    ``synced``: the store synced after every batch instead of every `SYNC_EVERY_S`."""
     run = f"{batch_size}-{len(catalogue.items)}{'-free' if free else ''}{'' if near_duplicates else '-no-near'}"
+    run += "-synced" if synced else ""
     store_path = tmp / f"qdrant-{run}"
     run_settings = settings.with_overrides(model_checkpoint=checkpoint, qdrant_path=store_path, qdrant_url=None)
     encoder = ImageEncoder.from_settings(run_settings)
@@ -376,6 +389,7 @@ def measure_ingest(
             workers=default_workers(device),
             progress=False,
             near_duplicates=NearDuplicateRule.from_settings(run_settings) if near_duplicates else None,
+            sync_every_s=0.0 if synced else SYNC_EVERY_S,
         )
         summary = ingest(catalogue, encoder, store, report, options)
     finally:

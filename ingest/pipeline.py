@@ -58,6 +58,7 @@ class IngestOptions:
     near_duplicates: NearDuplicateRule | None = None  # None: only same bytes count as duplicates
     filterable_fields: Sequence[str] = ()  # metadata fields indexed in a new collection
     max_prune: PruneLimit = dataclasses.field(default_factory=PruneLimit)  # what a reindex may leave out
+    sync_every_s: float = SYNC_EVERY_S  # the embedded store's writes reach the disk this often (0: each)
 
 
 @dataclass
@@ -109,7 +110,7 @@ def ingest(
         workers=options.workers,
         pin_memory=pin,
     )
-    with bar, store.writing_behind(SYNC_EVERY_S) as writes:
+    with bar, store.writing_behind(options.sync_every_s) as writes:
         run = _Run(encoder, writes, report, summary, options, stored, bar, near_duplicates, journal)
         _embed_and_write(run, batches, ExactDuplicates(report, summary))
     if options.prune:
