@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 
 from ingest.__main__ import main as ingest_main
+from ingest.pipeline import IngestOptions, ingest
+from ingest.report import ErrorReport
 from lookalike.backup import copy_uploads
+from lookalike.catalogue import read_catalogue
 from lookalike.journal import UploadJournal
 from lookalike.looks import looks_of
 from lookalike.points import COLOUR, EMBEDDING, StoredItem, point_id
@@ -326,3 +329,19 @@ def test_ingests_writes_are_synced_once_their_interval_passed_and_at_the_end(
         events.clear()
     assert events == ["flush", {"at_least": 15}]
     assert store.count() == 15
+
+
+def test_an_ingest_pass_ends_synced_with_its_floor_at_the_count(store, encoder, catalogue_dir, tmp_path):
+    """Ingest syncs the store every `sync_every_s` and when the pass ends: with an interval no
+    pass reaches, the floor (written only by a sync) is the count as soon as the pass returns."""
+    store.ensure_collection(encoder.dim, encoder.identity)
+    floor = store.folder.directory(store.physical_name()) / edge_store.FLOOR_FILE
+    report = ErrorReport.open(tmp_path / "r.jsonl")
+    try:
+        options = IngestOptions(batch_size=2, workers=0, progress=False, sync_every_s=3600.0)
+        summary = ingest(read_catalogue(catalogue_dir), encoder, store, report, options)
+    finally:
+        report.close()
+
+    assert summary.ingested == 12
+    assert json.loads(floor.read_text()) == {"at_least": 12} == {"at_least": store.count()}
