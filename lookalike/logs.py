@@ -29,9 +29,12 @@ def configure_logging(level: str = "INFO", filters: tuple[logging.Filter, ...] =
     handler = StderrHandler()
     for log_filter in filters:
         handler.addFilter(log_filter)
-    handler.setFormatter(
-        JsonFormatter("{asctime}{levelname}{name}{message}", style="{", rename_fields={"levelname": "level"})
-    )
+    handler.setFormatter(json_formatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def json_formatter() -> logging.Formatter:
+    """One JSON object a record: time, level, logger, message and the call's ``extra`` fields."""
+    return JsonFormatter("{asctime}{levelname}{name}{message}", style="{", rename_fields={"levelname": "level"})

@@ -36,7 +36,7 @@ if workers > 1:
 timeout = _settings.timeout  # model load at worker start on a small CPU
 graceful_timeout = 30
 accesslog = "-"
-logger_class = "service.gunicorn_worker.JsonAccessLogger"  # one JSON object a request
+logger_class = "service.gunicorn_worker.JsonLogger"  # its own lines and the access log as JSON
 
 
 def on_starting(server) -> None:

@@ -4,7 +4,7 @@ gunicorn refuses some requests before Flask sees them: a request line over ``lim
 (414), headers over their limits (431), a malformed request (400). Its answer is an HTML page,
 which a site backend parsing ``{"error": {"code", "message"}}`` cannot read. This worker lets
 gunicorn decide the status and log as it always does, then sends that status with a JSON body.
-Its access log is written by `JsonAccessLogger`, one JSON object a line.
+`JsonLogger` writes gunicorn's own log lines as JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from gunicorn import util
 from gunicorn.glogging import Logger
 from gunicorn.workers.gthread import ThreadWorker
 
+from lookalike.logs import json_formatter
 from service.errors import error_code
 
 
@@ -51,10 +52,16 @@ class _CapturedAnswer:
         self.status = (int(code), reason)
 
 
-class JsonAccessLogger(Logger):
-    """The access log as one JSON object a line, encoded by ``json``: gunicorn's own
-    ``access_log_format`` escapes quotes only, so a backslash in a request's URL made the line
-    invalid JSON for whatever reads the log."""
+class JsonLogger(Logger):
+    """gunicorn's own log lines as JSON, as the service's are: its error log ("Booting worker",
+    "Worker timeout") in the service's format, and the access log one object a request, encoded by
+    ``json``: gunicorn's ``access_log_format`` escapes quotes only, so a backslash in a request's
+    URL made the line invalid JSON for whatever reads the log."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(json_formatter())
 
     def access(self, resp: Any, req: Any, environ: dict, request_time: Any) -> None:
         if not self.access_log_enabled:

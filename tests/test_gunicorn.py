@@ -19,7 +19,7 @@ import pytest
 
 from bench.server import children, running_service, wait_until_answering
 from lookalike.store import VectorStore
-from service.gunicorn_worker import JsonAccessLogger
+from service.gunicorn_worker import JsonLogger
 from tests.conftest import (
     API_KEY,
     HEADER_TOO_LARGE,
@@ -140,7 +140,7 @@ def test_every_access_log_line_is_json(tmp_path, target):
 
     config = Config()
     config.set("accesslog", str(tmp_path / "access.log"))
-    logger = JsonAccessLogger(config)
+    logger = JsonLogger(config)
     environ = {"REQUEST_METHOD": "GET", "RAW_URI": target, "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "10.0.0.1"}
     response = SimpleNamespace(status="200 OK", sent=16, headers=[])
     logger.access(response, SimpleNamespace(headers=[]), environ, timedelta(milliseconds=4))
@@ -153,3 +153,15 @@ def test_every_access_log_line_is_json(tmp_path, target):
         "bytes": 16,
         "ms": 4,
     }
+
+
+def test_gunicorns_own_log_lines_are_json(tmp_path):
+    """Its error log ("Booting worker with pid: ...") was plain text among the service's JSON lines."""
+    from gunicorn.config import Config
+
+    config = Config()
+    config.set("errorlog", str(tmp_path / "error.log"))
+    JsonLogger(config).info("Booting worker with pid: %s", 4242)
+
+    (line,) = (tmp_path / "error.log").read_text().splitlines()
+    assert {"level": "INFO", "message": "Booting worker with pid: 4242"}.items() <= json.loads(line).items()
