@@ -18,6 +18,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from lookalike.logs import json_formatter
 from service.errors import error_code
+from service.observability import REQUEST_ID_HEADER
 
 
 class JsonErrorWorker(ThreadWorker):
@@ -75,4 +76,7 @@ class JsonLogger(Logger):
             "bytes": atoms["B"],
             "ms": atoms["M"],
         }
+        request_id = atoms.get(f"{{{REQUEST_ID_HEADER.lower()}}}o")  # the answer's: the app's log lines name it too
+        if request_id:
+            line["request_id"] = request_id
         self.access_log.info(json.dumps(line))

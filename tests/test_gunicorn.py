@@ -142,7 +142,7 @@ def test_every_access_log_line_is_json(tmp_path, target):
     config.set("accesslog", str(tmp_path / "access.log"))
     logger = JsonLogger(config)
     environ = {"REQUEST_METHOD": "GET", "RAW_URI": target, "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "10.0.0.1"}
-    response = SimpleNamespace(status="200 OK", sent=16, headers=[])
+    response = SimpleNamespace(status="200 OK", sent=16, headers=[("X-Request-ID", "5f0c")])
     logger.access(response, SimpleNamespace(headers=[]), environ, timedelta(milliseconds=4))
 
     (line,) = (tmp_path / "access.log").read_text().splitlines()
@@ -152,6 +152,7 @@ def test_every_access_log_line_is_json(tmp_path, target):
         "status": 200,
         "bytes": 16,
         "ms": 4,
+        "request_id": "5f0c",  # as the app's log lines of that request name it
     }
 
 
