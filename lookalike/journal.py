@@ -74,11 +74,11 @@ class UploadJournal:
 
     @contextlib.contextmanager
     def entries_while_locked(self, item_ids: Iterable[str]) -> Iterator[dict[str, CatalogueItem | None]]:
-        """Hold these items' locks and yield their entries as they are now (None: none, or one
-        unreadable). Ingest writes a batch under them, so a ``PUT`` or ``DELETE`` while it runs
-        happens before the batch (and ingest sees it) or after it (and wins), never under it."""
+        """Hold these items' locks, shared, and yield their entries as they are now (None: none,
+        or one unreadable). Ingest writes a batch under them, so a ``PUT`` or ``DELETE`` while it
+        runs happens before the batch (and ingest sees it) or after it (and wins), never under it."""
         item_ids = list(item_ids)
-        with self._stripes_locked({_stripe(i) for i in item_ids}):
+        with self._stripes_locked({_stripe(i) for i in item_ids}, fcntl.LOCK_SH):
             yield {item_id: self._entry_item(self._path(item_id)) for item_id in item_ids}
 
     @contextlib.contextmanager
@@ -168,7 +168,7 @@ class UploadJournal:
         added, stored = 0, iter(stored)
         while chunk := list(itertools.islice(stored, SEED_PAGE)):
             page = [item for item in chunk if not self._path(item.id).exists()]
-            with self._stripes_locked({_stripe(item.id) for item in page}):
+            with self._stripes_locked({_stripe(item.id) for item in page}, fcntl.LOCK_SH):
                 held = still_stored([item.id for item in page]) if page else ()
                 for item in page:
                     if item.id in held and not self._path(item.id).exists():
@@ -211,13 +211,15 @@ class UploadJournal:
         write_atomically(path, json.dumps(data).encode())
 
     @contextlib.contextmanager
-    def _stripes_locked(self, stripes: set[int]) -> Iterator[None]:
-        """Item locks, taken in ascending order so two holders of several never deadlock."""
+    def _stripes_locked(self, stripes: set[int], mode: int = fcntl.LOCK_EX) -> Iterator[None]:
+        """Item locks, taken in ascending order so two holders of several never deadlock:
+        exclusive for the API's writes, shared (``LOCK_SH``) for ingest's, which may overlap each
+        other (parallel ``--shard`` workers) but not a ``PUT`` or ``DELETE``."""
         self.folder.mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as held:
             for stripe in sorted(stripes):
                 lock = held.enter_context((self.folder / f".lock-{stripe:02d}").open("a"))
-                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+                fcntl.flock(lock, mode)  # released when the file closes
             yield
 
     @contextlib.contextmanager

@@ -7,6 +7,7 @@ import fcntl
 import io
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -316,3 +317,26 @@ def test_an_item_deleted_over_the_api_is_pruned_by_the_next_ingest(settings, enc
 
     assert summary.pruned == 1 and "prune" in summary.stages
     assert set(store.item_ids(image_source="upload")) == {"kept"}
+
+
+def test_ingest_writers_share_item_locks_that_a_put_waits_for(tmp_path):
+    """Parallel `--shard` workers each write batches that cover nearly every lock stripe: with
+    exclusive locks their writes took turns. They hold them shared now; PUT and DELETE, which
+    must not land under an ingest batch, still wait for every holder."""
+    journal = UploadJournal(tmp_path / "uploads")
+    other_worker, put_done = threading.Event(), threading.Event()
+
+    def second_worker() -> None:
+        with UploadJournal(tmp_path / "uploads").entries_while_locked(["a", "b"]):
+            other_worker.set()
+
+    def put() -> None:
+        with UploadJournal(tmp_path / "uploads").item_locked("a"):
+            put_done.set()
+
+    with journal.entries_while_locked(["a", "c"]):
+        threading.Thread(target=second_worker).start()
+        assert other_worker.wait(5)  # not blocked by this worker
+        threading.Thread(target=put).start()
+        assert not put_done.wait(0.3)  # blocked while a worker writes its batch
+    assert put_done.wait(5)
