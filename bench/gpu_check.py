@@ -173,12 +173,15 @@ def main() -> None:
         # no_near_duplicates: without the writer thread's check, whose work (and, before it held
         # numpy to one BLAS thread, its BLAS threads) competed with the workers and the main thread.
         # synced: the store synced after every batch, as before ingest synced it every SYNC_EVERY_S.
-        runs = ((64, 1, False, True), (256, 1, False, True), (256, 4, False, True), (256, 1, True, True))
-        for batch_size, copies, free, near, synced in (
-            *((*run, False) for run in runs),
+        runs = (
+            (64, 1, False, True, False),
+            (256, 1, False, True, False),
+            (256, 4, False, True, False),
+            (256, 1, True, True, False),
             (256, 1, True, False, False),
             (256, 1, False, True, True),
-        ):
+        )
+        for batch_size, copies, free, near, synced in runs:
             copied = Catalogue(catalogue.root, repeated(items, copies), [])
             summary = measure_ingest(
                 settings, large, copied, Path(tmp), batch_size, free=free, near_duplicates=near, synced=synced
