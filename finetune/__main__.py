@@ -78,6 +78,7 @@ OPTIONS = (
     ("backbone_lr_scale", float_range(0.0, 1.0), "learning rate of the backbone relative to the head"),
     ("wise_alpha", float_range(0.0, 1.0), "WiSE-FT: weight of the fine-tuned weights against the start"),
     ("max_minutes", positive_float(), "stop training after this many minutes"),
+    ("eval_share", positive_float(1.0), "the most of the training time the held-out evaluations may take"),
     ("seed", int_range(0, 2**32 - 1), "random seed"),
     ("instance_weight", float_range(0.0, 10.0), "weight of the instance-discrimination loss (two views an image)"),
     ("head_scale", positive_float(100.0), "scale of the cosine head's logits (lower: a softer softmax)"),

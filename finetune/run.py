@@ -56,7 +56,8 @@ from lookalike.pixels import Preprocess
 log = logging.getLogger(__name__)
 #: Colour jitter leaves hue alone: colour is part of "looks alike", so a red shoe stays red.
 AUGMENTATION = open_clip.AugmentationCfg(scale=(0.35, 1.0), color_jitter=(0.2, 0.2, 0.2, 0.0), color_jitter_prob=0.8)
-#: At most this share of training time goes to the per-epoch held-out evaluation.
+#: At most this share of training time goes to the per-epoch held-out evaluation (the default
+#: of `TrainingConfig.eval_share`).
 EVAL_SHARE = 0.25
 CACHE_MARGIN = 1.15  # cached images keep a little more than the model's input size for cropping
 
@@ -96,8 +97,10 @@ class TrainingConfig:
     #: Decay of the moving average of the weights that is evaluated and saved (`WeightAverage`;
     #: 0 = off: the weights of the last step).
     ema_decay: float = 0.0
-    #: Evaluate every N epochs (default: as often as keeps evaluation <= EVAL_SHARE of the time).
+    #: Evaluate every N epochs (default: as often as keeps evaluation <= eval_share of the time).
     eval_every: int | None = None
+    #: The most of the training time the held-out evaluations may take (when eval_every is None).
+    eval_share: float = EVAL_SHARE
     #: Write the resume file at most this often (and after the last epoch).
     resume_every_s: float = 20.0
     #: Hold the training images on the device and augment them there (finetune.device_data);
@@ -380,7 +383,7 @@ class EpochLoop:
         self.model, self.loader, self.config, self.output = model, loader, config, output
         self.placement, self.started = placement, started
         self.learns_from = learns_from or {}  # the base model and the training data's fingerprint
-        #: Re-estimated at each evaluation (unless configured): evaluation stays <= EVAL_SHARE of the time.
+        #: Re-estimated at each evaluation (unless configured): evaluation stays <= eval_share of the time.
         self.eval_every = config.eval_every or 1
         self._saved_at = -math.inf
         self.epoch_seconds: list[float] = []  # wall time of each epoch run in this process
@@ -392,6 +395,8 @@ class EpochLoop:
                 {"params": model.head.parameters(), "lr": config.lr, "weight_decay": 0.0},
             ],
             weight_decay=config.weight_decay,
+            # one kernel a step, not a dozen, on a GPU (its steps are launch-bound); torch's choice elsewhere
+            fused=True if placement.device.type == "cuda" else None,
         )
         self.schedule = WarmupCosine(round(len(loader) * config.warmup_epochs), len(loader) * config.epochs)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
@@ -465,12 +470,12 @@ class EpochLoop:
         return self.average.swapped_in(self.model) if self.average else contextlib.nullcontext()
 
     def _pace_evaluation(self, eval_s: float) -> None:
-        """Evaluate every N epochs so that evaluation takes at most `EVAL_SHARE` of the time,
+        """Evaluate every N epochs so that evaluation takes at most `eval_share` of the time,
         N from the latest evaluation and the recent epochs (the first one is slower: warm-up)."""
         if self.config.eval_every is not None:
             return
         epoch_s = self._recent_epoch_s(3, fallback=self.phases_s["train"])
-        every = max(1, math.ceil(eval_s / (EVAL_SHARE * max(epoch_s, 1e-6))))
+        every = max(1, math.ceil(eval_s / (self.config.eval_share * max(epoch_s, 1e-6))))
         if every != self.eval_every:
             log.info("evaluation cadence", extra={"every_epochs": every, "eval_s": round(eval_s, 2)})
         self.eval_every = every

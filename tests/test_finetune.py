@@ -402,6 +402,20 @@ def test_a_time_budget_plans_fewer_epochs_and_ends_the_schedule_with_them():
     assert loop.planned_epochs == 3
 
 
+@pytest.mark.parametrize(("eval_share", "every"), [(0.25, 2), (0.1, 5)])
+def test_evaluation_is_paced_to_the_recipes_share_of_the_training_time(eval_share: float, every: int):
+    from finetune.run import EpochLoop
+
+    tower = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    tower.image_size = (2, 2)
+    config = dataclasses.replace(FAST, eval_every=None, eval_share=eval_share)
+    placement = Placement(torch.device("cpu"), "fp32")
+    loop = EpochLoop(RetrievalModel(tower, 4, 2), [None] * 10, config, Path("/nonexistent"), placement, started=0.0)
+    loop.epoch_seconds = [5.0, 2.0, 2.0]  # 2 s an epoch after the first
+    loop._pace_evaluation(eval_s=1.0)  # an evaluation of 1 s: 0.5 of an epoch
+    assert loop.eval_every == every  # ceil(0.5 / share)
+
+
 def test_fine_tuning_with_the_data_on_the_device_learns(shapes_dir, tmp_path):
     source = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
     config = dataclasses.replace(FAST, epochs=60, data_on_device=True)
