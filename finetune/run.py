@@ -450,7 +450,7 @@ class EpochLoop:
                 self.phases_s["train"] += train_s
                 self._fit_to_budget(train_s)
                 timing = {"train_s": round(train_s, 3)}
-                if self.epoch % self.eval_every == 0 or self.epoch >= self.planned_epochs:
+                if self._evaluation_due():
                     with self._evaluated_weights():  # and kept as the best state, if they are
                         eval_started = time.perf_counter()
                         held_out = evaluate_now()
@@ -464,6 +464,13 @@ class EpochLoop:
             self._save_resume_state()
             self.phases_s["save"] += time.perf_counter() - saving
             self.epoch_seconds.append(time.perf_counter() - epoch_started)
+
+    def _evaluation_due(self) -> bool:
+        """`eval_every` epochs after the last evaluation, and after the last epoch. Not at epochs
+        divisible by it: a cadence paced from 5 to 6 at epoch 5 evaluated again at 6 (on one H200,
+        66 evaluations in 239 epochs where the pace asked for ~40)."""
+        last = self.history[-1]["epoch"] if self.history else 0
+        return self.epoch - last >= self.eval_every or self.epoch >= self.planned_epochs
 
     def _evaluated_weights(self) -> contextlib.AbstractContextManager:
         """The weights evaluated and kept: the moving average when there is one, else the model's."""

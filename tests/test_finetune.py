@@ -416,6 +416,23 @@ def test_evaluation_is_paced_to_the_recipes_share_of_the_training_time(eval_shar
     assert loop.eval_every == every  # ceil(0.5 / share)
 
 
+def test_a_paced_evaluation_comes_that_many_epochs_after_the_last_one():
+    from finetune.run import EpochLoop
+
+    tower = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    tower.image_size = (2, 2)
+    placement = Placement(torch.device("cpu"), "fp32")
+    loop = EpochLoop(RetrievalModel(tower, 4, 2), [None] * 10, FAST, Path("/nonexistent"), placement, started=0.0)
+    loop.history, loop.eval_every = [{"epoch": 5}], 6  # evaluated at 5, then paced from 5 to 6 epochs
+    due = []
+    for epoch in range(6, 12):
+        loop.epoch = epoch
+        due.append(loop._evaluation_due())
+    assert due == [False] * 5 + [True]  # at 5 + 6 = 11, not at 6 (divisible by 6)
+    loop.epoch = loop.planned_epochs
+    assert loop._evaluation_due()  # the last epoch is always evaluated
+
+
 def test_fine_tuning_with_the_data_on_the_device_learns(shapes_dir, tmp_path):
     source = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
     config = dataclasses.replace(FAST, epochs=60, data_on_device=True)
