@@ -7,8 +7,10 @@ device each lose less than their share of it. Each keeps the preset's time budge
 epochs to the pace it gets, so a variant is only ever compared with the others of the same run
 (include the preset as it is, ``base=''``); one that wins here has run with fewer epochs than it
 would alone. Prints one JSON line a variant as it ends (held-out P@4 and mAP@R by
-finetune.evaluate's protocol, epochs, seconds). On one H200, one variant alone took 206 s of wall
-time with the large preset's 3 minutes; four side by side had not ended after 262 s.
+finetune.evaluate's protocol, epochs, seconds). On one H200, one variant alone took 188-206 s of
+wall time with the large preset's 3 minutes; four side by side had not ended after 262 s, three
+not after 405 s. ``--one-at-a-time`` runs them alone, one after another: figures that compare
+with a single run's.
 """
 
 from __future__ import annotations
@@ -34,19 +36,23 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def train_side_by_side(
-    catalogue: Path, preset: str, variants: list[tuple[str, list[str]]], tmp: Path, report: Callable[[dict], None]
+    catalogue: Path,
+    preset: str,
+    variants: list[tuple[str, list[str]]],
+    tmp: Path,
+    report: Callable[[dict], None],
+    at_once: int | None = None,
 ) -> None:
-    """Start every variant at once and ``report`` each as it ends. Stopped early (SIGTERM, as
-    `timeout` sends, or Ctrl-C), it reports how far each unfinished one got and stops them."""
-    running = {}
-    for name, options in variants:
-        command = [sys.executable, "-m", "finetune", str(catalogue), "--preset", preset, "--force", "--no-progress"]
-        with (tmp / f"{name}.log").open("w") as log:
-            process = subprocess.Popen([*command, "--output", str(tmp / name), *options], stdout=log, stderr=log)
-        running[name] = (options, process)
+    """Train the variants, ``at_once`` at a time (default: all), and ``report`` each as it ends.
+    Stopped early (SIGTERM, as `timeout` sends, or Ctrl-C), it reports how far each unfinished one
+    got and stops them."""
+    waiting, running = list(variants), {}
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        while running:
+        while waiting or running:
+            while waiting and len(running) < (at_once or len(variants)):
+                name, options = waiting.pop(0)
+                running[name] = (options, _start(catalogue, preset, name, options, tmp))
             for name, (options, process) in list(running.items()):
                 if process.poll() is not None:
                     del running[name]
@@ -59,7 +65,15 @@ def train_side_by_side(
             report({"variant": name, "options": " ".join(options), "exit": None, "last_epochs": progress[-3:]})
 
 
+def _start(catalogue: Path, preset: str, name: str, options: list[str], tmp: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "finetune", str(catalogue), "--preset", preset, "--force", "--no-progress"]
+    with (tmp / f"{name}.log").open("w") as log:
+        return subprocess.Popen([*command, "--output", str(tmp / name), *options], stdout=log, stderr=log)
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    """Once: `timeout` signals the process and then its whole group, which would interrupt the cleanup."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -89,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="large")
     parser.add_argument("--variant", type=parse_variant, action="append", required=True, dest="variants")
     parser.add_argument("--output", type=Path, help="also write the figures as JSON here (after each variant)")
+    parser.add_argument("--one-at-a-time", action="store_true", help="each variant alone, one after another")
     args = parser.parse_args(argv)
     results: list[dict] = []
 
@@ -99,7 +114,9 @@ def main(argv: list[str] | None = None) -> None:
             args.output.write_text(json.dumps(results, indent=2))
 
     with tempfile.TemporaryDirectory() as tmp:
-        train_side_by_side(args.catalogue, args.preset, args.variants, Path(tmp), report)
+        train_side_by_side(
+            args.catalogue, args.preset, args.variants, Path(tmp), report, 1 if args.one_at_a_time else None
+        )
 
 
 if __name__ == "__main__":
