@@ -8,7 +8,6 @@ with the photo's colour, or the reason the image failed, which fails that item, 
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import functools
 import itertools
 import math
@@ -84,12 +83,39 @@ class DecodeDataset(Dataset):
             return Decoded(item, None, error=e)
 
 
-def collate(decoded: list[Decoded]) -> Batch:
-    """One tensor for the batch's pixels, none left on the items: every tensor a worker returns
-    travels through a shared-memory file of its own, which cost more than the decoding."""
-    with_pixels = [d.pixels for d in decoded if d.pixels is not None]
-    items = [dataclasses.replace(d, pixels=None) if d.pixels is not None else d for d in decoded]
-    return Batch(items, torch.stack([torch.as_tensor(p) for p in with_pixels]) if with_pixels else None)
+@dataclass
+class Chunk:
+    """What a worker sends back for consecutive items: one tensor of the decoded ones' pixels (each
+    tensor travels through a shared-memory file of its own, which cost more than the decoding), one
+    array of their colours, and no items: the main process has them, and unpickling each item's
+    path was its dearest step (0.29 of 0.70 CPU s for the catalogue's 2,607, cProfile)."""
+
+    sha256: list[str | None]
+    errors: list[InvalidImage | None]
+    decoded: list[bool]
+    pixels: torch.Tensor | None
+    colours: np.ndarray | None
+
+    def batch(self, items: Sequence[CatalogueItem]) -> Batch:
+        """The chunk as a `Batch` of these ``items`` (the ones it was decoded from, in order)."""
+        colours = iter(self.colours if self.colours is not None else ())
+        decoded = [
+            Decoded(item, sha256, colour=next(colours) if was_decoded else None, error=error, decoded=was_decoded)
+            for item, sha256, error, was_decoded in zip(items, self.sha256, self.errors, self.decoded, strict=True)
+        ]
+        return Batch(decoded, self.pixels)
+
+
+def collate(decoded: list[Decoded]) -> Chunk:
+    """In a worker: the items' results as one `Chunk`."""
+    done = [d for d in decoded if d.decoded]
+    return Chunk(
+        [d.sha256 for d in decoded],
+        [d.error for d in decoded],
+        [d.decoded for d in decoded],
+        torch.stack([torch.as_tensor(d.pixels) for d in done]) if done else None,
+        np.stack([d.colour for d in done]) if done else None,
+    )
 
 
 def iter_batches(
@@ -116,8 +142,9 @@ def iter_batches(
         prefetch_factor=4 if workers else None,
         worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers else None,
     )
-    for chunks in _groups(loader, batch_size // chunk):
-        yield merge(chunks, pin_memory)
+    chunks = (sent.batch(items[n * chunk : (n + 1) * chunk]) for n, sent in enumerate(loader))
+    for group in _groups(chunks, batch_size // chunk):
+        yield merge(group, pin_memory)
 
 
 def chunk_size(batch_size: int) -> int:

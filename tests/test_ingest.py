@@ -20,8 +20,9 @@ from ingest.decode import Batch, Decoded, chunk_size, iter_batches, merge
 from ingest.pipeline import BatchWriter, IngestOptions, ingest, ingest_all
 from ingest.report import ErrorReport
 from lookalike.catalogue import CatalogueItem, read_catalogue
+from lookalike.colour import colour_histogram
 from lookalike.encoder import ImageEncoder
-from lookalike.images import decode_image
+from lookalike.images import decode_image, sha256_hex
 from lookalike.journal import UploadJournal
 from lookalike.queries import NearDuplicateRule
 from lookalike.settings import Settings
@@ -265,10 +266,21 @@ def test_workers_decode_chunks_that_divide_the_batch(batch_size, chunk):
 def test_batches_assembled_from_chunks_keep_size_and_order(catalogue_dir, encoder, workers, monkeypatch):
     monkeypatch.setattr("ingest.decode.DECODE_CHUNK", 4)  # batches of 8 from chunks of 4
     items = read_catalogue(catalogue_dir).items  # 13, one of them broken
-    batches = list(iter_batches(items, {}, encoder.worker_preprocess, max_pixels=10**6, batch_size=8, workers=workers))
+    stored = {items[2].id: sha256_hex(items[2].path.read_bytes())}  # unchanged: hashed, not decoded
+    batches = list(
+        iter_batches(items, stored, encoder.worker_preprocess, max_pixels=10**6, batch_size=8, workers=workers)
+    )
 
     assert [len(b.decoded) for b in batches] == [8, 5]
-    assert [d.item.id for b in batches for d in b.decoded] == [item.id for item in items]
+    results = [d for b in batches for d in b.decoded]
+    assert all(d.item is item for d, item in zip(results, items, strict=True))  # the main process's own items
+    assert results[2].unchanged and results[2].colour is None
+    assert sum(d.error is not None for d in results) == 1
+    for d in results:
+        if d.decoded:  # each item with its own hash and colour, not a neighbour's in the chunk
+            data = d.item.path.read_bytes()
+            assert d.sha256 == sha256_hex(data)
+            np.testing.assert_array_equal(d.colour, colour_histogram(decode_image(data, 10**6)))
     for batch in batches:
         assert batch.pixels.shape[0] == sum(d.decoded for d in batch.decoded)
         expected = [
