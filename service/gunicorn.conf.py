@@ -5,12 +5,16 @@ with threads; with a Qdrant server, WEB_CONCURRENCY workers each hold their own 
 """
 
 import os
+import shutil
 import sys
 import tempfile
 
 from lookalike.errors import LookalikeError
 from lookalike.settings import Settings
 from lookalike.store import open_embedded
+
+#: The metric files' folder this config made, not one the operator gave.
+OWN_METRICS_DIR = "LOOKALIKE_OWN_METRICS_DIR"
 
 try:
     _settings = Settings.from_env()
@@ -29,10 +33,12 @@ limit_request_line = 8190
 # failed). A body must still arrive within REQUEST_BODY_TIMEOUT_S (service/body_deadline.py).
 threads = _settings.threads
 workers = 1 if _settings.embedded else _settings.web_concurrency
-if workers > 1:
+if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     # Metrics of all workers in shared files, so that any worker's /metrics sums them (set before
-    # the workers import prometheus_client; see service/observability.py).
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="lookalike-metrics-"))
+    # the workers import prometheus_client; see service/observability.py). A folder of our own is
+    # removed when the master exits (`on_exit`); the name survives a reload (HUP) in the environment.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lookalike-metrics-")
+    os.environ[OWN_METRICS_DIR] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 timeout = _settings.timeout  # model load at worker start on a small CPU
 graceful_timeout = 30
 accesslog = "-"
@@ -55,3 +61,9 @@ def child_exit(server, worker) -> None:
         from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
         GunicornInternalPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)
+
+
+def on_exit(server) -> None:
+    """The metric files' folder made at start goes with the master: each start made one in /tmp."""
+    if own := os.environ.get(OWN_METRICS_DIR):
+        shutil.rmtree(own, ignore_errors=True)

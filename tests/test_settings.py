@@ -163,3 +163,30 @@ def test_gunicorns_knobs_and_the_log_level_are_validated_settings(monkeypatch, c
             runpy.run_path(str(Path(__file__).parent.parent / "service" / "gunicorn.conf.py"))
         assert f"invalid setting: {name}='{value}'" in capsys.readouterr().err
         monkeypatch.delenv(name)
+
+
+def test_the_metrics_folder_gunicorns_config_makes_is_removed_at_exit_and_none_is_made_when_given(
+    monkeypatch, tmp_path
+):
+    """Several workers share their metrics in files (PROMETHEUS_MULTIPROC_DIR): every start made
+    a folder in /tmp that nothing removed, also when the operator had given one."""
+    import runpy
+    import tempfile
+
+    config_file = str(Path(__file__).parent.parent / "service" / "gunicorn.conf.py")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp makes folders
+    monkeypatch.setenv("QDRANT_URL", "http://qdrant:6333")  # a server: several workers
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "given"))
+    monkeypatch.delenv("LOOKALIKE_OWN_METRICS_DIR", raising=False)
+    runpy.run_path(config_file)["on_exit"](None)
+    assert list(tmp_path.iterdir()) == []  # none made, and the given one (never made here) left alone
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    config = runpy.run_path(config_file)
+    made = Path(config["os"].environ["PROMETHEUS_MULTIPROC_DIR"])
+    assert made.parent == tmp_path and made.is_dir()
+    runpy.run_path(config_file)  # a reload (HUP) reads the config again: the same folder
+    assert list(tmp_path.iterdir()) == [made]
+    config["on_exit"](None)
+    assert not made.exists()
