@@ -86,8 +86,14 @@ class NearDuplicates:
         embeddings = np.stack([look.embedding for look in looks]).astype(np.float32, copy=False)
         colours = np.stack([look.colour for look in looks]).astype(np.float32, copy=False)
         used = len(self._ids)
-        earlier_alike, earlier_colour = self._alike(embeddings, colours, self._embeddings[:used], self._colours[:used])
-        batch_alike, batch_colour = self._alike(embeddings, colours, embeddings, colours)
+        earlier: dict[int, tuple[int, float]] = {}  # row -> the earlier item of the best colour
+        for row, column, colour in self._alike(embeddings, colours, self._embeddings[:used], self._colours[:used]):
+            if row not in earlier or colour > earlier[row][1]:
+                earlier[row] = (column, colour)
+        in_batch: dict[int, tuple[int, float]] = {}  # row -> the first item before it in the batch
+        for row, column, colour in self._alike(embeddings, colours, embeddings, colours):
+            if column < row:
+                in_batch.setdefault(row, (column, colour))
         found: set[str] = set()
         for index, item in enumerate(items):
             if item.id in exact_duplicates:
@@ -95,12 +101,10 @@ class NearDuplicates:
             match = stored[index] if stored is not None else None
             if match is not None:
                 self.report.near_duplicate(item, match.item.id, match.score)
-            elif earlier_alike[index].any():
-                best = int(np.argmax(np.where(earlier_alike[index], earlier_colour[index], -np.inf)))
-                self.report.near_duplicate(item, self._ids[best], float(earlier_colour[index, best]))
-            elif batch_alike[index, :index].any():
-                first = int(np.flatnonzero(batch_alike[index, :index])[0])
-                self.report.near_duplicate(item, items[first].id, float(batch_colour[index, first]))
+            elif index in earlier:
+                self.report.near_duplicate(item, self._ids[earlier[index][0]], earlier[index][1])
+            elif index in in_batch:
+                self.report.near_duplicate(item, items[in_batch[index][0]].id, in_batch[index][1])
             else:
                 continue
             found.add(item.id)
@@ -111,16 +115,18 @@ class NearDuplicates:
 
     def _alike(
         self, embeddings: np.ndarray, colours: np.ndarray, other_embeddings: np.ndarray, other_colours: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Which pairs pass both thresholds, and their colour similarity."""
+    ) -> list[tuple[int, int, float]]:
+        """(row, column, colour similarity) of the pairs that pass both thresholds, by row, then
+        column. Colours are compared only for the few pairs whose embeddings pass (0.995 by
+        default): the product of all colours cost as much as the embeddings', and it grows with
+        the square of the run."""
         if not len(other_embeddings):
-            empty = np.zeros((len(embeddings), 0))
-            return empty.astype(bool), empty
+            return []
         with one_blas_thread():
-            colour_similarity = colours @ other_colours.T
-            similarity = embeddings @ other_embeddings.T
-        alike = (similarity >= self.rule.min_similarity) & (colour_similarity >= self.rule.min_colour_similarity)
-        return alike, colour_similarity
+            rows, columns = np.nonzero(embeddings @ other_embeddings.T >= self.rule.min_similarity)
+        colour = np.einsum("ij,ij->i", colours[rows], other_colours[columns])
+        passed = colour >= self.rule.min_colour_similarity
+        return list(zip(rows[passed].tolist(), columns[passed].tolist(), colour[passed].tolist(), strict=True))
 
     def _remember(self, items: Sequence[CatalogueItem], embeddings: np.ndarray, colours: np.ndarray) -> None:
         """Keep the batch in memory; when it would outgrow the capacity, the store answers from now

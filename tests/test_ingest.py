@@ -24,6 +24,7 @@ from lookalike.colour import colour_histogram
 from lookalike.encoder import ImageEncoder
 from lookalike.images import decode_image, sha256_hex
 from lookalike.journal import UploadJournal
+from lookalike.looks import Look
 from lookalike.queries import NearDuplicateRule
 from lookalike.settings import Settings
 from lookalike.store import VectorStore
@@ -488,6 +489,33 @@ def test_ingest_on_the_onnx_runtime_stores_torchs_vectors(catalogue_dir, encoder
     (torch_rows, torch_colours, torch_labels), (onnx_rows, onnx_colours, onnx_labels) = stores["torch"], stores["onnx"]
     assert torch_labels == onnx_labels and np.array_equal(torch_colours, onnx_colours)
     assert (torch_rows * onnx_rows).sum(axis=1).min() >= 0.9999
+
+
+def test_a_near_duplicate_names_the_earlier_item_of_the_closest_colour_or_the_first_of_its_batch():
+    import io
+
+    from ingest.duplicates import NearDuplicates
+    from ingest.report import IngestSummary
+
+    def look(embedding: list[float], colour: list[float]) -> Look:
+        return Look(*(np.asarray(v, np.float32) / np.linalg.norm(v) for v in (embedding, colour)))
+
+    stream, summary = io.StringIO(), IngestSummary()
+    rule = NearDuplicateRule(min_similarity=0.99, min_colour_similarity=0.9)
+    check = NearDuplicates(None, rule, ErrorReport(stream), summary, ask_store=False).check
+    items = [CatalogueItem(name, Path(name), name, "c") for name in ("a", "b", "c", "d", "e", "f", "g")]
+    shape, other = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]
+    first = [look(shape, [1, 0.3, 0]), look(shape, [1, 0.05, 0]), look(other, [1, 0, 0])]
+    assert check(items[:3], first, set()) == {"b"}  # b after a in its batch (colours 0.971 alike)
+    # d: a and b both alike, b by the closer colour (0.999 against 0.958); e: a's shape, no one's
+    # colour; f and g: each other's only match, g after f in the batch
+    later = [look(shape, [1, 0, 0]), look(shape, [0, 0, 1]), look([0, 0, 1], [0, 1, 0]), look([0, 0, 1], [0, 1, 0])]
+    assert check(items[3:], later, set()) == {"d", "g"}
+    reasons = {line["item_id"]: line["reason"] for line in map(json.loads, stream.getvalue().splitlines())}
+    assert reasons["b"].startswith("looks the same as item 'a'")
+    assert reasons["d"].startswith("looks the same as item 'b'") and "colour similarity 0.999" in reasons["d"]
+    assert reasons["g"].startswith("looks the same as item 'f'")
+    assert set(reasons) == {"b", "d", "g"} and summary.near_duplicates == 3
 
 
 def test_the_near_duplicate_products_hold_numpy_to_one_blas_thread_and_give_it_back():
