@@ -99,7 +99,10 @@ def ingest(
     near_duplicates = None
     if options.near_duplicates is not None:  # other shards write beside this one: ask the store
         ask_store = catalogue.shard is not None or store.count() > 0
-        near_duplicates = NearDuplicates(store, options.near_duplicates, report, summary, ask_store=ask_store)
+        on_gpu = encoder.placement.device if encoder.placement.device.type == "cuda" else None
+        near_duplicates = NearDuplicates(
+            store, options.near_duplicates, report, summary, ask_store=ask_store, device=on_gpu
+        )
     pin = encoder.placement.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
     batches = iter_batches(
         catalogue.items,

@@ -491,7 +491,8 @@ def test_ingest_on_the_onnx_runtime_stores_torchs_vectors(catalogue_dir, encoder
     assert (torch_rows * onnx_rows).sum(axis=1).min() >= 0.9999
 
 
-def test_a_near_duplicate_names_the_earlier_item_of_the_closest_colour_or_the_first_of_its_batch():
+@pytest.mark.parametrize("device", [None, torch.device("cpu")], ids=["numpy", "tensors"])
+def test_a_near_duplicate_names_the_earlier_item_of_the_closest_colour_or_the_first_of_its_batch(device):
     import io
 
     from ingest.duplicates import NearDuplicates
@@ -502,7 +503,7 @@ def test_a_near_duplicate_names_the_earlier_item_of_the_closest_colour_or_the_fi
 
     stream, summary = io.StringIO(), IngestSummary()
     rule = NearDuplicateRule(min_similarity=0.99, min_colour_similarity=0.9)
-    check = NearDuplicates(None, rule, ErrorReport(stream), summary, ask_store=False).check
+    check = NearDuplicates(None, rule, ErrorReport(stream), summary, ask_store=False, device=device).check
     items = [CatalogueItem(name, Path(name), name, "c") for name in ("a", "b", "c", "d", "e", "f", "g")]
     shape, other = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]
     first = [look(shape, [1, 0.3, 0]), look(shape, [1, 0.05, 0]), look(other, [1, 0, 0])]
@@ -516,6 +517,34 @@ def test_a_near_duplicate_names_the_earlier_item_of_the_closest_colour_or_the_fi
     assert reasons["d"].startswith("looks the same as item 'b'") and "colour similarity 0.999" in reasons["d"]
     assert reasons["g"].startswith("looks the same as item 'f'")
     assert set(reasons) == {"b", "d", "g"} and summary.near_duplicates == 3
+
+
+def test_the_runs_embeddings_held_as_tensors_find_what_numpy_finds_as_they_grow():
+    """On a GPU the run's embeddings live there (`NearDuplicates(device=...)`); the same code on
+    the CPU's tensors must report what numpy does, across the doublings of its storage."""
+    import io
+
+    from ingest.duplicates import NearDuplicates
+    from ingest.report import IngestSummary
+
+    rng = np.random.default_rng(0)
+    embeddings, colours = rng.standard_normal((700, 64)), np.abs(rng.standard_normal((700, 64)))
+    for copy in range(150, 700, 23):  # a slightly changed copy of one of the first 97 items
+        original = copy % 97
+        embeddings[copy] = embeddings[original] + 0.001 * rng.standard_normal(64)
+        colours[copy] = colours[original]
+    unit = [(rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32) for rows in (embeddings, colours)]
+    looks = [Look(embedding, colour) for embedding, colour in zip(*unit, strict=True)]
+    items = [CatalogueItem(f"i{n}", Path(f"{n}.jpg"), f"{n}.jpg", "c") for n in range(700)]
+    reports = []
+    for device in (None, torch.device("cpu")):
+        stream, summary = io.StringIO(), IngestSummary()
+        duplicates = NearDuplicates(None, SAME_LOOK, ErrorReport(stream), summary, ask_store=False, device=device)
+        for start in range(0, 700, 100):
+            duplicates.check(items[start : start + 100], looks[start : start + 100], set())
+        reports.append(stream.getvalue())
+        assert summary.near_duplicates == len(range(150, 700, 23))
+    assert reports[0] == reports[1]
 
 
 def test_the_near_duplicate_products_hold_numpy_to_one_blas_thread_and_give_it_back():
