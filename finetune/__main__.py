@@ -36,8 +36,8 @@ from lookalike.settings import Settings
 log = logging.getLogger("finetune")
 
 #: Offline presets, trained from scratch: an architecture of lookalike/model_configs and its recipe.
-#: small: ResNet-18 at 128 px, 90 epochs in ~27 minutes on 2 cores with bf16 and at most 45 on a
-#: CPU without it (60 epochs there, P@4 0.803; 28 minutes held 36: 0.755, README), ranking by its
+#: small: ResNet-18 at 128 px, 90 epochs in 27-45 minutes on 2 cores with bf16, a 45-minute budget
+#: that holds 60 on a CPU without it (P@4 0.803 there; 28 minutes held 36: 0.755, README), ranking by its
 #: trunk's features partially whitened (issue 18: they carry to categories never trained on; 90
 #: epochs win back on the trained ones what the whitening costs their deep ranking, README);
 #: large: ResNet-50 at 160 px, for a GPU (3 minutes), evaluated and saved as the moving average of
