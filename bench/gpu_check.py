@@ -7,8 +7,9 @@ its size (bf16); fine-tuning the large preset on the catalogue's split (seconds,
 went, held-out P@4 and mAP@R, the protocol of finetune.evaluate); ingest with that checkpoint
 into a fresh embedded store (the catalogue at two batch sizes, then four times over, then with
 a forward pass that costs nothing: the pipeline alone, with and without the near-duplicate
-check; then the decode workers alone, feeding a main process that does nothing else; then the
-store's writes alone, and how much of their time another thread could run), against
+check; then the decode workers alone, feeding a main process that does nothing else (and the
+seconds to fork them and to their first chunk); then the store's writes alone, and how much of
+their time another thread could run), against
 the decode rate (goal: >= 0.8x, i.e. the forward pass is not the bottleneck); then the small
 preset, data held on the device and from PIL workers (not with ``--no-small``). ``--quick``
 shrinks everything so the script itself can be checked on a CPU in a minute. On a lent
@@ -33,7 +34,7 @@ import torch
 from bench.common import FreeEncoder, unit_rows
 from finetune.__main__ import PRESETS
 from finetune.run import fine_tune
-from ingest.decode import iter_batches
+from ingest.decode import DecodeDataset, chunk_size, decode_loader, iter_batches
 from ingest.pipeline import SYNC_EVERY_S, IngestOptions, ingest
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, CatalogueItem, read_catalogue
@@ -295,6 +296,7 @@ def read_rate(
 
 def _timed_read(settings: Settings, encoder: ImageEncoder, items: list[CatalogueItem], batch_size: int) -> dict:
     device = encoder.placement.device
+    workers_start_s = _workers_start_s(settings, encoder, items, batch_size)
     started, cpu_started = time.perf_counter(), time.process_time()
     batches = iter_batches(
         items,
@@ -313,8 +315,24 @@ def _timed_read(settings: Settings, encoder: ImageEncoder, items: list[Catalogue
         "images_per_s": round(count / seconds, 1),
         "seconds": round(seconds, 3),
         "first_batch_s": round(first_batch_s, 3),
+        "workers_start_s": workers_start_s,
         "main_process_cpu_s": round(time.process_time() - cpu_started, 3),
     }
+
+
+def _workers_start_s(settings: Settings, encoder: ImageEncoder, items: list[CatalogueItem], batch_size: int) -> dict:
+    """Seconds until the decode workers are forked (torch forks them one after another, and deals
+    the first tasks out only then), and until their first chunk is back: what of the read stage's
+    first batch is starting the workers, forked from this process as ingest forks them."""
+    dataset = DecodeDataset(items, {}, encoder.worker_preprocess, settings.max_image_pixels)
+    loader = decode_loader(dataset, chunk_size(batch_size), default_workers(encoder.placement.device))
+    started = time.perf_counter()
+    chunks = iter(loader)
+    forked = time.perf_counter() - started
+    next(chunks)
+    first_chunk = time.perf_counter() - started
+    del chunks  # the workers stop
+    return {"forked": round(forked, 3), "first_chunk": round(first_chunk, 3)}
 
 
 def store_write_rate(

@@ -134,17 +134,22 @@ def iter_batches(
     ``pin_memory``: page-locked pixels, which copy to a GPU asynchronously.
     """
     chunk = chunk_size(batch_size)
-    loader = DataLoader(
-        DecodeDataset(items, stored, preprocess, max_pixels),
+    loader = decode_loader(DecodeDataset(items, stored, preprocess, max_pixels), chunk, workers)
+    chunks = (sent.batch(items[n * chunk : (n + 1) * chunk]) for n, sent in enumerate(loader))
+    for group in _groups(chunks, batch_size // chunk):
+        yield merge(group, pin_memory)
+
+
+def decode_loader(dataset: DecodeDataset, chunk: int, workers: int) -> DataLoader:
+    """``workers`` processes (none: this one) answering `Chunk`s of ``chunk`` items, in order."""
+    return DataLoader(
+        dataset,
         batch_size=chunk,
         num_workers=workers,
         collate_fn=collate,
         prefetch_factor=4 if workers else None,
         worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers else None,
     )
-    chunks = (sent.batch(items[n * chunk : (n + 1) * chunk]) for n, sent in enumerate(loader))
-    for group in _groups(chunks, batch_size // chunk):
-        yield merge(group, pin_memory)
 
 
 def chunk_size(batch_size: int) -> int:
