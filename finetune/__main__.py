@@ -73,6 +73,7 @@ OPTIONS = (
     ("epochs", int_range(1, 10_000), "training epochs"),
     ("batch_size", int_range(2, 4096), "images per step"),
     ("lr", positive_float(10.0), "peak learning rate"),
+    ("weight_decay", float_range(0.0, 1.0), "AdamW's weight decay (the head has none)"),
     ("patience", int_range(1, 10_000), "epochs without a better held-out P@4 before stopping"),
     ("lp_epochs", int_range(0, 10_000), "linear-probe epochs (head only) before full fine-tuning"),
     ("backbone_lr_scale", float_range(0.0, 1.0), "learning rate of the backbone relative to the head"),

@@ -244,11 +244,13 @@ def test_cli_and_evaluate_report(shapes_dir, tmp_path, monkeypatch, capsys):
     output = tmp_path / "my ckpt"
     args = [str(shapes_dir), "--preset", "model", "--output", str(output), "--epochs", "2", "--batch-size", "8"]
     args += ["--head-scale", "8", "--margin", "0", "--label-smoothing", "0", "--no-progress"]
+    args += ["--weight-decay", "0.1", "--eval-share", "0.5"]
     assert finetune_main(args) == 0
     printed = capsys.readouterr().out
     assert "heldout_P@4=" in printed and f"use it: MODEL_CHECKPOINT='{output}'\n" in printed  # quoted to paste
     recipe = json.loads((output / "training.json").read_text())["training"]
     assert (recipe["head_scale"], recipe["margin"], recipe["label_smoothing"]) == (8.0, 0.0, 0.0)
+    assert (recipe["weight_decay"], recipe["eval_share"]) == (0.1, 0.5)
     assert finetune_main(args) == 0  # cached: same catalogue, finished checkpoint
     cached = capsys.readouterr().out
     assert "already trained" in cached and "another recipe" not in cached
