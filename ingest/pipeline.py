@@ -96,14 +96,13 @@ def ingest(
     same_model = {item_id: s.sha256 for item_id, s in stored.items() if s.model == encoder.identity}
     shown = options.progress and bool(catalogue.items)  # no empty bar for a pass with nothing to do
     bar = tqdm(total=len(catalogue.items), unit="img", desc="ingest", disable=not shown)
+    gpu = encoder.placement.device if encoder.placement.device.type == "cuda" else None
     near_duplicates = None
     if options.near_duplicates is not None:  # other shards write beside this one: ask the store
         ask_store = catalogue.shard is not None or store.count() > 0
-        on_gpu = encoder.placement.device if encoder.placement.device.type == "cuda" else None
         near_duplicates = NearDuplicates(
-            store, options.near_duplicates, report, summary, ask_store=ask_store, device=on_gpu
+            store, options.near_duplicates, report, summary, ask_store=ask_store, device=gpu
         )
-    pin = encoder.placement.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
     batches = iter_batches(
         catalogue.items,
         same_model,
@@ -111,7 +110,7 @@ def ingest(
         max_pixels=options.max_pixels,
         batch_size=options.batch_size,
         workers=options.workers,
-        pin_memory=pin,
+        pin_memory=gpu is not None,  # page-locked batches copy to the GPU asynchronously
     )
     with bar, store.writing_behind(options.sync_every_s) as writes:
         run = _Run(encoder, writes, report, summary, options, stored, bar, near_duplicates, journal)
