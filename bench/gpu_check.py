@@ -260,7 +260,7 @@ def finetune_figure(
         map_at_r=round(overall["mAP@R"], 3),
         phases_s=result.phases_s,
         median_epoch_train_s=median_train_s(history),
-        evaluations=len(history),
+        evaluations=sum("P@4" in entry for entry in history),
         details={"history": history},
     )
     return output

@@ -2,7 +2,9 @@
 
 Split protocol (fixed, so numbers stay comparable between runs and models): per category, sort
 the image paths, shuffle them with ``numpy.random.default_rng(0)``, the first ceil(20 %) are
-queries, the rest the gallery. Only the gallery trains; the queries are held out.
+queries, the rest the gallery. Only the gallery trains; the queries are held out, read only to
+measure the model training chose. Training chooses its epoch on a validation split of the gallery
+made the same way (`TrainingConfig.validation_share`), which does not train.
 """
 
 from __future__ import annotations
@@ -157,17 +159,19 @@ class ImageCache:
         return replace(self, pixels=Pixels.of(self.images, transform, device))
 
 
-def require_scorable(queries: ImageCache, gallery: ImageCache | None, label: str = "category") -> None:
+def require_scorable(
+    queries: Sequence[CatalogueItem], gallery: Sequence[CatalogueItem] | None, label: str = "category"
+) -> None:
     """Refuse in words a split that retrieval cannot be scored on (every category with one
     readable photo, say) instead of failing inside the metrics, or scoring 1.0 for any ranking
-    (one category); ``gallery`` None: leave-one-out."""
-    if gallery is None and len(queries.images) < 2:
-        raise CatalogueError(f"{len(queries.images)} readable photo(s): each query needs another photo to rank")
-    if not queries.images:
+    (one category); the items given are the readable ones; ``gallery`` None: leave-one-out."""
+    if gallery is None and len(queries) < 2:
+        raise CatalogueError(f"{len(queries)} readable photo(s): each query needs another photo to rank")
+    if not queries:
         raise CatalogueError(f"no held-out queries: scoring needs a {label} with at least two readable photos")
-    if gallery is not None and not gallery.images:
+    if gallery is not None and not gallery:
         raise CatalogueError("no readable gallery photos to rank the held-out queries against")
-    labels = {label_of(item, label) for item in [*queries.items, *(gallery.items if gallery else [])]}
+    labels = {label_of(item, label) for item in [*queries, *(gallery or [])]}
     if len(labels) < 2:
         raise CatalogueError(f"one {label} only ({labels.pop()}): any ranking would score 1.0; scoring needs two")
 

@@ -311,12 +311,12 @@ def _queries_and_gallery(
     query against all the others (137 -> 673 queries on the shared catalogue: less noise)."""
     if leave_one_out:
         photos = ImageCache.load(list(items), None, max_pixels)
-        require_scorable(photos, None, label)
+        require_scorable(photos.items, None, label)
         return photos, None
     split = split_catalogue(items, label=label)
     queries = ImageCache.load(split.queries, None, max_pixels)
     gallery = ImageCache.load(split.gallery, None, max_pixels)
-    require_scorable(queries, gallery, label)
+    require_scorable(queries.items, gallery.items, label)
     return queries, gallery
 
 

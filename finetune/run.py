@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import logging
 import math
 import random
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,9 +57,10 @@ from lookalike.pixels import Preprocess
 log = logging.getLogger(__name__)
 #: Colour jitter leaves hue alone: colour is part of "looks alike", so a red shoe stays red.
 AUGMENTATION = open_clip.AugmentationCfg(scale=(0.35, 1.0), color_jitter=(0.2, 0.2, 0.2, 0.0), color_jitter_prob=0.8)
-#: At most this share of training time goes to the per-epoch held-out evaluation (the default
-#: of `TrainingConfig.eval_share`).
+#: At most this share of training time goes to the per-epoch validation (the default of
+#: `TrainingConfig.eval_share`).
 EVAL_SHARE = 0.25
+VALIDATION_SHARE = 0.1
 CACHE_MARGIN = 1.15  # cached images keep a little more than the model's input size for cropping
 
 
@@ -99,8 +101,12 @@ class TrainingConfig:
     ema_decay: float = 0.0
     #: Evaluate every N epochs (default: as often as keeps evaluation <= eval_share of the time).
     eval_every: int | None = None
-    #: The most of the training time the held-out evaluations may take (when eval_every is None).
+    #: The most of the training time the validation evaluations may take (when eval_every is None).
     eval_share: float = EVAL_SHARE
+    #: Share of each class's training photos held out of training to choose the epoch kept (and stop
+    #: by patience) without reading the held-out queries that measure it. 0: none, the last epoch is
+    #: kept. (Before, the held-out queries chose it, so the figures they gave were their pick.)
+    validation_share: float = VALIDATION_SHARE
     #: Write the resume file at most this often (and after the last epoch).
     resume_every_s: float = 20.0
     #: Hold the training images on the device and augment them there (finetune.device_data);
@@ -146,14 +152,13 @@ def fine_tune(
     clip, train_transform, val_transform = create_clip(source, aug_cfg=AUGMENTATION)
     train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
     split = split_catalogue(items, label=config.label)
+    fit = split_catalogue(split.gallery, config.validation_share, config.label)  # validation, training
     classes = _classes(items, config.label)
     side = round(get_model_preprocess_cfg(clip)["size"][0] * CACHE_MARGIN)
-    gallery, queries = (
-        ImageCache.load(split.gallery, side, max_pixels),
-        ImageCache.load(split.queries, side, max_pixels),
-    )
+    gallery, validation = ImageCache.load(fit.gallery, side, max_pixels), ImageCache.load(fit.queries, side, max_pixels)
     log.info(
-        "data ready", extra={"gallery": len(gallery.images), "queries": len(queries.images), "classes": len(classes)}
+        "data ready",
+        extra={"training": len(gallery.images), "validation": len(validation.images), "classes": len(classes)},
     )
 
     if len(gallery.images) < config.batch_size:  # also before anything reads the first image
@@ -161,21 +166,20 @@ def fine_tune(
             f"{len(gallery.images)} training images are fewer than one batch of {config.batch_size}: "
             "pass a smaller --batch-size"
         )
-    require_scorable(queries, gallery, config.label)
+    require_scorable(split.queries, [*gallery.items, *validation.items], config.label)  # before training
     dim = int(_embedding_dim(clip.visual, val_transform, gallery))
     model = RetrievalModel(clip.visual, dim, len(classes), config.head_scale, config.margin, config.embedding)
     model.to(device, memory_format=torch.channels_last)
     start_state = copy.deepcopy(clip.visual.state_dict())
     loader = _training_batches(clip, gallery, train_transform, classes, side, config, device)
-    # The per-epoch evaluation reads its images through the val transform once, not every time.
-    queries, eval_gallery = queries.with_pixels(val_transform, device), gallery.with_pixels(val_transform, device)
+    validate = _validation(model, validation, gallery, val_transform, classes, config.label, device)
     placement = Placement(device, _training_precision(model, loader, config, device))
     log.info("training on", extra={"placement": placement.describe(), "data": type(loader).__name__})
     learns_from = {"base_source": source.to_dict(), "catalogue_fingerprint": fingerprint[:16]}
     loop = EpochLoop(model, loader, config, output, placement, started, learns_from)
     phases = {"prepare": time.perf_counter() - started}
     with _cudnn_autotuning(device):
-        loop.run(lambda: evaluate(model, queries, eval_gallery, val_transform, classes, placement, config.label))
+        loop.run(validate and functools.partial(validate, placement))
     phases.update(loop.phases_s)
 
     model.load_state_dict(loop.best_state)
@@ -224,6 +228,25 @@ def _classes(items: list[CatalogueItem], label: str) -> list[str]:
     return classes
 
 
+def _validation(
+    model: RetrievalModel,
+    validation: ImageCache,
+    training: ImageCache,
+    val_transform,
+    classes: list[str],
+    label: str,
+    device: torch.device,
+) -> Callable[[Placement], HeldOut] | None:
+    """The per-epoch evaluation that chooses the epoch: validation photos ranking the training
+    photos, read through the val transform once; None when there are no validation photos."""
+    if not validation.images:
+        log.warning("no validation photos: the last epoch is kept", extra={"label": label})
+        return None
+    require_scorable(validation.items, training.items, label)
+    validation, training = validation.with_pixels(val_transform, device), training.with_pixels(val_transform, device)
+    return lambda placement: evaluate(model, validation, training, val_transform, classes, placement, label)
+
+
 def _final_metrics(
     model: RetrievalModel,
     split: Split,
@@ -239,6 +262,7 @@ def _final_metrics(
         ImageCache.load(split.queries, None, max_pixels),
         ImageCache.load(split.gallery, None, max_pixels),
     )
+    require_scorable(queries.items, gallery.items, config.label)  # every held-out photo unreadable, say
     fp32 = Placement(device, FP32)
     whitening, unwhitened = None, None
     if config.whitening:
@@ -421,7 +445,9 @@ class EpochLoop:
         recent = self.epoch_seconds[1:][-window:] or self.epoch_seconds or [fallback]
         return sum(recent) / len(recent)
 
-    def run(self, evaluate_now) -> None:
+    def run(self, evaluate_now: Callable[[], HeldOut] | None) -> None:
+        """Train the planned epochs (or until `patience` epochs pass without a better validation
+        P@4) and keep the best evaluated weights; with no ``evaluate_now``, the last ones."""
         while self.epoch < self.planned_epochs and self.stale < self.config.patience:
             epoch_started = time.perf_counter()
             self.epoch += 1
@@ -450,16 +476,18 @@ class EpochLoop:
                 self.phases_s["train"] += train_s
                 self._fit_to_budget(train_s)
                 timing = {"train_s": round(train_s, 3)}
-                if self._evaluation_due():
+                if evaluate_now is not None and self._evaluation_due():
                     with self._evaluated_weights():  # and kept as the best state, if they are
                         eval_started = time.perf_counter()
-                        held_out = evaluate_now()
+                        validation = evaluate_now()
                         eval_s = time.perf_counter() - eval_started
                         self.phases_s["eval"] += eval_s
                         timing["eval_s"] = round(eval_s, 3)
                         self._pace_evaluation(eval_s)
-                        bar.set_postfix(loss=f"{loss:.3f}", p_at_4=f"{held_out.scores.overall['P@4']:.3f}")
-                        self._record(loss, held_out, timing)
+                        bar.set_postfix(loss=f"{loss:.3f}", p_at_4=f"{validation.scores.overall['P@4']:.3f}")
+                        self._record(loss, validation, timing)
+                elif evaluate_now is None:
+                    self._keep_last(loss, timing)
             saving = time.perf_counter()
             self._save_resume_state()
             self.phases_s["save"] += time.perf_counter() - saving
@@ -506,7 +534,7 @@ class EpochLoop:
             log.info("epochs fitted to the time budget", extra={"epochs": fits, "per_epoch_s": round(per_epoch, 2)})
 
     def _record(self, loss: float, held_out: HeldOut, timing: dict[str, float]) -> None:
-        """Keep the epoch whose embedding *the head trains* scores best on the held-out queries, also
+        """Keep the epoch whose embedding *the head trains* scores best on the validation photos, also
         when retrieval ranks by the trunk: measured on issue 18's split, the trunk at epochs chosen
         by the projection kept the seen categories' P@4 (0.841-0.852, four runs) where epochs
         chosen by the trunk's own P@4 lost 0.017 (two runs)."""
@@ -519,7 +547,16 @@ class EpochLoop:
         if p_at_4 > self.best_score:
             self.best_score, self.best_epoch = p_at_4, self.epoch
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        self.stale = self.epoch - self.best_epoch  # epochs without a better held-out P@4
+        self.stale = self.epoch - self.best_epoch  # epochs without a better validation P@4
+
+    def _keep_last(self, loss: float, timing: dict[str, float]) -> None:
+        """Without validation photos the weights kept are the latest (the moving average if any)."""
+        self.history.append({"epoch": self.epoch, "loss": loss, **timing})
+        if self.epoch < self.planned_epochs:
+            return
+        with self._evaluated_weights():
+            self.best_epoch = self.epoch
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
     def _save_resume_state(self) -> None:
         """The resume file, at most every `resume_every_s` (a GPU epoch can take less time than

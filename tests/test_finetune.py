@@ -42,6 +42,7 @@ FAST = TrainingConfig(
     eval_every=1,
     resume_every_s=0,
     precision="fp32",  # measured "auto" picks by timing, so a busy machine would train another run
+    validation_share=0.0,  # 2 photos a shape would choose the epoch by noise: the last one is kept
 )
 
 
@@ -89,6 +90,53 @@ def test_split_is_fixed_and_disjoint(shapes_dir):
     assert [i.id for i in first.queries] == [i.id for i in again.queries]
     assert len(first.queries) == 3 * 3  # ceil(20 % of 15) per category
     assert not {i.id for i in first.queries} & {i.id for i in first.gallery}
+
+
+def test_the_epoch_is_chosen_on_validation_photos_that_do_not_train_and_held_out_queries_wait(
+    shapes_dir, tmp_path, monkeypatch
+):
+    """The held-out queries chose the epoch they then measured, so the reported figures were their
+    own pick; now a validation split of the training photos chooses, and trains on nothing."""
+    import finetune.run
+
+    events: list[tuple[str, set[str]]] = []
+    train_one_epoch, evaluate, training_batches = (
+        finetune.run.train_one_epoch,
+        finetune.run.evaluate,
+        finetune.run._training_batches,
+    )
+
+    def training_batches_spy(clip, gallery, *args, **kwargs):
+        events.append(("trains on", {item.id for item in gallery.items}))
+        return training_batches(clip, gallery, *args, **kwargs)
+
+    def train_spy(*args, **kwargs):
+        events.append(("epoch", set()))
+        return train_one_epoch(*args, **kwargs)
+
+    def evaluate_spy(model, queries, *args, **kwargs):
+        events.append(("evaluates", {item.id for item in queries.items}))
+        return evaluate(model, queries, *args, **kwargs)
+
+    monkeypatch.setattr(finetune.run, "_training_batches", training_batches_spy)
+    monkeypatch.setattr(finetune.run, "train_one_epoch", train_spy)
+    monkeypatch.setattr(finetune.run, "evaluate", evaluate_spy)
+    items = read_catalogue(shapes_dir).items
+    config = dataclasses.replace(FAST, epochs=3, validation_share=0.2)
+    fine_tune(items, untuned_source_of(TEST_MODEL), tmp_path / "run", config, max_pixels=10**7)
+
+    split = split_catalogue(items)
+    held_out_ids = {item.id for item in split.queries}
+    validation_ids = {item.id for item in split_catalogue(split.gallery, 0.2).queries}
+    assert len(validation_ids) == 3 * 3  # ceil(20 % of 12) per shape
+    [trains_on] = [ids for kind, ids in events if kind == "trains on"]
+    assert trains_on == {item.id for item in split.gallery} - validation_ids
+    assert [ids for kind, ids in events if kind == "evaluates"] == [validation_ids] * 3 + [held_out_ids]
+    assert events[-1] == ("evaluates", held_out_ids) and events[-2] == ("evaluates", validation_ids)  # at the end
+
+
+def untuned_source_of(model_name: str) -> ModelSource:
+    return ModelSource.from_settings(Settings(model_name=model_name, model_pretrained="", model_checkpoint=None))
 
 
 def test_training_beats_its_own_random_init(trained, shapes_dir):
@@ -244,13 +292,13 @@ def test_cli_and_evaluate_report(shapes_dir, tmp_path, monkeypatch, capsys):
     output = tmp_path / "my ckpt"
     args = [str(shapes_dir), "--preset", "model", "--output", str(output), "--epochs", "2", "--batch-size", "8"]
     args += ["--head-scale", "8", "--margin", "0", "--label-smoothing", "0", "--no-progress"]
-    args += ["--weight-decay", "0.1", "--eval-share", "0.5"]
+    args += ["--weight-decay", "0.1", "--eval-share", "0.5", "--validation-share", "0.2"]
     assert finetune_main(args) == 0
     printed = capsys.readouterr().out
     assert "heldout_P@4=" in printed and f"use it: MODEL_CHECKPOINT='{output}'\n" in printed  # quoted to paste
     recipe = json.loads((output / "training.json").read_text())["training"]
     assert (recipe["head_scale"], recipe["margin"], recipe["label_smoothing"]) == (8.0, 0.0, 0.0)
-    assert (recipe["weight_decay"], recipe["eval_share"]) == (0.1, 0.5)
+    assert (recipe["weight_decay"], recipe["eval_share"], recipe["validation_share"]) == (0.1, 0.5, 0.2)
     assert finetune_main(args) == 0  # cached: same catalogue, finished checkpoint
     cached = capsys.readouterr().out
     assert "already trained" in cached and "another recipe" not in cached
@@ -592,11 +640,11 @@ def test_a_checkpoint_that_ranks_by_its_trunk_is_a_plain_tower_and_its_head_stil
     source = ModelSource.from_settings(
         Settings(model_name="lookalike-small", model_pretrained="", model_checkpoint=None)
     )
-    config = dataclasses.replace(FAST, epochs=4, embedding="trunk", eval_every=1)
+    config = dataclasses.replace(FAST, epochs=4, embedding="trunk", eval_every=1, validation_share=0.2)
     result = fine_tune(items, source, tmp_path / "trunk", config, max_pixels=10**7)
     history = json.loads((tmp_path / "trunk" / "training.json").read_text())["history"]
     assert len(history) == 4 and all(0 <= entry["trained P@4"] <= 1 for entry in history)
-    # the epoch kept is the one whose projection (what the loss trains) ranked the held-out queries best
+    # the epoch kept is the one whose projection (what the loss trains) ranked the validation photos best
     assert result.best_epoch == max(history, key=lambda entry: entry["trained P@4"])["epoch"]
 
     saved = json.loads((tmp_path / "trunk" / CONFIG_FILE).read_text())["model_cfg"]
@@ -903,11 +951,34 @@ def test_fine_tuning_with_cutmix_and_a_weight_average_learns_and_evaluates_the_a
     monkeypatch.setattr(run.EpochLoop, "_record", recording)
     monkeypatch.setattr(run.EpochLoop, "_save_resume_state", saving)
     source = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
-    config = dataclasses.replace(FAST, epochs=40, cutmix=0.5, ema_decay=0.9)
+    config = dataclasses.replace(FAST, epochs=40, cutmix=0.5, ema_decay=0.9, validation_share=0.2)
     result = fine_tune(read_catalogue(shapes_dir).items, source, tmp_path / "ema", config, max_pixels=10**7)
     assert result.metrics["overall"]["P@4"] > 0.5
     assert all(torch.equal(e, a) for e, a in zip(evaluated, averaged, strict=True))  # the average is evaluated
     assert not torch.equal(evaluated[-1], trained[-1])  # and training goes on with its own weights
+
+
+def test_without_validation_photos_the_last_epochs_weight_average_is_kept(shapes_dir, tmp_path, monkeypatch):
+    import finetune.run as run
+
+    kept, averaged, trained = [], [], []
+    save = run.EpochLoop._save_resume_state
+
+    def saving(self):
+        kept.append((self.best_epoch, self.best_state["head.weight"].clone()))
+        averaged.append(self.average.state["head.weight"].clone())
+        trained.append(self.model.state_dict()["head.weight"].clone())
+        save(self)
+
+    monkeypatch.setattr(run.EpochLoop, "_save_resume_state", saving)
+    config = dataclasses.replace(FAST, epochs=3, ema_decay=0.9)  # FAST has no validation share
+    result = fine_tune(
+        read_catalogue(shapes_dir).items, untuned_source_of(TEST_MODEL), tmp_path / "last", config, 10**7
+    )
+    assert result.best_epoch == result.epochs_run == 3 and kept[-1][0] == 3
+    assert torch.equal(kept[-1][1], averaged[-1]) and not torch.equal(kept[-1][1], trained[-1])
+    history = json.loads((tmp_path / "last" / "training.json").read_text())["history"]
+    assert [entry["epoch"] for entry in history] == [1, 2, 3] and not any("P@4" in entry for entry in history)
 
 
 def test_a_resumed_run_goes_on_with_the_weight_average_it_saved(shapes_dir, tmp_path, monkeypatch):
