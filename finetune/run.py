@@ -162,9 +162,10 @@ def fine_tune(
     )
 
     if len(gallery.images) < config.batch_size:  # also before anything reads the first image
+        validating = f" (beside {len(validation.images)} validation photos)" if validation.images else ""
         raise CatalogueError(
-            f"{len(gallery.images)} training images are fewer than one batch of {config.batch_size}: "
-            "pass a smaller --batch-size"
+            f"{len(gallery.images)} training images{validating} are fewer than one batch of {config.batch_size}: "
+            "pass a smaller --batch-size" + (" or --validation-share 0" if validation.images else "")
         )
     require_scorable(split.queries, [*gallery.items, *validation.items], config.label)  # before training
     dim = int(_embedding_dim(clip.visual, val_transform, gallery))
@@ -386,7 +387,7 @@ def _training_precision(model: RetrievalModel, loader: DataLoader, config: Train
 
 
 class EpochLoop:
-    """Epochs with LP-FT phases, early stopping on held-out P@4, and a resume file after each.
+    """Epochs with LP-FT phases, early stopping on validation P@4, and a resume file after each.
 
     With a time budget (``max_minutes``, counted from ``started``), the loop plans as many epochs
     as the budget holds at the pace measured so far and shortens the LR schedule to end there:

@@ -1,4 +1,5 @@
-"""One epoch of training, the held-out evaluation, and the learning-rate schedule."""
+"""One epoch of training, the retrieval evaluation (of validation photos while training, of the
+held-out queries after), and the learning-rate schedule."""
 
 from __future__ import annotations
 

@@ -805,6 +805,21 @@ def test_a_catalogue_nothing_can_be_learnt_or_scored_on_is_one_line_and_exit_2(
     assert capsys.readouterr().err.splitlines()[-1].startswith(f"evaluate: error: all categories: {evaluated}")
 
 
+def test_validation_photos_that_leave_less_than_a_batch_say_how_to_train_on_every_photo(
+    shapes_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("MODEL_NAME", TEST_MODEL)
+    monkeypatch.setenv("MODEL_PRETRAINED", "")
+    args = [str(shapes_dir), "--preset", "model", "--output", str(tmp_path / "out"), "--epochs", "1"]
+    args += ["--batch-size", "32", "--no-progress"]  # 36 gallery photos: 30 train beside 6 validation
+    assert finetune_main(args) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "finetune: error: 30 training images (beside 6 validation photos) are fewer than one batch of 32: "
+        "pass a smaller --batch-size or --validation-share 0"
+    )
+    assert finetune_main([*args, "--validation-share", "0"]) == 0
+
+
 def test_a_second_run_into_a_checkpoint_being_trained_is_refused(shapes_dir, tmp_path, monkeypatch, capsys):
     """Two runs into one output interleaved its files: one's weights beside the other's metrics."""
     monkeypatch.setenv("MODEL_NAME", TEST_MODEL)
