@@ -155,25 +155,26 @@ def fine_tune(
     fit = split_catalogue(split.gallery, config.validation_share, config.label)  # validation, training
     classes = _classes(items, config.label)
     side = round(get_model_preprocess_cfg(clip)["size"][0] * CACHE_MARGIN)
-    gallery, validation = ImageCache.load(fit.gallery, side, max_pixels), ImageCache.load(fit.queries, side, max_pixels)
+    training = ImageCache.load(fit.gallery, side, max_pixels)
+    validation = ImageCache.load(fit.queries, side, max_pixels)
     log.info(
         "data ready",
-        extra={"training": len(gallery.images), "validation": len(validation.images), "classes": len(classes)},
+        extra={"training": len(training.images), "validation": len(validation.images), "classes": len(classes)},
     )
 
-    if len(gallery.images) < config.batch_size:  # also before anything reads the first image
+    if len(training.images) < config.batch_size:  # also before anything reads the first image
         validating = f" (beside {len(validation.images)} validation photos)" if validation.images else ""
         raise CatalogueError(
-            f"{len(gallery.images)} training images{validating} are fewer than one batch of {config.batch_size}: "
+            f"{len(training.images)} training images{validating} are fewer than one batch of {config.batch_size}: "
             "pass a smaller --batch-size" + (" or --validation-share 0" if validation.images else "")
         )
-    require_scorable(split.queries, [*gallery.items, *validation.items], config.label)  # before training
-    dim = int(_embedding_dim(clip.visual, val_transform, gallery))
+    require_scorable(split.queries, [*training.items, *validation.items], config.label)  # before training
+    dim = int(_embedding_dim(clip.visual, val_transform, training))
     model = RetrievalModel(clip.visual, dim, len(classes), config.head_scale, config.margin, config.embedding)
     model.to(device, memory_format=torch.channels_last)
     start_state = copy.deepcopy(clip.visual.state_dict())
-    loader = _training_batches(clip, gallery, train_transform, classes, side, config, device)
-    validate = _validation(model, validation, gallery, val_transform, classes, config.label, device)
+    loader = _training_batches(clip, training, train_transform, classes, side, config, device)
+    validate = _validation(model, validation, training, val_transform, classes, config, device)
     placement = Placement(device, _training_precision(model, loader, config, device))
     log.info("training on", extra={"placement": placement.describe(), "data": type(loader).__name__})
     learns_from = {"base_source": source.to_dict(), "catalogue_fingerprint": fingerprint[:16]}
@@ -235,17 +236,18 @@ def _validation(
     training: ImageCache,
     val_transform,
     classes: list[str],
-    label: str,
+    config: TrainingConfig,
     device: torch.device,
 ) -> Callable[[Placement], HeldOut] | None:
     """The per-epoch evaluation that chooses the epoch: validation photos ranking the training
     photos, read through the val transform once; None when there are no validation photos."""
     if not validation.images:
-        log.warning("no validation photos: the last epoch is kept", extra={"label": label})
+        if config.validation_share:  # asked for, but no class had a training photo to spare
+            log.warning("no validation photos: the last epoch is kept", extra={"label": config.label})
         return None
-    require_scorable(validation.items, training.items, label)
+    require_scorable(validation.items, training.items, config.label)
     validation, training = validation.with_pixels(val_transform, device), training.with_pixels(val_transform, device)
-    return lambda placement: evaluate(model, validation, training, val_transform, classes, placement, label)
+    return lambda placement: evaluate(model, validation, training, val_transform, classes, placement, config.label)
 
 
 def _final_metrics(
