@@ -44,7 +44,9 @@ log = logging.getLogger("finetune")
 #: run, so the photos validation held out train instead, and the 15 % of the time it took);
 #: large: ResNet-50 at 160 px, for a GPU (3 minutes), evaluated and saved as the moving average of
 #: its weights, a batch in two cut and mixed (on one H200: held-out P@4 0.890, mAP@R 0.879, against
-#: 0.873 / 0.862 without either, one run each in the same session, README).
+#: 0.873 / 0.862 without either, one run each in the same session, README; both with the epoch
+#: chosen on those held-out queries, as before validation photos chose it), keeping the epoch that
+#: ranks its validation photos best (it overfits in its last third there).
 PRESETS: dict[str, tuple[str, TrainingConfig]] = {
     "small": (
         "lookalike-small",
