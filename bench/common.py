@@ -73,3 +73,16 @@ def report(name: str, figures: list[dict[str, Any]]) -> None:
         "python": platform.python_version(),
     }
     (RESULTS_DIR / f"{name}.json").write_text(json.dumps({"meta": meta, "figures": figures}, indent=2))
+
+
+def validation_figures(history: list[dict], best_epoch: int) -> dict:
+    """The validation P@4 (of the embedding the head trains) of the epoch kept and of the last one
+    evaluated: how far a run fell after its best (none without validation photos)."""
+    evaluated = [entry for entry in history if "P@4" in entry]
+    if not evaluated:
+        return {}
+    kept = next((entry for entry in evaluated if entry["epoch"] == best_epoch), evaluated[-1])
+    return {
+        "validation_p_at_4": round(kept.get("trained P@4", kept["P@4"]), 3),
+        "validation_last_p_at_4": round(evaluated[-1].get("trained P@4", evaluated[-1]["P@4"]), 3),
+    }

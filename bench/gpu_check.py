@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import FreeEncoder, unit_rows
+from bench.common import FreeEncoder, unit_rows, validation_figures
 from finetune.__main__ import PRESETS
 from finetune.run import fine_tune
 from ingest.decode import DecodeDataset, chunk_size, decode_loader, iter_batches
@@ -258,6 +258,7 @@ def finetune_figure(
         placement=result.placement,
         heldout_p_at_4=round(overall["P@4"], 3),
         map_at_r=round(overall["mAP@R"], 3),
+        **validation_figures(history, result.best_epoch),
         phases_s=result.phases_s,
         median_epoch_train_s=median_train_s(history),
         evaluations=sum("P@4" in entry for entry in history),

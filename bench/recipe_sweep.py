@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.common import validation_figures
+
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
     """``name=--option value ...`` -> (name, finetune's extra arguments)."""
@@ -92,6 +94,7 @@ def summary(name: str, options: list[str], output: Path, code: int, log: Path) -
         "head_accuracy": round(info["metrics"]["head_accuracy"], 3),
         "epochs": info["epochs_run"],
         "best_epoch": info["best_epoch"],
+        **validation_figures(info["history"], info["best_epoch"]),
         "seconds": info["seconds"],
         "phases_s": info["phases_s"],
     }
