@@ -4,7 +4,7 @@ Split protocol (fixed, so numbers stay comparable between runs and models): per 
 the image paths, shuffle them with ``numpy.random.default_rng(0)``, the first ceil(20 %) are
 queries, the rest the gallery. Only the gallery trains; the queries are held out, read only to
 measure the model training chose. Training chooses its epoch on a validation split of the gallery
-made the same way (`TrainingConfig.validation_share`), which does not train.
+made the same way but rounded down (`TrainingConfig.validation_share`), which does not train.
 """
 
 from __future__ import annotations
@@ -45,10 +45,15 @@ class Split:
 
 
 def split_catalogue(
-    items: Sequence[CatalogueItem], query_fraction: float = QUERY_FRACTION, label: str = "category"
+    items: Sequence[CatalogueItem],
+    query_fraction: float = QUERY_FRACTION,
+    label: str = "category",
+    round_up: bool = True,
 ) -> Split:
     """The fixed per-label split described in the module docstring (a label with one item puts it
-    in the gallery: as a query it would have nothing to find)."""
+    in the gallery: as a query it would have nothing to find). ``round_up=False`` rounds each
+    label's share of queries down: a validation split then leaves labels with few photos (a
+    product's 2-5) whole for training instead of taking one of their two."""
     by_label: dict[str, list[CatalogueItem]] = {}
     for item in items:
         by_label.setdefault(label_of(item, label), []).append(item)
@@ -57,7 +62,8 @@ def split_catalogue(
     for name in sorted(by_label):
         members = sorted(by_label[name], key=lambda item: item.image)
         order = np.random.default_rng(SPLIT_SEED).permutation(len(members))
-        n_queries = math.ceil(query_fraction * len(members)) if len(members) > 1 else 0
+        rounded = math.ceil if round_up else math.floor
+        n_queries = rounded(query_fraction * len(members)) if len(members) > 1 else 0
         queries += [members[i] for i in order[:n_queries]]
         gallery += [members[i] for i in order[n_queries:]]
     return Split(queries, gallery)

@@ -152,7 +152,7 @@ def fine_tune(
     clip, train_transform, val_transform = create_clip(source, aug_cfg=AUGMENTATION)
     train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
     split = split_catalogue(items, label=config.label)
-    fit = split_catalogue(split.gallery, config.validation_share, config.label)  # validation, training
+    fit = split_catalogue(split.gallery, config.validation_share, config.label, round_up=False)  # validation, training
     classes = _classes(items, config.label)
     side = round(get_model_preprocess_cfg(clip)["size"][0] * CACHE_MARGIN)
     training = ImageCache.load(fit.gallery, side, max_pixels)

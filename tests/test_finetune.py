@@ -127,8 +127,8 @@ def test_the_epoch_is_chosen_on_validation_photos_that_do_not_train_and_held_out
 
     split = split_catalogue(items)
     held_out_ids = {item.id for item in split.queries}
-    validation_ids = {item.id for item in split_catalogue(split.gallery, 0.2).queries}
-    assert len(validation_ids) == 3 * 3  # ceil(20 % of 12) per shape
+    validation_ids = {item.id for item in split_catalogue(split.gallery, 0.2, round_up=False).queries}
+    assert len(validation_ids) == 3 * 2  # 20 % of 12 rounded down per shape
     [trains_on] = [ids for kind, ids in events if kind == "trains on"]
     assert trains_on == {item.id for item in split.gallery} - validation_ids
     assert [ids for kind, ids in events if kind == "evaluates"] == [validation_ids] * 3 + [held_out_ids]
@@ -137,6 +137,18 @@ def test_the_epoch_is_chosen_on_validation_photos_that_do_not_train_and_held_out
 
 def untuned_source_of(model_name: str) -> ModelSource:
     return ModelSource.from_settings(Settings(model_name=model_name, model_pretrained="", model_checkpoint=None))
+
+
+def test_a_validation_split_rounds_down_so_a_class_with_few_photos_trains_on_all(shapes_dir):
+    """Rounded up like the held-out queries, a product's 2-4 training photos gave one of them to
+    validation: half a two-photo product's training data."""
+    gallery = split_catalogue(read_catalogue(shapes_dir).items).gallery  # 12 a shape
+    assert len(split_catalogue(gallery, 0.1).queries) == 3 * 2  # ceil(1.2) a shape
+    assert len(split_catalogue(gallery, 0.1, round_up=False).queries) == 3 * 1
+    few = [item for shape in SHAPES for item in [i for i in gallery if i.category == shape][:3]]
+    rounded_down = split_catalogue(few, 0.1, round_up=False)
+    assert rounded_down.queries == [] and sorted(i.id for i in rounded_down.gallery) == sorted(i.id for i in few)
+    assert len(split_catalogue(few, 0.1).queries) == 3  # rounded up, each shape's 3 would train on 2
 
 
 def test_training_beats_its_own_random_init(trained, shapes_dir):
@@ -811,10 +823,10 @@ def test_validation_photos_that_leave_less_than_a_batch_say_how_to_train_on_ever
     monkeypatch.setenv("MODEL_NAME", TEST_MODEL)
     monkeypatch.setenv("MODEL_PRETRAINED", "")
     args = [str(shapes_dir), "--preset", "model", "--output", str(tmp_path / "out"), "--epochs", "1"]
-    args += ["--batch-size", "32", "--no-progress"]  # 36 gallery photos: 30 train beside 6 validation
+    args += ["--batch-size", "34", "--no-progress"]  # 36 gallery photos: 33 train beside 3 validation
     assert finetune_main(args) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "finetune: error: 30 training images (beside 6 validation photos) are fewer than one batch of 32: "
+        "finetune: error: 33 training images (beside 3 validation photos) are fewer than one batch of 34: "
         "pass a smaller --batch-size or --validation-share 0"
     )
     assert finetune_main([*args, "--validation-share", "0"]) == 0
@@ -966,7 +978,7 @@ def test_fine_tuning_with_cutmix_and_a_weight_average_learns_and_evaluates_the_a
     monkeypatch.setattr(run.EpochLoop, "_record", recording)
     monkeypatch.setattr(run.EpochLoop, "_save_resume_state", saving)
     source = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
-    config = dataclasses.replace(FAST, epochs=40, cutmix=0.5, ema_decay=0.9, validation_share=0.2)
+    config = dataclasses.replace(FAST, epochs=40, cutmix=0.5, ema_decay=0.9, validation_share=0.25)
     result = fine_tune(read_catalogue(shapes_dir).items, source, tmp_path / "ema", config, max_pixels=10**7)
     assert result.metrics["overall"]["P@4"] > 0.5
     assert all(torch.equal(e, a) for e, a in zip(evaluated, averaged, strict=True))  # the average is evaluated
