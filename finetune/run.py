@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
 import logging
 import math
 import random
@@ -174,14 +173,14 @@ def fine_tune(
     model.to(device, memory_format=torch.channels_last)
     start_state = copy.deepcopy(clip.visual.state_dict())
     loader = _training_batches(clip, training, train_transform, classes, side, config, device)
-    validate = _validation(model, validation, training, val_transform, classes, config, device)
     placement = Placement(device, _training_precision(model, loader, config, device))
+    validate = _validation(model, validation, training, val_transform, classes, config, placement)
     log.info("training on", extra={"placement": placement.describe(), "data": type(loader).__name__})
     learns_from = {"base_source": source.to_dict(), "catalogue_fingerprint": fingerprint[:16]}
     loop = EpochLoop(model, loader, config, output, placement, started, learns_from)
     phases = {"prepare": time.perf_counter() - started}
     with _cudnn_autotuning(device):
-        loop.run(validate and functools.partial(validate, placement))
+        loop.run(validate)
     phases.update(loop.phases_s)
 
     model.load_state_dict(loop.best_state)
@@ -237,8 +236,8 @@ def _validation(
     val_transform,
     classes: list[str],
     config: TrainingConfig,
-    device: torch.device,
-) -> Callable[[Placement], HeldOut] | None:
+    placement: Placement,
+) -> Callable[[], HeldOut] | None:
     """The per-epoch evaluation that chooses the epoch: validation photos ranking the training
     photos, read through the val transform once; None when there are no validation photos."""
     if not validation.images:
@@ -246,8 +245,9 @@ def _validation(
             log.warning("no validation photos: the last epoch is kept", extra={"label": config.label})
         return None
     require_scorable(validation.items, training.items, config.label)
+    device = placement.device
     validation, training = validation.with_pixels(val_transform, device), training.with_pixels(val_transform, device)
-    return lambda placement: evaluate(model, validation, training, val_transform, classes, placement, config.label)
+    return lambda: evaluate(model, validation, training, val_transform, classes, placement, config.label)
 
 
 def _final_metrics(
