@@ -59,10 +59,10 @@ def split_catalogue(
         by_label.setdefault(label_of(item, label), []).append(item)
     queries: list[CatalogueItem] = []
     gallery: list[CatalogueItem] = []
+    rounded = math.ceil if round_up else math.floor
     for name in sorted(by_label):
         members = sorted(by_label[name], key=lambda item: item.image)
         order = np.random.default_rng(SPLIT_SEED).permutation(len(members))
-        rounded = math.ceil if round_up else math.floor
         n_queries = rounded(query_fraction * len(members)) if len(members) > 1 else 0
         queries += [members[i] for i in order[:n_queries]]
         gallery += [members[i] for i in order[n_queries:]]

@@ -548,8 +548,8 @@ class EpochLoop:
         self.history.append({**entry, "accuracy": held_out.accuracy, **timing})
         log.info("epoch done", extra=self.history[-1])
         if p_at_4 > self.best_score:
-            self.best_score, self.best_epoch = p_at_4, self.epoch
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.best_score = p_at_4
+            self._keep_this_epoch()
         self.stale = self.epoch - self.best_epoch  # epochs without a better validation P@4
 
     def _keep_last(self, loss: float, timing: dict[str, float]) -> None:
@@ -558,8 +558,12 @@ class EpochLoop:
         if self.epoch < self.planned_epochs:
             return
         with self._evaluated_weights():
-            self.best_epoch = self.epoch
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self._keep_this_epoch()
+
+    def _keep_this_epoch(self) -> None:
+        """This epoch's weights (inside `_evaluated_weights`: the ones evaluated) as the ones saved."""
+        self.best_epoch = self.epoch
+        self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
     def _save_resume_state(self) -> None:
         """The resume file, at most every `resume_every_s` (a GPU epoch can take less time than
