@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import multiprocessing
 import os
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,7 @@ import torch
 from bench.common import FreeEncoder, unit_rows, validation_figures
 from finetune.__main__ import PRESETS
 from finetune.run import fine_tune
-from ingest.decode import DecodeDataset, chunk_size, decode_loader, iter_batches
+from ingest.decode import Batch, DecodeDataset, _groups, chunk_size, collate, decode_loader, iter_batches, merge
 from ingest.pipeline import SYNC_EVERY_S, IngestOptions, ingest
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, CatalogueItem, read_catalogue
@@ -218,6 +220,16 @@ def main() -> None:
                 vs_pil_decode=round(read["images_per_s"] / decode, 3),
                 **read,
             )
+        # Decoding in threads of the main process instead: no workers to fork, nothing handed over,
+        # but every thread shares one GIL, which Edge's writes keep (alone, then beside the writes).
+        for read_in, writes in (("threads", False), ("threads", True), ("processes", True)):
+            read = read_beside_writes(settings, large, items, Path(tmp), read_in, writes, cores)
+            emit(
+                "ingest_read_stage_" + read_in + ("_beside_writes" if writes else ""),
+                batch_size=256,
+                vs_pil_decode=round(read["images_per_s"] / decode, 3),
+                **read,
+            )
         for sync_every_s in (SYNC_EVERY_S, 0.0):  # as ingest writes; as the API writes (a sync each)
             write = store_write_rate(settings, len(items), Path(tmp), sync_every_s=sync_every_s)
             rate = write["points_per_s"]
@@ -317,6 +329,67 @@ def _timed_read(settings: Settings, encoder: ImageEncoder, items: list[Catalogue
         "seconds": round(seconds, 3),
         "first_batch_s": round(first_batch_s, 3),
         "workers_start_s": workers_start_s,
+        "main_process_cpu_s": round(time.process_time() - cpu_started, 3),
+    }
+
+
+def read_beside_writes(
+    settings: Settings,
+    checkpoint: Path,
+    items: list[CatalogueItem],
+    tmp: Path,
+    read_in: str,
+    writes: bool,
+    threads: int,
+) -> dict:
+    """The read stage alone (``read_in`` "processes": ingest's decode workers; "threads": as many
+    threads of this process), optionally while another thread writes as many random points into
+    the embedded store as ingest's writer would: what the two reach sharing one process's GIL."""
+    encoder = ImageEncoder.from_settings(settings.with_overrides(model_checkpoint=checkpoint))
+    writer, written = None, {}
+    if writes:
+        write = functools.partial(
+            store_write_rate, settings, len(items), tmp / f"beside-{read_in}", sync_every_s=SYNC_EVERY_S
+        )
+        writer = threading.Thread(target=lambda: written.update(write()), daemon=True)
+        writer.start()
+    if read_in == "threads":
+        read = _timed_thread_read(settings, encoder, items, threads)
+    else:
+        read = _timed_read(settings, encoder, items, 256)
+    if writer is not None:
+        writer.join()
+        read["writes_beside"] = written
+    return read
+
+
+def _timed_thread_read(settings: Settings, encoder: ImageEncoder, items: list[CatalogueItem], threads: int) -> dict:
+    """`_timed_read` with the chunks decoded by ``threads`` threads (torch held to one thread each)."""
+    dataset = DecodeDataset(items, {}, encoder.worker_preprocess, settings.max_image_pixels)
+    chunk, batch_size = chunk_size(256), 256
+
+    def decode_chunk(start: int) -> Batch:
+        stop = min(start + chunk, len(items))
+        return collate([dataset[i] for i in range(start, stop)]).batch(items[start:stop])
+
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    count, first_batch_s = 0, None
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            chunks = pool.map(decode_chunk, range(0, len(items), chunk))
+            for group in _groups(chunks, batch_size // chunk):
+                count += len(merge(group, encoder.placement.device.type == "cuda").decoded)
+                first_batch_s = first_batch_s or time.perf_counter() - started
+    finally:
+        torch.set_num_threads(torch_threads)
+    seconds = time.perf_counter() - started
+    return {
+        "images_per_s": round(count / seconds, 1),
+        "seconds": round(seconds, 3),
+        "first_batch_s": round(first_batch_s or 0.0, 3),
+        "threads": threads,
         "main_process_cpu_s": round(time.process_time() - cpu_started, 3),
     }
 
