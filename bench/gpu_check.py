@@ -24,6 +24,10 @@ import functools
 import json
 import multiprocessing
 import os
+import re
+import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -54,6 +58,8 @@ from lookalike.store import VectorStore
 
 RESULTS: list[dict] = []
 OUTPUT: list[Path] = []  # the --output file, rewritten after every figure
+#: Ingest's timed stages (`IngestSummary.stages`), as its summary prints them.
+STAGES = ("lookup", "read", "embed", "near_duplicates", "upsert", "prune", "index")
 
 
 def emit(figure: str, details: dict | None = None, **values) -> None:
@@ -208,6 +214,13 @@ def main() -> None:
                 near_duplicates=summary.near_duplicates,
                 stages_s={name: round(seconds, 3) for name, seconds in summary.stages.items()},
             )
+        # `python -m ingest` itself, in a process of its own: the workers fork from a parent that
+        # holds only the model, not gpu-check's (forking 15 took 0.6-0.8 s from this one).
+        for batch_size in (256,):
+            fresh = cli_ingest(Catalogue(catalogue.root, items, []), large, Path(tmp), batch_size)
+            emit(
+                "ingest_whole_catalogue_fresh_process", vs_pil_decode=round(fresh["images_per_s"] / decode, 3), **fresh
+            )
         # A worker's tensor reaches the main process as a file descriptor handed over by a thread of
         # that worker (torch's default on Linux), one round trip per chunk, or as a named file in
         # /dev/shm: if the second is much faster, the hand-over is what holds the read stage.
@@ -330,6 +343,42 @@ def _timed_read(settings: Settings, encoder: ImageEncoder, items: list[Catalogue
         "first_batch_s": round(first_batch_s, 3),
         "workers_start_s": workers_start_s,
         "main_process_cpu_s": round(time.process_time() - cpu_started, 3),
+    }
+
+
+def cli_ingest(catalogue: Catalogue, checkpoint: Path, tmp: Path, batch_size: int) -> dict:
+    """`python -m ingest` of a copy of these photos (a catalogue folder: a manifest must lie beside
+    its photos) into a fresh embedded store, as a user runs it: its own summary (images a second
+    over its passes, stages) and the process's wall time (imports, the model's load and the
+    collection's calibration included)."""
+    folder = tmp / f"cli-{batch_size}"
+    for item in catalogue.items:
+        copy = folder / "catalogue" / item.path.relative_to(catalogue.root)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(item.path, copy)
+    env = {
+        **os.environ,
+        "MODEL_CHECKPOINT": str(checkpoint),
+        "QDRANT_PATH": str(folder / "qdrant"),
+        "QDRANT_URL": "",
+        "UPLOAD_DIR": str(folder / "uploads"),
+        "INGEST_ERROR_REPORT": str(folder / "errors.jsonl"),
+        "BATCH_SIZE": str(batch_size),
+    }
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "ingest", str(folder / "catalogue")], env=env, capture_output=True, text=True
+    )
+    wall_s = time.perf_counter() - started
+    if done.returncode:
+        return {"images_per_s": 0.0, "exit": done.returncode, "stderr_tail": done.stderr[-1500:]}
+    fields = dict(re.findall(r"(\w+)=(\S+)", done.stdout))
+    return {
+        "batch_size": batch_size,
+        "images_per_s": float(fields["images_per_s"]),
+        "ingested": int(fields["ingested"]),
+        "process_wall_s": round(wall_s, 2),
+        "stages_s": {name: float(fields[name]) for name in STAGES if name in fields},
     }
 
 
