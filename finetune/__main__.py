@@ -102,6 +102,7 @@ OPTIONS = (
     ("head_scale", positive_float(100.0), "scale of the cosine head's logits (lower: a softer softmax)"),
     ("margin", float_range(0.0, 1.0), "additive margin on the true class's cosine (CosFace)"),
     ("label_smoothing", float_range(0.0, 0.9), "label smoothing of the class loss"),
+    ("drop_path", float_range(0.0, 0.9), "stochastic depth: the last residual block's drop rate in training (0: off)"),
     ("cutmix", float_range(0.0, 1.0), "probability that a training batch is cut and mixed (CutMix; 0: never)"),
     (
         "ema_decay",

@@ -92,3 +92,24 @@ class RetrievalModel(nn.Module):
 
     def forward(self, pixels: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.embed(pixels), labels)
+
+
+def add_stochastic_depth(tower: nn.Module, rate: float) -> int:
+    """Drop the residual branch of each of a timm tower's blocks with a probability rising
+    linearly from 0 at the first block to ``rate`` at the last (timm's rule), in training only.
+
+    Regularisation for a deep tower trained from scratch on few photos (the large preset overfits
+    in its last third). It adds no weights, so the saved tower is the architecture as configured,
+    and an evaluated (``eval()``) tower is unchanged. Returns the number of blocks.
+    """
+    from timm.layers import DropPath  # a timm tower has timm; open_clip's own towers need none
+
+    blocks = [module for module in tower.modules() if isinstance(getattr(module, "drop_path", False), nn.Module | None)]
+    if not blocks:
+        raise ModelLoadError(
+            "--drop-path drops the residual blocks of a timm image tower (the presets' ResNets); "
+            f"this model's tower ({type(tower).__name__}) has none"
+        )
+    for index, block in enumerate(blocks):
+        block.drop_path = DropPath(rate * index / max(1, len(blocks) - 1))
+    return len(blocks)

@@ -35,7 +35,7 @@ from finetune.data import (
 )
 from finetune.device_data import DeviceBatches
 from finetune.export import export_checkpoint
-from finetune.model import RetrievalModel, linear_projection
+from finetune.model import RetrievalModel, add_stochastic_depth, linear_projection
 from finetune.train import HeldOut, WarmupCosine, WeightAverage, evaluate, train_one_epoch, training_loss
 from finetune.whitening import Whitening, fit_whitening, replace_projection
 from lookalike.catalogue import CatalogueItem
@@ -95,6 +95,8 @@ class TrainingConfig:
     instance_weight: float = 0.0
     #: Probability that a training batch is cut and mixed (CutMix, `finetune.train.cut_and_mix`; 0 = off).
     cutmix: float = 0.0
+    #: Stochastic depth of a timm tower's residual blocks in training (`add_stochastic_depth`; 0 = off).
+    drop_path: float = 0.0
     #: Decay of the moving average of the weights that is evaluated and saved (`WeightAverage`;
     #: 0 = off: the weights of the last step).
     ema_decay: float = 0.0
@@ -149,6 +151,8 @@ def fine_tune(
     torch.manual_seed(config.seed)
     random.seed(config.seed)  # timm's and open_clip's PIL augmentations draw from Python's own RNG
     clip, train_transform, val_transform = create_clip(source, aug_cfg=AUGMENTATION)
+    if config.drop_path:
+        add_stochastic_depth(clip.visual, config.drop_path)
     train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
     split = split_catalogue(items, label=config.label)
     fit = split_catalogue(split.gallery, config.validation_share, config.label, round_up=False)  # validation, training

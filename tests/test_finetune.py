@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -1039,3 +1040,42 @@ def test_a_resumed_run_goes_on_with_the_weight_average_it_saved(shapes_dir, tmp_
     fine_tune(items, source, tmp_path / "run", config, max_pixels=10**7)
     updates, head = first_update[0]
     assert updates == saved["updates"] and torch.equal(head, saved["state"]["head.weight"])
+
+
+def test_stochastic_depth_drops_residual_blocks_in_training_only():
+    """--drop-path: the timm tower's blocks drop their residual branch at rates rising to the
+    given one, while training; no weight is added, and the evaluated tower is unchanged."""
+    from finetune.model import add_stochastic_depth
+    from lookalike.encoder import load_visual
+    from lookalike.errors import ModelLoadError
+
+    visual = load_visual(ModelSource.from_settings(Settings(model_name="lookalike-small", model_pretrained="")))[0]
+    for norm in (module for module in visual.modules() if isinstance(module, torch.nn.BatchNorm2d)):
+        torch.nn.init.ones_(norm.weight)  # timm starts each residual branch at zero: dropping it would change nothing
+    plain = copy.deepcopy(visual)
+    assert add_stochastic_depth(visual, 0.3) == 8  # ResNet-18's basic blocks
+    rates = [module.drop_path.drop_prob for module in visual.modules() if hasattr(module, "drop_path")]
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.3) and rates == sorted(rates)
+    assert visual.state_dict().keys() == plain.state_dict().keys()
+    pixels = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(visual.eval()(pixels), plain.eval()(pixels))
+        torch.manual_seed(0)
+        assert not torch.allclose(visual.train()(pixels), plain.train()(pixels))
+    with pytest.raises(ModelLoadError, match="timm image tower"):  # open_clip's own ViT has no such blocks
+        add_stochastic_depth(load_visual(ModelSource.from_settings(Settings(model_name=TEST_MODEL)))[0], 0.1)
+
+
+def test_cli_trains_with_stochastic_depth_and_refuses_it_for_a_tower_without_blocks(shapes_dir, tmp_path, capsys):
+    args = [str(shapes_dir), "--preset", "model", "--epochs", "1", "--batch-size", "8", "--no-progress"]
+    args += ["--validation-share", "0", "--drop-path", "0.2"]
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MODEL_PRETRAINED", "")
+        env.setenv("MODEL_NAME", "lookalike-small")
+        assert finetune_main([*args, "--output", str(tmp_path / "small")]) == 0
+        assert json.loads((tmp_path / "small" / "training.json").read_text())["training"]["drop_path"] == 0.2
+        capsys.readouterr()
+        env.setenv("MODEL_NAME", TEST_MODEL)
+        assert finetune_main([*args, "--output", str(tmp_path / "vit")]) == 2
+    assert "--drop-path drops the residual blocks of a timm image tower" in capsys.readouterr().err
+    assert not (tmp_path / "vit" / "training.json").exists()
