@@ -217,7 +217,7 @@ def fine_tune(
         info["seconds"],
         metrics,
         config.epochs,
-        loop.budget_hit,
+        loop.stopped_by_budget,
         placement.describe(),
         info["phases_s"],
     )
@@ -445,6 +445,13 @@ class EpochLoop:
     def budget_hit(self) -> bool:
         """The time budget held fewer epochs than configured."""
         return bool(self.config.max_minutes) and self.planned_epochs < self.config.epochs
+
+    @property
+    def stopped_by_budget(self) -> bool:
+        """Training ended where the budget's plan ended, short of the configured epochs; not when
+        patience ended it first (on one H200 every large-preset run stopped by patience inside its
+        3 minutes, and was said to be cut short by the budget, with advice to train longer)."""
+        return self.budget_hit and self.epoch >= self.planned_epochs
 
     def _recent_epoch_s(self, window: int, fallback: float) -> float:
         """Mean wall time of the last ``window`` epochs, leaving out the first (it carries the
