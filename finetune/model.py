@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath
 from torch import nn
 
 from lookalike.errors import ModelLoadError
@@ -102,8 +103,6 @@ def add_stochastic_depth(tower: nn.Module, rate: float) -> int:
     in its last third). It adds no weights, so the saved tower is the architecture as configured,
     and an evaluated (``eval()``) tower is unchanged. Returns the number of blocks.
     """
-    from timm.layers import DropPath  # a timm tower has timm; open_clip's own towers need none
-
     blocks = [module for module in tower.modules() if isinstance(getattr(module, "drop_path", False), nn.Module | None)]
     if not blocks:
         raise ModelLoadError(
