@@ -97,7 +97,17 @@ def summary(name: str, options: list[str], output: Path, code: int, log: Path) -
         **validation_figures(info["history"], info["best_epoch"]),
         "seconds": info["seconds"],
         "phases_s": info["phases_s"],
+        "stopped_by": _stopped_by(info),
+        # --output only (not printed): where validation peaked and how it fell after
+        "validation_curve": [[entry["epoch"], round(entry["P@4"], 3)] for entry in info["history"] if "P@4" in entry],
     }
+
+
+def _stopped_by(info: dict) -> str:
+    """What ended training: the configured epochs, the time budget's plan, or patience."""
+    if info["epochs_run"] >= info["training"]["epochs"]:
+        return "epochs"
+    return "budget" if info["epochs_run"] >= info["epochs_planned"] else "patience"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def report(result: dict) -> None:
         results.append(result)
-        print(json.dumps({"figure": f"sweep_{args.preset}", **result}), flush=True)
+        shown = {name: value for name, value in result.items() if name != "validation_curve"}
+        print(json.dumps({"figure": f"sweep_{args.preset}", **shown}), flush=True)
         if args.output:
             args.output.write_text(json.dumps(results, indent=2))
 
