@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 from bench.common import validation_figures
-from bench.ingest_rates import ingest_figures
+from bench.ingest_rates import FigureRun, ingest_figures
 from finetune.__main__ import PRESETS
 from finetune.run import fine_tune
-from lookalike.catalogue import CatalogueItem, read_catalogue
+from lookalike.catalogue import Catalogue, CatalogueItem, read_catalogue
 from lookalike.colour import colour_histogram
 from lookalike.device import Placement, describe_device, resolve_device
 from lookalike.encoder import create_clip, load_visual
@@ -156,7 +156,8 @@ def main() -> None:
         # Most telling first, in case the device's time runs out: the large preset and ingest with
         # it (the two goals), then the small preset with its data on the device and from PIL workers.
         large = finetune_figure("large", True, items, Path(tmp), device, settings, args.quick)
-        ingest_figures(emit, settings, large, catalogue, items, decode, Path(tmp), cores)
+        measured = Catalogue(catalogue.root, items, [])
+        ingest_figures(FigureRun(emit, settings, large, measured, decode, Path(tmp), cores))
         for on_device in () if args.no_small else (True, False):  # the small preset both ways: the data paths
             finetune_figure("small", on_device, items, Path(tmp), device, settings, args.quick)
 

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,39 +40,38 @@ from lookalike.store import VectorStore
 STAGES = ("lookup", "read", "embed", "near_duplicates", "upsert", "prune", "index")
 
 
-def ingest_figures(
-    emit: Callable[..., None],
-    settings: Settings,
-    large: Path,
-    catalogue: Catalogue,
-    items: list[CatalogueItem],
-    decode: float,
-    tmp: Path,
-    cores: int,
-) -> None:
-    """Emit ingest's figures with the ``large`` checkpoint, ``decode`` being the run's decode rate."""
-    _pipeline_figures(emit, settings, large, catalogue, items, decode, tmp)
-    _read_stage_figures(emit, settings, large, items, decode, tmp, cores)
+@dataclass(frozen=True)
+class FigureRun:
+    """What every ingest figure of one gpu-check run shares."""
+
+    emit: Callable[..., None]
+    settings: Settings
+    checkpoint: Path  # the large preset's, fine-tuned earlier in the run
+    catalogue: Catalogue  # the photos measured
+    decode: float  # PIL decode + resize rate measured in the same run, images a second
+    tmp: Path
+    cores: int
+
+    def against_decode(self, rate: float) -> float:
+        return round(rate / self.decode, 3)
+
+
+def ingest_figures(run: FigureRun) -> None:
+    """Emit ingest's figures: the whole pipeline, its read stage alone, the store's writes alone."""
+    _pipeline_figures(run)
+    _read_stage_figures(run)
     for sync_every_s in (SYNC_EVERY_S, 0.0):  # as ingest writes; as the API writes (a sync each)
-        write = store_write_rate(settings, len(items), tmp, sync_every_s=sync_every_s)
-        emit(
+        write = store_write_rate(run.settings, len(run.catalogue.items), run.tmp, sync_every_s=sync_every_s)
+        run.emit(
             "ingest_store_write_alone",
             batch_size=256,
             sync_every_s=sync_every_s,
-            vs_pil_decode=round(write["points_per_s"] / decode, 3),
+            vs_pil_decode=run.against_decode(write["points_per_s"]),
             **write,
         )
 
 
-def _pipeline_figures(
-    emit: Callable[..., None],
-    settings: Settings,
-    large: Path,
-    catalogue: Catalogue,
-    items: list[CatalogueItem],
-    decode: float,
-    tmp: Path,
-) -> None:
+def _pipeline_figures(run: FigureRun) -> None:
     """The whole ingest, in this process in its variants, then as `python -m ingest` of its own."""
     # x4: the catalogue four times under new ids, so start-up costs weigh less than in 2,607 photos.
     # free: the forward pass replaced by random vectors, what the pipeline reaches without the model.
@@ -87,13 +87,13 @@ def _pipeline_figures(
         (256, 1, False, True, True),
     )
     for batch_size, copies, free, near, synced in runs:
-        copied = Catalogue(catalogue.root, repeated(items, copies), [])
+        copied = Catalogue(run.catalogue.root, repeated(run.catalogue.items, copies), [])
         summary = measure_ingest(
-            settings, large, copied, tmp, batch_size, free=free, near_duplicates=near, synced=synced
+            run.settings, run.checkpoint, copied, run.tmp, batch_size, free=free, near_duplicates=near, synced=synced
         )
         ingest_rate = summary.ingested / summary.seconds
         name = "ingest_whole_catalogue" if copies == 1 else f"ingest_catalogue_x{copies}"
-        emit(
+        run.emit(
             name
             + ("_free_encoder" if free else "")
             + ("" if near else "_no_near_duplicates")
@@ -102,50 +102,42 @@ def _pipeline_figures(
             batch_size=batch_size,
             items=len(copied.items),
             images_per_s=round(ingest_rate, 1),
-            vs_pil_decode=round(ingest_rate / decode, 3),
+            vs_pil_decode=run.against_decode(ingest_rate),
             goal=">=0.8",
             seconds=round(summary.seconds, 3),
-            pil_decode_s=round(len(copied.items) / decode, 3),
+            pil_decode_s=round(len(copied.items) / run.decode, 3),
             duplicates=summary.duplicates,  # x4: every copy is reported (a log line each)
             near_duplicates=summary.near_duplicates,
             stages_s={name: round(seconds, 3) for name, seconds in summary.stages.items()},
         )
     # `python -m ingest` itself, in a process of its own: the workers fork from a parent that
     # holds only the model, not gpu-check's (forking 15 took 0.6-0.8 s from this one).
-    fresh = cli_ingest(Catalogue(catalogue.root, items, []), large, tmp, batch_size=256)
-    emit("ingest_whole_catalogue_fresh_process", vs_pil_decode=round(fresh["images_per_s"] / decode, 3), **fresh)
+    fresh = cli_ingest(run.catalogue, run.checkpoint, run.tmp, batch_size=256)
+    run.emit("ingest_whole_catalogue_fresh_process", vs_pil_decode=run.against_decode(fresh["images_per_s"]), **fresh)
 
 
-def _read_stage_figures(
-    emit: Callable[..., None],
-    settings: Settings,
-    large: Path,
-    items: list[CatalogueItem],
-    decode: float,
-    tmp: Path,
-    cores: int,
-) -> None:
+def _read_stage_figures(run: FigureRun) -> None:
     """The read stage alone: the decode workers under both sharing strategies, then threads."""
     # A worker's tensor reaches the main process as a file descriptor handed over by a thread of
     # that worker (torch's default on Linux), one round trip per chunk, or as a named file in
     # /dev/shm: if the second is much faster, the hand-over is what holds the read stage.
     for sharing in ("file_descriptor", "file_system"):
-        read = read_rate(settings, large, items, sharing=sharing)
-        emit(
+        read = read_rate(run.settings, run.checkpoint, run.catalogue.items, sharing=sharing)
+        run.emit(
             "ingest_read_stage_alone",
             batch_size=256,
             sharing=sharing,
-            vs_pil_decode=round(read["images_per_s"] / decode, 3),
+            vs_pil_decode=run.against_decode(read["images_per_s"]),
             **read,
         )
     # Decoding in threads of the main process instead: no workers to fork, nothing handed over,
     # but every thread shares one GIL, which Edge's writes keep (alone, then beside the writes).
     for read_in, writes in (("threads", False), ("threads", True), ("processes", True)):
-        read = read_beside_writes(settings, large, items, tmp, read_in, writes, cores)
-        emit(
+        read = read_beside_writes(run, read_in, writes)
+        run.emit(
             "ingest_read_stage_" + read_in + ("_beside_writes" if writes else ""),
             batch_size=256,
-            vs_pil_decode=round(read["images_per_s"] / decode, 3),
+            vs_pil_decode=run.against_decode(read["images_per_s"]),
             **read,
         )
 
@@ -234,28 +226,21 @@ def cli_ingest(catalogue: Catalogue, checkpoint: Path, tmp: Path, batch_size: in
     }
 
 
-def read_beside_writes(
-    settings: Settings,
-    checkpoint: Path,
-    items: list[CatalogueItem],
-    tmp: Path,
-    read_in: str,
-    writes: bool,
-    threads: int,
-) -> dict:
-    """The read stage alone (``read_in`` "processes": ingest's decode workers; "threads": as many
-    threads of this process), optionally while another thread writes as many random points into
+def read_beside_writes(run: FigureRun, read_in: str, writes: bool) -> dict:
+    """The read stage alone (``read_in`` "processes": ingest's decode workers; "threads": one a
+    core, threads of this process), optionally while another thread writes as many random points into
     the embedded store as ingest's writer would: what the two reach sharing one process's GIL."""
-    encoder = ImageEncoder.from_settings(settings.with_overrides(model_checkpoint=checkpoint))
+    settings, items = run.settings, run.catalogue.items
+    encoder = ImageEncoder.from_settings(settings.with_overrides(model_checkpoint=run.checkpoint))
     writer, written = None, {}
     if writes:
         write = functools.partial(
-            store_write_rate, settings, len(items), tmp / f"beside-{read_in}", sync_every_s=SYNC_EVERY_S
+            store_write_rate, settings, len(items), run.tmp / f"beside-{read_in}", sync_every_s=SYNC_EVERY_S
         )
         writer = threading.Thread(target=lambda: written.update(write()), daemon=True)
         writer.start()
     if read_in == "threads":
-        read = _timed_thread_read(settings, encoder, items, threads)
+        read = _timed_thread_read(settings, encoder, items, run.cores)
     else:
         read = _timed_read(settings, encoder, items, 256)
     if writer is not None:
