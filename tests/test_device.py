@@ -124,10 +124,10 @@ def test_training_precision_is_whichever_measures_faster_on_a_cpu():
 
 
 @pytest.mark.parametrize(
-    ("bf16_s", "fp32_s", "chosen", "bf16_steps"),
-    [(0.05, 0.005, FP32, 2), (0.005, 0.05, BF16, 4)],  # a losing bf16: warm-up + the one step that lost
+    ("bf16_s", "fp32_s", "chosen", "steps"),
+    [(0.05, 0.005, FP32, 2), (0.005, 0.05, BF16, 4)],  # a losing bf16: warm-up + the one round that lost
 )
-def test_a_bf16_that_cannot_win_stops_being_timed(bf16_s, fp32_s, chosen, bf16_steps):
+def test_a_bf16_that_cannot_win_stops_being_timed(bf16_s, fp32_s, chosen, steps):
     calls = {True: 0, False: 0}
 
     def step(bf16: bool) -> None:
@@ -135,7 +135,21 @@ def test_a_bf16_that_cannot_win_stops_being_timed(bf16_s, fp32_s, chosen, bf16_s
         time.sleep(bf16_s if bf16 else fp32_s)
 
     assert fastest_training_precision(torch.device("cpu"), step, repeats=3) == chosen
-    assert calls == {False: 4, True: bf16_steps}  # fp32: warm-up + 3
+    assert calls == {False: steps, True: steps}  # warm-up + each round's one call
+
+
+def test_a_load_that_comes_and_goes_does_not_choose_the_precision():
+    """bf16 no faster than fp32 here, and the first three calls slowed by another job starting:
+    timed one block after the other, fp32's block took the load and bf16 won; alternated, the
+    fastest call of each is compared."""
+    calls = []
+
+    def step(bf16: bool) -> None:
+        calls.append(bf16)
+        time.sleep(0.02 + (0.06 if len(calls) <= 3 else 0.0))
+
+    assert fastest_training_precision(torch.device("cpu"), step, repeats=3) == FP32
+    assert calls == [False, True] * 4  # warm-ups, then fp32 and bf16 in turn
 
 
 def test_preset_auto_picks_the_recipe_for_the_machine():
