@@ -78,11 +78,14 @@ def report(name: str, figures: list[dict[str, Any]]) -> None:
 def validation_figures(history: list[dict], best_epoch: int) -> dict:
     """The validation P@4 (of the embedding the head trains) of the epoch kept and of the last one
     evaluated: how far a run fell after its best (none without validation photos)."""
-    evaluated = [entry for entry in history if "P@4" in entry]
-    if not evaluated:
+    curve = validation_curve(history)
+    if not curve:
         return {}
-    kept = next((entry for entry in evaluated if entry["epoch"] == best_epoch), evaluated[-1])
-    return {
-        "validation_p_at_4": round(kept.get("trained P@4", kept["P@4"]), 3),
-        "validation_last_p_at_4": round(evaluated[-1].get("trained P@4", evaluated[-1]["P@4"]), 3),
-    }
+    kept = next((p_at_4 for epoch, p_at_4 in curve if epoch == best_epoch), curve[-1][1])
+    return {"validation_p_at_4": kept, "validation_last_p_at_4": curve[-1][1]}
+
+
+def validation_curve(history: list[dict]) -> list[list]:
+    """[epoch, validation P@4] of each evaluated epoch, by the P@4 that chose the epoch kept (the
+    embedding the head trains, where retrieval ranks by another)."""
+    return [[entry["epoch"], round(entry.get("trained P@4", entry["P@4"]), 3)] for entry in history if "P@4" in entry]

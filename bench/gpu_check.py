@@ -175,7 +175,8 @@ def finetune_figure(
     output = tmp / f"{preset}-{'device' if on_device else 'pil'}"
     result = fine_tune(items, source, output, config, settings.max_image_pixels, device)
     overall = result.metrics["overall"]
-    history = json.loads((output / "training.json").read_text())["history"]
+    info = json.loads((output / "training.json").read_text())
+    history = info["history"]
     emit(
         f"finetune_{preset}",
         model=model_name,
@@ -184,7 +185,7 @@ def finetune_figure(
         epochs=result.epochs_run,
         epochs_planned=result.epochs_planned,
         best_epoch=result.best_epoch,
-        stopped_by_budget=result.stopped_by_budget,
+        stopped_by=info["stopped_by"],  # epochs, budget or patience
         placement=result.placement,
         heldout_p_at_4=round(overall["P@4"], 3),
         map_at_r=round(overall["mAP@R"], 3),

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import validation_figures
+from bench.common import validation_curve, validation_figures
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -97,17 +97,10 @@ def summary(name: str, options: list[str], output: Path, code: int, log: Path) -
         **validation_figures(info["history"], info["best_epoch"]),
         "seconds": info["seconds"],
         "phases_s": info["phases_s"],
-        "stopped_by": _stopped_by(info),
+        "stopped_by": info.get("stopped_by"),  # epochs, budget or patience (None: an older finetune)
         # --output only (not printed): where validation peaked and how it fell after
-        "validation_curve": [[entry["epoch"], round(entry["P@4"], 3)] for entry in info["history"] if "P@4" in entry],
+        "validation_curve": validation_curve(info["history"]),
     }
-
-
-def _stopped_by(info: dict) -> str:
-    """What ended training: the configured epochs, the time budget's plan, or patience."""
-    if info["epochs_run"] >= info["training"]["epochs"]:
-        return "epochs"
-    return "budget" if info["epochs_run"] >= info["epochs_planned"] else "patience"
 
 
 def main(argv: list[str] | None = None) -> None:

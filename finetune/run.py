@@ -128,7 +128,7 @@ class TrainingResult:
     seconds: float
     metrics: dict[str, Any]
     epochs_planned: int = 0
-    stopped_by_budget: bool = False  # max_minutes held fewer epochs than planned
+    stopped_by_budget: bool = False  # the time budget's plan ended training, short of the configured epochs
     placement: str = ""
     phases_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -204,6 +204,7 @@ def fine_tune(
         "epochs_run": loop.epoch,
         "epochs_planned": loop.planned_epochs,
         "best_epoch": loop.best_epoch,
+        "stopped_by": loop.stopped_by,
         "history": loop.history,
         "seconds": round(time.perf_counter() - started, 1),
         "phases_s": {name: round(seconds, 2) for name, seconds in phases.items()},
@@ -217,7 +218,7 @@ def fine_tune(
         info["seconds"],
         metrics,
         config.epochs,
-        loop.stopped_by_budget,
+        loop.stopped_by == "budget",
         placement.describe(),
         info["phases_s"],
     )
@@ -447,11 +448,14 @@ class EpochLoop:
         return bool(self.config.max_minutes) and self.planned_epochs < self.config.epochs
 
     @property
-    def stopped_by_budget(self) -> bool:
-        """Training ended where the budget's plan ended, short of the configured epochs; not when
-        patience ended it first (on one H200 every large-preset run stopped by patience inside its
-        3 minutes, and was said to be cut short by the budget, with advice to train longer)."""
-        return self.budget_hit and self.epoch >= self.planned_epochs
+    def stopped_by(self) -> str:
+        """What ended training: "epochs" (all configured), "budget" (where the time budget's plan
+        ended, short of them) or "patience" (first). On one H200 every large-preset run stopped by
+        patience inside its 3 minutes, and was said to be cut short by the budget, with advice to
+        train longer."""
+        if self.epoch >= self.config.epochs:
+            return "epochs"
+        return "budget" if self.budget_hit and self.epoch >= self.planned_epochs else "patience"
 
     def _recent_epoch_s(self, window: int, fallback: float) -> float:
         """Mean wall time of the last ``window`` epochs, leaving out the first (it carries the

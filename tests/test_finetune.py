@@ -462,7 +462,7 @@ def test_a_time_budget_plans_fewer_epochs_and_ends_the_schedule_with_them():
 
     loop.started = time.perf_counter() - 60  # nothing left: training ends after this epoch
     loop._fit_to_budget(train_s=2.0)
-    assert loop.planned_epochs == 3 and loop.stopped_by_budget
+    assert loop.planned_epochs == 3 and loop.stopped_by == "budget"
 
 
 def test_a_run_that_patience_ends_inside_its_budget_was_not_stopped_by_the_budget(shapes_dir, tmp_path):
@@ -472,9 +472,11 @@ def test_a_run_that_patience_ends_inside_its_budget_was_not_stopped_by_the_budge
     source = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
     config = dataclasses.replace(FAST, epochs=100_000, max_minutes=5.0, patience=2, validation_share=0.2)
     result = fine_tune(read_catalogue(shapes_dir).items, source, tmp_path / "patient", config, max_pixels=10**7)
-    planned = json.loads((tmp_path / "patient" / "training.json").read_text())["epochs_planned"]
-    assert result.epochs_run < planned < config.epochs  # the budget planned fewer; patience ended it sooner
-    assert not result.stopped_by_budget
+    info = json.loads((tmp_path / "patient" / "training.json").read_text())
+    assert (
+        result.epochs_run < info["epochs_planned"] < config.epochs
+    )  # the budget planned fewer; patience ended it sooner
+    assert not result.stopped_by_budget and info["stopped_by"] == "patience"
 
 
 @pytest.mark.parametrize(("eval_share", "every"), [(0.25, 2), (0.1, 5)])
