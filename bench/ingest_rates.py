@@ -78,18 +78,32 @@ def _pipeline_figures(run: FigureRun) -> None:
     # no_near_duplicates: without the writer thread's check, whose work (and, before it held
     # numpy to one BLAS thread, its BLAS threads) competed with the workers and the main thread.
     # synced: the store synced after every batch, as before ingest synced it every SYNC_EVERY_S.
-    runs = (
-        (64, 1, False, True, False),
-        (256, 1, False, True, False),
-        (256, 4, False, True, False),
-        (256, 1, True, True, False),
-        (256, 1, True, False, False),
-        (256, 1, False, True, True),
-    )
-    for batch_size, copies, free, near, synced in runs:
+    # workers: fewer decode workers than every core but one, leaving cores to the main process,
+    # the writer thread and the store's own threads (writes ran at a third of their rate alone
+    # beside 15 workers on 16 cores).
+    every_core_but_one = default_workers(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    fewer = sorted({max(1, run.cores // 2), max(1, run.cores // 4)} - {every_core_but_one}, reverse=True)
+    runs = [
+        (64, 1, False, True, False, every_core_but_one),
+        (256, 1, False, True, False, every_core_but_one),
+        (256, 4, False, True, False, every_core_but_one),
+        (256, 1, True, True, False, every_core_but_one),
+        (256, 1, True, False, False, every_core_but_one),
+        (256, 1, False, True, True, every_core_but_one),
+        *((256, 1, False, True, False, workers) for workers in fewer),
+    ]
+    for batch_size, copies, free, near, synced, workers in runs:
         copied = Catalogue(run.catalogue.root, repeated(run.catalogue.items, copies), [])
         summary = measure_ingest(
-            run.settings, run.checkpoint, copied, run.tmp, batch_size, free=free, near_duplicates=near, synced=synced
+            run.settings,
+            run.checkpoint,
+            copied,
+            run.tmp,
+            batch_size,
+            free=free,
+            near_duplicates=near,
+            synced=synced,
+            workers=workers,
         )
         ingest_rate = summary.ingested / summary.seconds
         name = "ingest_whole_catalogue" if copies == 1 else f"ingest_catalogue_x{copies}"
@@ -97,9 +111,11 @@ def _pipeline_figures(run: FigureRun) -> None:
             name
             + ("_free_encoder" if free else "")
             + ("" if near else "_no_near_duplicates")
-            + ("_synced_every_batch" if synced else ""),
+            + ("_synced_every_batch" if synced else "")
+            + ("" if workers == every_core_but_one else f"_{workers}_workers"),
             checkpoint="large",
             batch_size=batch_size,
+            workers=workers,
             items=len(copied.items),
             images_per_s=round(ingest_rate, 1),
             vs_pil_decode=run.against_decode(ingest_rate),
@@ -350,12 +366,14 @@ def measure_ingest(
     free: bool = False,
     near_duplicates: bool = True,
     synced: bool = False,
+    workers: int | None = None,
 ) -> IngestSummary:
     """Ingest as `python -m ingest` runs it (decode workers, batches, near-duplicate check), into
     a fresh embedded store; ``free``: with a forward pass that costs nothing (`FreeEncoder`);
-    ``synced``: the store synced after every batch instead of every `SYNC_EVERY_S`."""
+    ``synced``: the store synced after every batch instead of every `SYNC_EVERY_S`; ``workers``:
+    decode processes (default: `default_workers` of the device)."""
     run = f"{batch_size}-{len(catalogue.items)}{'-free' if free else ''}{'' if near_duplicates else '-no-near'}"
-    run += "-synced" if synced else ""
+    run += ("-synced" if synced else "") + (f"-w{workers}" if workers is not None else "")
     store_path = tmp / f"qdrant-{run}"
     run_settings = settings.with_overrides(model_checkpoint=checkpoint, qdrant_path=store_path, qdrant_url=None)
     encoder = ImageEncoder.from_settings(run_settings)
@@ -367,7 +385,7 @@ def measure_ingest(
     try:
         options = IngestOptions(
             batch_size=batch_size,
-            workers=default_workers(device),
+            workers=default_workers(device) if workers is None else workers,
             progress=False,
             near_duplicates=NearDuplicateRule.from_settings(run_settings) if near_duplicates else None,
             sync_every_s=0.0 if synced else SYNC_EVERY_S,
