@@ -7,7 +7,8 @@ its size (bf16); fine-tuning the large preset on the catalogue's split (seconds,
 went, held-out P@4 and mAP@R, the protocol of finetune.evaluate); ingest with that checkpoint
 against the decode rate (goal: >= 0.8x, i.e. the forward pass is not the bottleneck; its rows:
 `bench.ingest_rates`); then the small preset, data held on the device and from PIL workers (not
-with ``--no-small``). ``--quick`` shrinks everything so the script itself can be checked on a
+with ``--no-small``). ``--checkpoint`` measures only the decode rate and ingest, with a
+checkpoint trained earlier. ``--quick`` shrinks everything so the script itself can be checked on a
 CPU in a minute or two. On a lent accelerator: `make device-pack`.
 """
 
@@ -118,6 +119,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check the script on a CPU")
     parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--no-small", action="store_true", help="leave out the small preset's two runs")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="only the decode rate and ingest's rows, with this checkpoint (e.g. one `bench.recipe_sweep --keep` "
+        "trained in an earlier call) instead of training the large preset",
+    )
     args = parser.parse_args()
     OUTPUT.extend([args.output] if args.output else [])
     settings = Settings()
@@ -130,6 +137,11 @@ def main() -> None:
     paths = [str(item.path) for item in items]
     decode = decode_rate(paths, cores)
     emit("pil_decode_resize_128", processes=cores, images_per_s=round(decode, 1))
+    measured = Catalogue(catalogue.root, items, [])
+    if args.checkpoint:
+        with tempfile.TemporaryDirectory() as tmp:
+            ingest_figures(FigureRun(emit, settings, args.checkpoint, measured, decode, Path(tmp), cores))
+        return
 
     large_source = ModelSource.from_settings(Settings(model_name=PRESETS["large"][0], model_pretrained=""))
     worker_steps = split_normalisation(load_visual(large_source)[1])[0]
@@ -156,7 +168,6 @@ def main() -> None:
         # Most telling first, in case the device's time runs out: the large preset and ingest with
         # it (the two goals), then the small preset with its data on the device and from PIL workers.
         large = finetune_figure("large", True, items, Path(tmp), device, settings, args.quick)
-        measured = Catalogue(catalogue.root, items, [])
         ingest_figures(FigureRun(emit, settings, large, measured, decode, Path(tmp), cores))
         for on_device in () if args.no_small else (True, False):  # the small preset both ways: the data paths
             finetune_figure("small", on_device, items, Path(tmp), device, settings, args.quick)

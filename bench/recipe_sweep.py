@@ -16,6 +16,7 @@ with a single run's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import signal
@@ -110,6 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", type=parse_variant, action="append", required=True, dest="variants")
     parser.add_argument("--output", type=Path, help="also write the figures as JSON here (after each variant)")
     parser.add_argument("--one-at-a-time", action="store_true", help="each variant alone, one after another")
+    parser.add_argument(
+        "--keep", type=Path, help="write each variant's checkpoint and log under this folder and keep them"
+    )
     args = parser.parse_args(argv)
     results: list[dict] = []
 
@@ -120,9 +124,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.output:
             args.output.write_text(json.dumps(results, indent=2))
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
         train_side_by_side(
-            args.catalogue, args.preset, args.variants, Path(tmp), report, 1 if args.one_at_a_time else None
+            args.catalogue, args.preset, args.variants, Path(folder), report, 1 if args.one_at_a_time else None
         )
 
 
