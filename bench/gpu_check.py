@@ -1,7 +1,7 @@
 """`make gpu-check`: the machine's figures for issue 13, on whatever device DEVICE resolves to.
 
-Prints, one line each: PIL decode + resize rate over the catalogue (one process per core); the
-milliseconds a photo of each step of an ingest worker, in one process; the forward throughput
+Prints, one line each: PIL decode + resize rate over the catalogue (one process per core), and
+the same with torchvision's decoder on the device (nvjpeg on a GPU); the milliseconds a photo of each step of an ingest worker, in one process; the forward throughput
 of ViT-B/32 at 224 (fp32 -- TF32 on a GPU -- and bf16) and of the small preset's ResNet-18 at
 its size (bf16); fine-tuning the large preset on the catalogue's split (seconds, where they
 went, held-out P@4 and mAP@R, the protocol of finetune.evaluate); ingest with that checkpoint
@@ -64,6 +64,32 @@ def decode_rate(paths: list[str], processes: int) -> float:
         started = time.perf_counter()
         done = sum(pool.map(_decode_one, paths, chunksize=16))
     return done / (time.perf_counter() - started)
+
+
+def device_decode_rate(paths: list[str], device: torch.device, batch: int = 64) -> dict:
+    """torchvision's ``decode_jpeg`` on ``device`` (nvjpeg on a GPU), a batch of files at a time,
+    then each photo resized (antialiased bilinear) to 128 px on its short side there: what decoding
+    on the GPU would give the read stage, against `decode_rate` (issue 13: "GPU decoding only where
+    it measures faster"). JPEG files only; reading them is timed too, as in `decode_rate`."""
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    jpegs = [path for path in paths if path.lower().endswith((".jpg", ".jpeg"))]
+
+    def run(chunk: list[str]) -> None:
+        datas = [read_file(path) for path in chunk]
+        for image in decode_jpeg(datas, mode=ImageReadMode.RGB, device=device):
+            scale = 128 / min(image.shape[-2:])
+            size = [max(1, round(side * scale)) for side in image.shape[-2:]]
+            torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)
+
+    run(jpegs[:batch])  # warm-up: the decoder's and the kernels' start
+    synchronize(device)
+    started = time.perf_counter()
+    for start in range(0, len(jpegs), batch):
+        run(jpegs[start : start + batch])
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    return {"images_per_s": round(len(jpegs) / seconds, 1), "jpegs": len(jpegs), "of_files": len(paths)}
 
 
 def worker_photo_ms(items: list[CatalogueItem], preprocess: Preprocess) -> dict[str, float]:
@@ -137,6 +163,12 @@ def main() -> None:
     paths = [str(item.path) for item in items]
     decode = decode_rate(paths, cores)
     emit("pil_decode_resize_128", processes=cores, images_per_s=round(decode, 1))
+    try:  # a photo nvjpeg cannot decode (CMYK, say) must not cost the figures after it
+        on_device = device_decode_rate(paths, device)
+        vs_pil = round(on_device["images_per_s"] / decode, 3)
+        emit("device_decode_resize_128", device=str(device), vs_pil_decode=vs_pil, **on_device)
+    except RuntimeError as e:
+        emit("device_decode_resize_128", device=str(device), error=str(e)[:300])
     measured = Catalogue(catalogue.root, items, [])
     if args.checkpoint:
         with tempfile.TemporaryDirectory() as tmp:
