@@ -1,15 +1,16 @@
 """`make gpu-check`: the machine's figures for issue 13, on whatever device DEVICE resolves to.
 
 Prints, one line each: PIL decode + resize rate over the catalogue (one process per core), and
-the same with torchvision's decoder on the device (nvjpeg on a GPU); the milliseconds a photo of each step of an ingest worker, in one process; the forward throughput
-of ViT-B/32 at 224 (fp32 -- TF32 on a GPU -- and bf16) and of the small preset's ResNet-18 at
-its size (bf16); fine-tuning the large preset on the catalogue's split (seconds, where they
-went, held-out P@4 and mAP@R, the protocol of finetune.evaluate); ingest with that checkpoint
-against the decode rate (goal: >= 0.8x, i.e. the forward pass is not the bottleneck; its rows:
+the same with torchvision's decoder on the device (nvjpeg on a GPU); the milliseconds a photo of
+each step of an ingest worker, in one process; the forward throughput of ViT-B/32 at 224 (fp32
+-- TF32 on a GPU -- and bf16) and of the small preset's ResNet-18 at its size (bf16);
+fine-tuning the large preset on the catalogue's split (seconds, where they went, held-out P@4
+and mAP@R, the protocol of finetune.evaluate); ingest with that checkpoint against the decode
+rate (goal: >= 0.8x, i.e. the forward pass is not the bottleneck; its rows:
 `bench.ingest_rates`); then the small preset, data held on the device and from PIL workers (not
 with ``--no-small``). ``--checkpoint`` measures only the decode rate and ingest, with a
-checkpoint trained earlier. ``--quick`` shrinks everything so the script itself can be checked on a
-CPU in a minute or two. On a lent accelerator: `make device-pack`.
+checkpoint trained earlier. ``--quick`` shrinks everything so the script itself can be checked
+on a CPU in a minute or two. On a lent accelerator: `make device-pack`.
 """
 
 from __future__ import annotations
