@@ -19,9 +19,10 @@ from torchvision import transforms
 from tqdm import tqdm
 
 from bench.common import report, spread_sample
+from finetune.config import TrainingConfig
 from finetune.data import ImageCache, LabelledImages, split_catalogue
 from finetune.model import RetrievalModel
-from finetune.run import AUGMENTATION, TrainingConfig, _training_precision, fine_tune
+from finetune.run import AUGMENTATION, _training_precision, fine_tune
 from finetune.train import train_one_epoch, training_loss
 from lookalike.catalogue import read_catalogue
 from lookalike.device import Placement

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from finetune.config import TrainingConfig
 from finetune.data import LABELS, catalogue_fingerprint, split_by_holdout
 from finetune.model import EMBEDDINGS
-from finetune.run import TrainingConfig, fine_tune
+from finetune.run import fine_tune
 from lookalike.catalogue import CatalogueItem, read_catalogue
 from lookalike.checkpoint import RESUME_FILE, is_complete, model_config, read_info, recipe_changes
 from lookalike.cli import description, float_range, int_range, positive_float, program

@@ -17,12 +17,13 @@ import torch
 from PIL import Image, ImageDraw
 
 from finetune.__main__ import main as finetune_main
+from finetune.config import TrainingConfig
 from finetune.data import ImageCache, split_catalogue
 from finetune.device_data import DeviceBatches
 from finetune.evaluate import encoder_candidate, evaluate_candidates, untuned_encoder, untuned_source
 from finetune.evaluate import main as evaluate_main
 from finetune.model import RetrievalModel
-from finetune.run import TrainingConfig, _cudnn_autotuning, fine_tune
+from finetune.run import _cudnn_autotuning, fine_tune
 from lookalike.catalogue import read_catalogue
 from lookalike.checkpoint import ResumeRefused
 from lookalike.device import Placement
@@ -98,11 +99,12 @@ def test_the_epoch_is_chosen_on_validation_photos_that_do_not_train_and_held_out
 ):
     """The held-out queries chose the epoch they then measured, so the reported figures were their
     own pick; now a validation split of the training photos chooses, and trains on nothing."""
+    import finetune.epochs
     import finetune.run
 
     events: list[tuple[str, set[str]]] = []
     train_one_epoch, evaluate, training_batches = (
-        finetune.run.train_one_epoch,
+        finetune.epochs.train_one_epoch,
         finetune.run.evaluate,
         finetune.run._training_batches,
     )
@@ -120,7 +122,7 @@ def test_the_epoch_is_chosen_on_validation_photos_that_do_not_train_and_held_out
         return evaluate(model, queries, *args, **kwargs)
 
     monkeypatch.setattr(finetune.run, "_training_batches", training_batches_spy)
-    monkeypatch.setattr(finetune.run, "train_one_epoch", train_spy)
+    monkeypatch.setattr(finetune.epochs, "train_one_epoch", train_spy)
     monkeypatch.setattr(finetune.run, "evaluate", evaluate_spy)
     items = read_catalogue(shapes_dir).items
     config = dataclasses.replace(FAST, epochs=3, validation_share=0.2)
@@ -245,24 +247,24 @@ def test_two_runs_with_one_seed_train_alike(shapes_dir, tmp_path):
 
 
 def test_interrupted_training_resumes_from_its_last_epoch(shapes_dir, tmp_path, monkeypatch):
-    import finetune.run as run
+    import finetune.epochs as epochs
 
     source = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
     items = read_catalogue(shapes_dir).items
     config = dataclasses.replace(FAST, epochs=4)
-    save = run.EpochLoop._save_resume_state
+    save = epochs.EpochLoop._save_resume_state
 
     def save_then_crash(self):
         save(self)  # the resume file of this epoch is written
         if self.epoch == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(run.EpochLoop, "_save_resume_state", save_then_crash)
+    monkeypatch.setattr(epochs.EpochLoop, "_save_resume_state", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         fine_tune(items, source, tmp_path / "run", config, max_pixels=10**7)
     assert (tmp_path / "run" / "resume.pt").exists() and not (tmp_path / "run" / "training.json").exists()
 
-    monkeypatch.setattr(run.EpochLoop, "_save_resume_state", save)
+    monkeypatch.setattr(epochs.EpochLoop, "_save_resume_state", save)
     with pytest.raises(ResumeRefused, match=re.escape("lr: 0.003 -> 0.01")):  # another recipe never continues it
         fine_tune(items, source, tmp_path / "run", dataclasses.replace(config, lr=1e-2), max_pixels=10**7)
     one_category_less = [item for item in items if item.category != items[0].category]
@@ -278,8 +280,8 @@ def test_interrupted_training_resumes_from_its_last_epoch(shapes_dir, tmp_path, 
         fine_tune(items, source, tmp_path / "run", config, max_pixels=10**7)
     resume_file.write_bytes(original)
     epochs_trained = []
-    train = run.train_one_epoch
-    monkeypatch.setattr(run, "train_one_epoch", lambda *a: epochs_trained.append(1) or train(*a))
+    train = epochs.train_one_epoch
+    monkeypatch.setattr(epochs, "train_one_epoch", lambda *a: epochs_trained.append(1) or train(*a))
     longer = dataclasses.replace(config, max_minutes=60)  # a budget is not a recipe: it resumes
     result = fine_tune(items, source, tmp_path / "run", longer, max_pixels=10**7)
     assert (result.epochs_run, len(epochs_trained)) == (4, 2)  # epochs 3 and 4 only
@@ -444,7 +446,7 @@ def test_evaluation_pixels_are_those_a_served_query_gets():
 def test_a_time_budget_plans_fewer_epochs_and_ends_the_schedule_with_them():
     import time
 
-    from finetune.run import EpochLoop
+    from finetune.epochs import EpochLoop
 
     tower = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
     tower.image_size = (2, 2)  # as every open_clip tower records its input size
@@ -481,7 +483,7 @@ def test_a_run_that_patience_ends_inside_its_budget_was_not_stopped_by_the_budge
 
 @pytest.mark.parametrize(("eval_share", "every"), [(0.25, 2), (0.1, 5)])
 def test_evaluation_is_paced_to_the_recipes_share_of_the_training_time(eval_share: float, every: int):
-    from finetune.run import EpochLoop
+    from finetune.epochs import EpochLoop
 
     tower = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
     tower.image_size = (2, 2)
@@ -494,7 +496,7 @@ def test_evaluation_is_paced_to_the_recipes_share_of_the_training_time(eval_shar
 
 
 def test_a_paced_evaluation_comes_that_many_epochs_after_the_last_one():
-    from finetune.run import EpochLoop
+    from finetune.epochs import EpochLoop
 
     tower = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
     tower.image_size = (2, 2)
@@ -976,10 +978,10 @@ def test_the_weight_average_follows_the_weights_and_is_swapped_in_only_inside_it
 def test_fine_tuning_with_cutmix_and_a_weight_average_learns_and_evaluates_the_average(
     shapes_dir, tmp_path, monkeypatch
 ):
-    import finetune.run as run
+    import finetune.epochs as epochs
 
     evaluated, averaged, trained = [], [], []
-    record, save = run.EpochLoop._record, run.EpochLoop._save_resume_state
+    record, save = epochs.EpochLoop._record, epochs.EpochLoop._save_resume_state
 
     def recording(self, *args):
         evaluated.append(self.model.state_dict()["head.weight"].clone())
@@ -990,8 +992,8 @@ def test_fine_tuning_with_cutmix_and_a_weight_average_learns_and_evaluates_the_a
         trained.append(self.model.state_dict()["head.weight"].clone())  # after the evaluation's block
         save(self)
 
-    monkeypatch.setattr(run.EpochLoop, "_record", recording)
-    monkeypatch.setattr(run.EpochLoop, "_save_resume_state", saving)
+    monkeypatch.setattr(epochs.EpochLoop, "_record", recording)
+    monkeypatch.setattr(epochs.EpochLoop, "_save_resume_state", saving)
     source = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
     config = dataclasses.replace(FAST, epochs=40, cutmix=0.5, ema_decay=0.9, validation_share=0.25)
     result = fine_tune(read_catalogue(shapes_dir).items, source, tmp_path / "ema", config, max_pixels=10**7)
@@ -1001,10 +1003,10 @@ def test_fine_tuning_with_cutmix_and_a_weight_average_learns_and_evaluates_the_a
 
 
 def test_without_validation_photos_the_last_epochs_weight_average_is_kept(shapes_dir, tmp_path, monkeypatch):
-    import finetune.run as run
+    import finetune.epochs as epochs
 
     kept, averaged, trained = [], [], []
-    save = run.EpochLoop._save_resume_state
+    save = epochs.EpochLoop._save_resume_state
 
     def saving(self):
         kept.append((self.best_epoch, self.best_state["head.weight"].clone()))
@@ -1012,7 +1014,7 @@ def test_without_validation_photos_the_last_epochs_weight_average_is_kept(shapes
         trained.append(self.model.state_dict()["head.weight"].clone())
         save(self)
 
-    monkeypatch.setattr(run.EpochLoop, "_save_resume_state", saving)
+    monkeypatch.setattr(epochs.EpochLoop, "_save_resume_state", saving)
     config = dataclasses.replace(FAST, epochs=3, ema_decay=0.9)  # FAST has no validation share
     result = fine_tune(
         read_catalogue(shapes_dir).items, untuned_source_of(TEST_MODEL), tmp_path / "last", config, 10**7
@@ -1024,24 +1026,24 @@ def test_without_validation_photos_the_last_epochs_weight_average_is_kept(shapes
 
 
 def test_a_resumed_run_goes_on_with_the_weight_average_it_saved(shapes_dir, tmp_path, monkeypatch):
-    import finetune.run as run
+    import finetune.epochs as epochs
     from finetune.train import WeightAverage
 
     source = ModelSource.from_settings(Settings(model_name=TEST_MODEL, model_pretrained="", model_checkpoint=None))
     items, config = read_catalogue(shapes_dir).items, dataclasses.replace(FAST, epochs=4, ema_decay=0.9)
-    save = run.EpochLoop._save_resume_state
+    save = epochs.EpochLoop._save_resume_state
 
     def save_then_crash(self):
         save(self)
         if self.epoch == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(run.EpochLoop, "_save_resume_state", save_then_crash)
+    monkeypatch.setattr(epochs.EpochLoop, "_save_resume_state", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         fine_tune(items, source, tmp_path / "run", config, max_pixels=10**7)
     saved = torch.load(tmp_path / "run" / "resume.pt", weights_only=True)["average"]
     assert saved["updates"] > 0
-    monkeypatch.setattr(run.EpochLoop, "_save_resume_state", save)
+    monkeypatch.setattr(epochs.EpochLoop, "_save_resume_state", save)
     first_update = []
     update = WeightAverage.update
 
