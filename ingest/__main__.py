@@ -11,8 +11,9 @@ import logging
 import sys
 from pathlib import Path
 
-from ingest.pipeline import IngestOptions, ingest_all, reindex, seed_journal, verify
+from ingest.pipeline import IngestOptions, ingest_all, seed_journal
 from ingest.quality import calibrate_collection, quality_advice
+from ingest.rebuild import reindex, verify
 from ingest.removal import PruneLimit, refuse_mass_removal
 from ingest.report import ErrorReport
 from lookalike.backup import backup, restore

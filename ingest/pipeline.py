@@ -6,7 +6,8 @@ Stages, each timed in the summary: ``lookup`` (what the store holds of these ids
 Incremental: an item whose image bytes (sha256) and model are unchanged is not decoded again; if
 only its category or metadata changed, its payload is rewritten. Every batch is written before
 the next starts (and synced to disk every `SYNC_EVERY_S`), so a killed run loses at most the batch
-in flight and a rerun finishes.
+in flight and a rerun finishes. `ingest_all` runs the pass over the catalogue, then over the items
+added through the API (the upload journal); `ingest.rebuild` reindexes and verifies through it.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from tqdm import tqdm
 
 from ingest.decode import Batch, Decoded, iter_batches
 from ingest.duplicates import ExactDuplicates, NearDuplicates
-from ingest.removal import PruneLimit, refuse_to_leave_out, unlisted
+from ingest.removal import PruneLimit, unlisted
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, CatalogueItem, Shard, take_shard
-from lookalike.errors import ItemNotFound, StoreDamaged, StoreError, StoreUnavailable
+from lookalike.errors import ItemNotFound, StoreUnavailable
 from lookalike.journal import UPLOAD, UploadJournal
 from lookalike.looks import Look
 from lookalike.points import StoredItem
@@ -326,7 +327,7 @@ def ingest_all(
     the catalogue pass leaves it alone, so the two never overwrite each other run after run.
     Then the uploaded photos that no item names any more are removed (`UploadJournal.sweep_photos`).
     """
-    uploads = _uploads_of(journal, catalogue.shard)
+    uploads = uploads_of(journal, catalogue.shard)
     replaced = {item.id for item in uploads.items}
     own = dataclasses.replace(catalogue, items=[item for item in catalogue.items if item.id not in replaced])
     summary = ingest(own, encoder, store, report, options, journal)
@@ -368,129 +369,12 @@ def _prune_uploads(journal: UploadJournal, store: VectorStore, shard: Shard | No
     the journal as it is once the store has been listed: a ``PUT`` writes its entry before the
     store, so an item added while this run embedded the others is kept."""
     stored = list(store.item_ids(image_source=UPLOAD))
-    journal_now = _uploads_of(journal, shard)
+    journal_now = uploads_of(journal, shard)
     if journal_now.errors:
         return 0
     return _delete_unlisted(journal_now, stored, store, journal)
 
 
-def _uploads_of(journal: UploadJournal, shard: Shard | None) -> Catalogue:
+def uploads_of(journal: UploadJournal, shard: Shard | None) -> Catalogue:
     uploads = journal.catalogue()
     return take_shard(uploads, shard) if shard else uploads
-
-
-def reindex(
-    catalogue: Catalogue,
-    journal: UploadJournal,
-    encoder: Encoder,
-    store: VectorStore,
-    report: ErrorReport,
-    options: IngestOptions = IngestOptions(),
-    *,
-    drop_old: bool,
-) -> IngestSummary:
-    """Build this model's own collection from the catalogue and the API-added items, then switch
-    the alias to it in one call.
-
-    Nothing is reused from the old collection's vectors. Until the switch, searches keep reading
-    the old collection; a reindex killed midway resumes into the half-built one on its next run.
-    Writes that reach the API while the collection is rebuilt (``PUT``/``DELETE`` on a Qdrant
-    server) land in the upload journal, which is replayed into the new collection after the
-    switch. The old collection is dropped (``drop_old``) only when every API-added item made it.
-    Run in ``--shard`` workers, the last slice to be built switches; the switch is refused while
-    the new collection lacks more of the serving one's catalogue items than ``max_prune`` allows.
-    """
-    if store.is_plain_collection() and not drop_old:
-        raise store.plain_collection_error()  # before any work is done
-    seed_journal(journal, store)  # from the serving collection, before anything replaces it
-    target = store.for_model(encoder.identity)
-    target.create_physical(encoder.dim, encoder.identity, options.filterable_fields)
-    summary = ingest_all(catalogue, journal, encoder, target, report, dataclasses.replace(options, prune=True))
-    if not _every_slice_built(target, catalogue.shard):
-        log.info("reindex slice built: the last slice to finish switches the alias", extra={"into": target.collection})
-        return summary
-    refuse_to_leave_out(store, target, catalogue, options.max_prune)
-    previous = store.switch_alias(target.collection, replace_plain=drop_old)
-    _forget_slices(target, catalogue.shard)
-    everyones = _uploads_of(journal, None)  # with --shard this is the last slice: replay every slice's
-    replay = sync_uploads(everyones, journal, encoder, target, report, options)
-    summary.add(replay)
-    log.info("api items replayed after the switch", extra={"ingested": replay.ingested, "failed": replay.failed})
-    if drop_old and previous not in (None, target.collection):
-        if replay.failed:
-            log.warning(
-                "old collection kept: some items added over the API could not be re-embedded (see the error report)",
-                extra={"collection": previous, "failed": replay.failed},
-            )
-        else:
-            store.drop(previous)
-    return summary
-
-
-def _every_slice_built(target: VectorStore, shard: Shard | None) -> bool:
-    """Whether every slice of a reindex run in ``--shard`` workers is in ``target`` (recorded in
-    its metadata, one key a slice): the alias must not name a collection that holds one slice."""
-    if shard is None:
-        return True
-    target.update_metadata({_slice_key(shard.index, shard.count): True})
-    built = target.metadata()
-    return all(built.get(_slice_key(index, shard.count)) for index in range(shard.count))
-
-
-def _forget_slices(target: VectorStore, shard: Shard | None) -> None:
-    """After the switch: a later sharded reindex into this collection counts its slices afresh."""
-    if shard is not None:
-        target.update_metadata({_slice_key(index, shard.count): None for index in range(shard.count)})
-
-
-def _slice_key(index: int, count: int) -> str:
-    return f"reindex_slice_{index}_of_{count}"
-
-
-def verify(
-    catalogue: Catalogue,
-    journal: UploadJournal,
-    encoder: Encoder,
-    store: VectorStore,
-    report: ErrorReport,
-    options: IngestOptions = IngestOptions(),
-) -> IngestSummary:
-    """Check every stored item and repair what is damaged; then bring the collection in line with
-    the catalogue and the API-added items (which re-embeds whatever was missing or removed here).
-
-    A point whose payload is unreadable or whose vectors are not finite unit vectors is deleted
-    and embedded again from its image. A collection that cannot be read at all (lost files, lost
-    points) is rebuilt from scratch under the same name.
-    """
-    started = time.perf_counter()
-    try:
-        if not store.collection_exists():
-            store.ensure_collection(encoder.dim, encoder.identity, options.filterable_fields)
-        store.check_model(encoder.dim, encoder.identity)
-        unsound = list(store.unsound_points())
-        for _, item_id, reason in unsound:
-            report.damaged(item_id, reason)
-        store.delete_points([point for point, _, _ in unsound])
-        stored_ids = store.item_ids(image_source=catalogue.source)
-        for item_id in unlisted(catalogue, stored_ids):  # reported; --prune removes them
-            report.stray(item_id)
-    except StoreDamaged as e:
-        report.damaged(None, e.message)
-        _rebuild(store, journal, encoder, options.filterable_fields)
-        unsound = None  # the whole collection
-    summary = ingest_all(catalogue, journal, encoder, store, report, options)
-    summary.repaired = summary.ingested if unsound is None else len(unsound)
-    summary.seconds = time.perf_counter() - started
-    return summary
-
-
-def _rebuild(store: VectorStore, journal: UploadJournal, encoder: Encoder, fields: Sequence[str]) -> None:
-    """Drop a collection that cannot be read and create it empty under the same name."""
-    with contextlib.suppress(StoreError):  # API items of a readable payload go to the journal first
-        seed_journal(journal, store)
-    physical = store.physical_name()
-    log.warning("rebuilding a damaged collection", extra={"collection": physical})
-    store.drop(physical)
-    store.bound_to(physical).create_physical(encoder.dim, encoder.identity, fields)
-    if physical != store.collection:
-        store.switch_alias(physical)

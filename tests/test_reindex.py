@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from ingest.pipeline import IngestOptions, ingest, reindex
+from ingest.pipeline import IngestOptions, ingest
+from ingest.rebuild import reindex
 from ingest.removal import PruneLimit
 from ingest.report import ErrorReport
 from lookalike.catalogue import Shard, read_catalogue, take_shard
