@@ -87,24 +87,9 @@ def fine_tune(
     if config.drop_path:
         add_stochastic_depth(clip.visual, config.drop_path)
     train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
-    split = split_catalogue(items, label=config.label)
-    fit = split_catalogue(split.gallery, config.validation_share, config.label, round_up=False)  # validation, training
-    classes = _classes(items, config.label)
     side = round(get_model_preprocess_cfg(clip)["size"][0] * CACHE_MARGIN)
-    training = ImageCache.load(fit.gallery, side, max_pixels)
-    validation = ImageCache.load(fit.queries, side, max_pixels)
-    log.info(
-        "data ready",
-        extra={"training": len(training.images), "validation": len(validation.images), "classes": len(classes)},
-    )
-
-    if len(training.images) < config.batch_size:  # also before anything reads the first image
-        validating = f" (beside {len(validation.images)} validation photos)" if validation.images else ""
-        raise CatalogueError(
-            f"{len(training.images)} training images{validating} are fewer than one batch of {config.batch_size}: "
-            "pass a smaller --batch-size" + (" or --validation-share 0" if validation.images else "")
-        )
-    require_scorable(split.queries, [*training.items, *validation.items], config.label)  # before training
+    photos = _photos(items, side, config, max_pixels)
+    split, training, validation, classes = photos.split, photos.training, photos.validation, photos.classes
     dim = int(_embedding_dim(clip.visual, val_transform, training))
     model = RetrievalModel(clip.visual, dim, len(classes), config.head_scale, config.margin, config.embedding)
     model.to(device, memory_format=torch.channels_last)
@@ -155,6 +140,39 @@ def fine_tune(
         placement.describe(),
         info["phases_s"],
     )
+
+
+@dataclass(frozen=True)
+class _Photos:
+    """The photos of one run: the held-out split, and its gallery cut into training and validation
+    photos, decoded once; the labels to learn."""
+
+    split: Split
+    training: ImageCache
+    validation: ImageCache
+    classes: list[str]
+
+
+def _photos(items: list[CatalogueItem], side: int, config: TrainingConfig, max_pixels: int) -> _Photos:
+    """Split the catalogue's photos and decode them once (short side ``side``, a little over the
+    model's input, for cropping); stop before training when they cannot train or be scored."""
+    split = split_catalogue(items, label=config.label)
+    fit = split_catalogue(split.gallery, config.validation_share, config.label, round_up=False)  # validation, training
+    classes = _classes(items, config.label)
+    training = ImageCache.load(fit.gallery, side, max_pixels)
+    validation = ImageCache.load(fit.queries, side, max_pixels)
+    log.info(
+        "data ready",
+        extra={"training": len(training.images), "validation": len(validation.images), "classes": len(classes)},
+    )
+    if len(training.images) < config.batch_size:  # also before anything reads the first image
+        validating = f" (beside {len(validation.images)} validation photos)" if validation.images else ""
+        raise CatalogueError(
+            f"{len(training.images)} training images{validating} are fewer than one batch of {config.batch_size}: "
+            "pass a smaller --batch-size" + (" or --validation-share 0" if validation.images else "")
+        )
+    require_scorable(split.queries, [*training.items, *validation.items], config.label)  # before training
+    return _Photos(split, training, validation, classes)
 
 
 def _classes(items: list[CatalogueItem], label: str) -> list[str]:
