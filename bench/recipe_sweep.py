@@ -99,6 +99,8 @@ def summary(name: str, options: list[str], output: Path, code: int, log: Path) -
         "seconds": info["seconds"],
         "phases_s": info["phases_s"],
         "stopped_by": info.get("stopped_by"),  # epochs, budget or patience (None: an older finetune)
+        # with --bn-recalibration: the validation photos' P@4 before and after it
+        "bn_recalibration": info.get("bn_recalibration"),
         # --output only (not printed): where validation peaked and how it fell after
         "validation_curve": validation_curve(info["history"]),
     }

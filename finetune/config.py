@@ -47,6 +47,9 @@ class TrainingConfig:
     cutmix: float = 0.0
     #: Stochastic depth of a timm tower's residual blocks in training (`add_stochastic_depth`; 0 = off).
     drop_path: float = 0.0
+    #: Re-estimate BatchNorm's statistics on the training photos as the product sees them once
+    #: training is over (`finetune.train.recalibrate_batch_norm`; False: as training left them).
+    bn_recalibration: bool = False
     #: Decay of the moving average of the weights that is evaluated and saved (`WeightAverage`;
     #: 0 = off: the weights of the last step).
     ema_decay: float = 0.0

@@ -1,5 +1,6 @@
 """One epoch of training, the retrieval evaluation (of validation photos while training, of the
-held-out queries after), and the learning-rate schedule."""
+held-out queries after), the learning-rate schedule, the weight average and BatchNorm's
+statistics re-estimated once training is over."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from finetune.data import ImageCache, label_of
+from finetune.data import ImageCache, Pixels, label_of
 from finetune.model import RetrievalModel
 from lookalike.device import Placement
 from lookalike.metrics import RetrievalScores, retrieval_scores
 
 #: Temperature of the instance-discrimination loss (SimCLR's default range).
 INSTANCE_TEMPERATURE = 0.1
+BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
 
 
 class WarmupCosine:
@@ -75,6 +77,40 @@ class WeightAverage:
             yield
         finally:
             model.load_state_dict(training)
+
+
+def recalibrate_batch_norm(tower: torch.nn.Module, pixels: Pixels, device: torch.device, batch_size: int = 128) -> bool:
+    """Re-estimate the running statistics of ``tower``'s BatchNorm layers on ``pixels`` (the
+    training photos through the val transform), in fp32, as the average over every photo; False
+    when the tower has none (a ViT).
+
+    Training leaves statistics of augmented crops (and, with a weight average, averages of
+    statistics rather than those of the averaged weights); the product embeds clean, centred
+    photos. On two small-preset checkpoints (2026-11-28, README) this raised held-out P@4 by
+    0.001-0.004 and mAP@R by 0.010-0.011. Only the BatchNorm layers run in training mode: torch's
+    `update_bn` would put the whole tower there, where stochastic depth drops blocks at random.
+    """
+    norms = [module for module in tower.modules() if isinstance(module, BATCH_NORMS)]
+    count = len(pixels.values)
+    if not norms or not count:
+        return bool(norms)
+    momenta = [norm.momentum for norm in norms]
+    was_training = tower.training
+    tower.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches
+        norm.train()
+    try:
+        with torch.no_grad():  # batches of at least batch_size (or all): none of one photo, which BatchNorm refuses
+            for chunk in np.array_split(np.arange(count), max(1, count // batch_size)):
+                batch = pixels.batch(int(chunk[0]), int(chunk[-1]) + 1).to(device)
+                tower(batch.contiguous(memory_format=torch.channels_last))
+    finally:
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+        tower.train(was_training)
+    return True
 
 
 def cut_and_mix(pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:

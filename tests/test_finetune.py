@@ -1095,3 +1095,72 @@ def test_cli_trains_with_stochastic_depth_and_refuses_it_for_a_tower_without_blo
         assert finetune_main([*args, "--output", str(tmp_path / "vit")]) == 2
     assert "--drop-path drops the residual blocks of a timm image tower" in capsys.readouterr().err
     assert not (tmp_path / "vit" / "training.json").exists()
+
+
+class _MustRunInEvalMode(torch.nn.Module):
+    """Stands for stochastic depth or dropout: random in training mode, which recalibration must avoid."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert not self.training, "recalibration ran a non-BatchNorm layer in training mode"
+        return x
+
+
+def test_batch_norm_recalibration_sets_the_statistics_of_the_photos_given():
+    from finetune.data import Pixels
+    from finetune.train import recalibrate_batch_norm
+
+    torch.manual_seed(0)
+    norm = torch.nn.BatchNorm2d(4, momentum=0.1)
+    tower = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1, bias=False), _MustRunInEvalMode(), norm)
+    norm.running_mean.fill_(5.0)  # what training left: statistics of other inputs
+    pixels = Pixels(torch.randn(7, 3, 6, 6) * 2 + 1, None)
+    tower.train()
+    assert recalibrate_batch_norm(tower, pixels, torch.device("cpu"), batch_size=3)  # batches of 4 and 3
+    with torch.no_grad():
+        features = tower[0](pixels.values)
+    first, second = features[:4], features[4:]  # a cumulative average of the two batches' statistics
+    expected_mean = (first.mean(dim=(0, 2, 3)) + second.mean(dim=(0, 2, 3))) / 2
+    expected_var = (first.var(dim=(0, 2, 3)) + second.var(dim=(0, 2, 3))) / 2  # unbiased, as BatchNorm keeps it
+    assert torch.allclose(norm.running_mean, expected_mean, atol=1e-5)
+    assert torch.allclose(norm.running_var, expected_var, atol=1e-4)
+    assert norm.momentum == 0.1 and tower.training and norm.training  # as they were
+    assert not recalibrate_batch_norm(torch.nn.Sequential(torch.nn.Linear(3, 2)), pixels, torch.device("cpu"))
+
+
+def test_fine_tuning_recalibrates_batch_norm_when_asked_and_records_it_on_validation_photos(shapes_dir, tmp_path):
+    """Same seed, same training: the saved tower differs only in BatchNorm's statistics, and
+    training.json gives the validation photos' P@4 before and after."""
+    source = untuned_source_of("lookalike-small")  # a ResNet: BatchNorm (the tiny test model is a ViT)
+    items = read_catalogue(shapes_dir).items
+    config = dataclasses.replace(FAST, epochs=2, validation_share=0.25)
+    fine_tune(items, source, tmp_path / "as-trained", config, max_pixels=10**7)
+    fine_tune(items, source, tmp_path / "recalibrated", dataclasses.replace(config, bn_recalibration=True), 10**7)
+    from safetensors.torch import load_file
+
+    trained, recalibrated = (
+        load_file(tmp_path / run / "open_clip_model.safetensors") for run in ("as-trained", "recalibrated")
+    )
+    statistics = [name for name in trained if name.endswith(("running_mean", "running_var"))]
+    assert statistics and all(not torch.equal(trained[n], recalibrated[n]) for n in statistics)
+    weights = [name for name in trained if name not in statistics and not name.endswith("num_batches_tracked")]
+    assert all(torch.equal(trained[n], recalibrated[n]) for n in weights)
+    infos = [json.loads((tmp_path / run / "training.json").read_text()) for run in ("as-trained", "recalibrated")]
+    assert infos[0]["bn_recalibration"] is None
+    recorded = infos[1]["bn_recalibration"]
+    assert set(recorded) == {"validation_p_at_4_before", "validation_p_at_4"}
+    assert all(0.0 <= value <= 1.0 for value in recorded.values())
+
+
+def test_the_small_preset_recalibrates_batch_norm_and_the_flag_overrides_any_preset():
+    from finetune.__main__ import choose_recipe, parse_args
+
+    settings, cpu = Settings(model_pretrained=""), torch.device("cpu")
+    recipe = {
+        (preset, flag): choose_recipe(parse_args(["--preset", preset, *flag]), settings, cpu)[1].bn_recalibration
+        for preset in ("small", "large")
+        for flag in ((), ("--bn-recalibration",), ("--no-bn-recalibration",))
+    }
+    assert recipe[("small", ())] and not recipe[("large", ())]  # large: not yet measured on a GPU
+    assert all(
+        recipe[(p, ("--bn-recalibration",))] and not recipe[(p, ("--no-bn-recalibration",))] for p in ("small", "large")
+    )
