@@ -28,7 +28,7 @@ from ingest.decode import Batch, DecodeDataset, _groups, chunk_size, collate, de
 from ingest.pipeline import SYNC_EVERY_S, IngestOptions, ingest
 from ingest.report import ErrorReport, IngestSummary
 from lookalike.catalogue import Catalogue, CatalogueItem
-from lookalike.device import default_workers
+from lookalike.device import default_workers, resolve_device
 from lookalike.encoder import ImageEncoder
 from lookalike.looks import Look
 from lookalike.points import StoredItem
@@ -81,15 +81,15 @@ def _pipeline_figures(run: FigureRun) -> None:
     # workers: fewer decode workers than every core but one, leaving cores to the main process,
     # the writer thread and the store's own threads (writes ran at a third of their rate alone
     # beside 15 workers on 16 cores).
-    every_core_but_one = default_workers(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    fewer = sorted({max(1, run.cores // 2), max(1, run.cores // 4)} - {every_core_but_one}, reverse=True)
+    usual = default_workers(resolve_device(run.settings.device))  # as `python -m ingest` sizes them
+    fewer = sorted({max(1, run.cores // 2), max(1, run.cores // 4)} - {usual}, reverse=True)
     runs = [
-        (64, 1, False, True, False, every_core_but_one),
-        (256, 1, False, True, False, every_core_but_one),
-        (256, 4, False, True, False, every_core_but_one),
-        (256, 1, True, True, False, every_core_but_one),
-        (256, 1, True, False, False, every_core_but_one),
-        (256, 1, False, True, True, every_core_but_one),
+        (64, 1, False, True, False, usual),
+        (256, 1, False, True, False, usual),
+        (256, 4, False, True, False, usual),
+        (256, 1, True, True, False, usual),
+        (256, 1, True, False, False, usual),
+        (256, 1, False, True, True, usual),
         *((256, 1, False, True, False, workers) for workers in fewer),
     ]
     for batch_size, copies, free, near, synced, workers in runs:
@@ -112,7 +112,7 @@ def _pipeline_figures(run: FigureRun) -> None:
             + ("_free_encoder" if free else "")
             + ("" if near else "_no_near_duplicates")
             + ("_synced_every_batch" if synced else "")
-            + ("" if workers == every_core_but_one else f"_{workers}_workers"),
+            + ("" if workers == usual else f"_{workers}_workers"),
             checkpoint="large",
             batch_size=batch_size,
             workers=workers,
