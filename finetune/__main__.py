@@ -38,7 +38,8 @@ log = logging.getLogger("finetune")
 
 #: Offline presets, trained from scratch: an architecture of lookalike/model_configs and its recipe.
 #: small: ResNet-18 at 128 px, 90 epochs in 27-45 minutes on 2 cores with bf16, a 45-minute budget
-#: that holds 60 on a CPU without it (P@4 0.803 there; 28 minutes held 36: 0.755, README), ranking by its
+#: that never plans fewer than 64 (a 2-core AMD EPYC with AVX2 alone held 38: 69 s an epoch in fp32,
+#: 2026-11-28; 36 epochs gave P@4 0.755-0.764 elsewhere, 58-60 0.797-0.803, README), ranking by its
 #: trunk's features partially whitened (issue 18: they carry to categories never trained on; 90
 #: epochs win back on the trained ones what the whitening costs their deep ranking, README), keeping
 #: its last epoch (validation P@4 was flat over the last third, 0.81-0.83 from epoch 64 to 90 in one
@@ -59,6 +60,7 @@ PRESETS: dict[str, tuple[str, TrainingConfig]] = {
             lr=2e-3,
             patience=90,
             max_minutes=45,
+            min_epochs=64,
             embedding="trunk",
             whitening=0.2,
             validation_share=0.0,
@@ -94,7 +96,12 @@ OPTIONS = (
     ("lp_epochs", int_range(0, 10_000), "linear-probe epochs (head only) before full fine-tuning"),
     ("backbone_lr_scale", float_range(0.0, 1.0), "learning rate of the backbone relative to the head"),
     ("wise_alpha", float_range(0.0, 1.0), "WiSE-FT: weight of the fine-tuned weights against the start"),
-    ("max_minutes", positive_float(), "stop training after this many minutes"),
+    ("max_minutes", positive_float(), "stop training after this many minutes (not before --min-epochs)"),
+    (
+        "min_epochs",
+        int_range(0, 10_000),
+        "the fewest epochs the time budget may plan: a slow machine trains past it rather than stop short",
+    ),
     ("eval_share", positive_float(1.0), "the most of the training time the validation evaluations may take"),
     (
         "validation_share",
@@ -290,12 +297,18 @@ def budget_note(result, config: TrainingConfig, p_at_4: float, arguments: list[s
     trains them all, this run's ``arguments`` with the budget that holds every epoch at this run's
     pace, a tenth more for a pace that varies (on a CPU without bf16, 28 minutes held 36 of 90
     epochs of the small preset: all 90 need 77, not twice 28)."""
-    per_epoch = (config.max_minutes or 0) / max(result.epochs_run, 1)
-    enough = math.ceil(1.1 * per_epoch * result.epochs_planned)
+    budget = config.max_minutes or 0
+    minutes = max(budget, result.seconds / 60)  # past the budget where `min_epochs` outlasted it
+    enough = math.ceil(1.1 * minutes / max(result.epochs_run, 1) * result.epochs_planned)
     command = shlex.join(["python", "-m", "finetune", *arguments, "--max-minutes", str(enough), "--force"])
+    held = (
+        f"the {budget:g}-minute budget held {result.epochs_run} of {result.epochs_planned} planned epochs"
+        if minutes <= budget
+        else f"the {budget:g}-minute budget held fewer than the recipe's fewest, {result.epochs_run} of "
+        f"{result.epochs_planned} planned epochs, which took {minutes:.0f} minutes"
+    )
     return (
-        f"note: the {config.max_minutes:g}-minute budget held {result.epochs_run} of {result.epochs_planned} "
-        f"planned epochs on {result.placement} (best epoch {result.best_epoch}, held-out P@4 {p_at_4:.3f}); "
+        f"note: {held} on {result.placement} (best epoch {result.best_epoch}, held-out P@4 {p_at_4:.3f}); "
         f"to train all {result.epochs_planned}: {command}"
     )
 

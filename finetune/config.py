@@ -29,6 +29,10 @@ class TrainingConfig:
     wise_alpha: float | None = None  # WiSE-FT: interpolate fine-tuned and starting weights
     seed: int = 0
     max_minutes: float | None = None
+    #: The fewest epochs a time budget may plan (at most ``epochs``): on a slow CPU training runs
+    #: past ``max_minutes`` rather than stop short of them, so the model's quality does not depend
+    #: on the CPU model, only its time does (0: the budget alone decides).
+    min_epochs: int = 0
     precision: str = "auto"  # "auto" (bf16 on a GPU, measured on a CPU), "bf16" or "fp32"
     progress: bool = True
     #: What a class is: "category", or "product" (photos sharing a product_id; "the same product"

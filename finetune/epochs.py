@@ -169,21 +169,29 @@ class EpochLoop:
 
     def _fit_to_budget(self, train_s: float) -> None:
         """Plan as many epochs as `max_minutes` holds at the pace of the recent epochs (``train_s``
-        of this one until one is done), never more than configured, the LR schedule ending with
-        the last of them."""
+        of this one until one is done), never more than configured nor fewer than `min_epochs`,
+        the LR schedule ending with the last of them."""
         if not self.config.max_minutes:
             return
-        left = self.config.max_minutes * 60 - (time.perf_counter() - self.started)
+        elapsed = time.perf_counter() - self.started
         # recent enough to follow a machine that got busier or freer, long enough to hold an evaluation
         per_epoch = self._recent_epoch_s(max(3, 2 * self.eval_every), fallback=train_s)
-        fits = max(self.epoch, min(self.config.epochs, self.epoch + math.floor(left / per_epoch)))
+        holds = min(self.config.epochs, self.epoch + math.floor((self.config.max_minutes * 60 - elapsed) / per_epoch))
+        fits = max(self.epoch, holds, min(self.config.min_epochs, self.config.epochs))
         if fits == self.planned_epochs:
             return
         self.schedule.total_steps = len(self.loader) * fits
-        if fits == self.epoch:
+        extra = {"epochs": fits, "per_epoch_s": round(per_epoch, 2), "max_minutes": self.config.max_minutes}
+        if fits > max(self.epoch, holds):
+            minutes = (elapsed + (fits - self.epoch) * per_epoch) / 60
+            log.warning(
+                "time budget too short for the fewest epochs: training past it",
+                extra={**extra, "budget_holds": max(self.epoch, holds), "expected_minutes": round(minutes, 1)},
+            )
+        elif fits == self.epoch:
             log.warning("time budget reached", extra={"epoch": self.epoch, "max_minutes": self.config.max_minutes})
         else:
-            log.info("epochs fitted to the time budget", extra={"epochs": fits, "per_epoch_s": round(per_epoch, 2)})
+            log.info("epochs fitted to the time budget", extra=extra)
 
     def _record(self, loss: float, held_out: HeldOut, timing: dict[str, float]) -> None:
         """Keep the epoch whose embedding *the head trains* scores best on the validation photos, also

@@ -39,7 +39,7 @@ INFO_FILE = "training.json"
 RESUME_FILE = "resume.pt"
 #: Training settings a resumed run may change: how long and how visibly it runs, not what it learns.
 RESUMABLE_CHANGES = frozenset(
-    {"max_minutes", "progress", "precision", "eval_every", "resume_every_s", "patience", "data_on_device"}
+    {"max_minutes", "min_epochs", "progress", "precision", "eval_every", "resume_every_s", "patience", "data_on_device"}
 )
 
 

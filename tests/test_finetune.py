@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 import random
 import re
@@ -467,6 +468,53 @@ def test_a_time_budget_plans_fewer_epochs_and_ends_the_schedule_with_them():
     assert loop.planned_epochs == 3 and loop.stopped_by == "budget"
 
 
+def test_a_slow_machine_trains_past_the_budget_to_the_fewest_epochs_and_says_so(caplog):
+    """Quality that does not depend on the CPU: 45 minutes held 38 of the small preset's 90 epochs
+    on a 2-core AMD EPYC with AVX2 alone; `min_epochs` plans at least its count anyway."""
+    import time
+
+    from finetune.epochs import EpochLoop
+
+    tower = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    tower.image_size = (2, 2)
+    model = RetrievalModel(tower, 4, 2)
+    config = dataclasses.replace(FAST, epochs=100, max_minutes=1.0, min_epochs=40)
+    placement = Placement(torch.device("cpu"), "fp32")
+    loop = EpochLoop(model, [None] * 10, config, Path("/nonexistent"), placement, started=time.perf_counter() - 30)
+    loop.epoch, loop.epoch_seconds = 3, [5.0, 2.0, 2.0]  # the budget holds 17-18 at 2 s an epoch
+    with caplog.at_level(logging.WARNING, logger="finetune.epochs"):
+        loop._fit_to_budget(train_s=2.0)
+    assert loop.planned_epochs == 40 and loop.budget_hit
+    assert loop.schedule(loop.schedule.total_steps - 1) < 1e-3  # the cosine decay ends with the 40th
+    said = [r for r in caplog.records if r.getMessage().startswith("time budget too short")]
+    assert (
+        len(said) == 1 and said[0].budget_holds in (17, 18) and said[0].expected_minutes == pytest.approx(1.7, abs=0.1)
+    )
+
+    loop.started = time.perf_counter() - 600  # long past the budget: the floor still holds
+    loop._fit_to_budget(train_s=2.0)
+    assert loop.planned_epochs == 40
+    loop.epoch = 40
+    assert loop.stopped_by == "budget"  # short of the configured 100: the note advises a longer budget
+
+    loop.epoch, loop.started = 3, time.perf_counter()  # a freer machine: the budget holds more than the floor
+    loop.epoch_seconds = [5.0, 0.5, 0.5]
+    loop._fit_to_budget(train_s=0.5)
+    assert 40 < loop.planned_epochs <= 100
+
+    capped = EpochLoop(
+        model,
+        [None] * 10,
+        dataclasses.replace(config, epochs=20),
+        Path("/nonexistent"),
+        placement,
+        time.perf_counter() - 59,
+    )
+    capped.epoch, capped.epoch_seconds = 3, [5.0, 2.0, 2.0]
+    capped._fit_to_budget(train_s=2.0)
+    assert capped.planned_epochs == 20 and not capped.budget_hit  # never more than configured
+
+
 def test_a_run_that_patience_ends_inside_its_budget_was_not_stopped_by_the_budget(shapes_dir, tmp_path):
     """The budget note advises a longer budget: only where the budget's plan is what ended training
     (on one H200 every large-preset run stopped by patience inside its 3 minutes, and was said to
@@ -776,6 +824,14 @@ def test_the_budget_note_names_the_budget_that_holds_every_planned_epoch():
     assert "the 28-minute budget held 36 of 90 planned epochs on cpu (AVX2), fp32" in slow
     assert slow.endswith("to train all 90: python -m finetune --preset small --max-minutes 77 --force")
     assert "--max-minutes 32 --force" in note(89, [])  # one epoch short: a little more, not twice the budget
+    floored = dataclasses.replace(config, max_minutes=45, min_epochs=64)  # AVX2 alone: 69 s an epoch
+    result = TrainingResult(Path("m"), 64, 64, 4440.0, {}, 90, True, "cpu (AVX2), fp32")
+    past = budget_note(result, floored, 0.79, rerun_arguments([], "small"))
+    assert (
+        "the 45-minute budget held fewer than the recipe's fewest, 64 of 90 planned epochs, which took 74 minutes"
+        in past
+    )
+    assert past.endswith("--max-minutes 115 --force")  # 1.1 x 74 min / 64 x 90, from the time it took
     # the catalogue, output and options it was given (it named the default catalogue and output)
     given = ["my shop/cat", "--max-minutes=28", "--output", "out", "--force", "--epochs", "90", "--preset", "auto"]
     assert note(36, given).endswith(
