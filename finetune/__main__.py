@@ -38,8 +38,8 @@ log = logging.getLogger("finetune")
 
 #: Offline presets, trained from scratch: an architecture of lookalike/model_configs and its recipe.
 #: small: ResNet-18 at 128 px, 90 epochs in 27-45 minutes on 2 cores with bf16, a 45-minute budget
-#: that never plans fewer than 64 (a 2-core AMD EPYC with AVX2 alone held 38: 69 s an epoch in fp32,
-#: 2026-11-28; 36 epochs gave P@4 0.755-0.764 elsewhere, 58-60 0.797-0.803, README), ranking by its
+#: that never plans fewer than 64 (a 2-core AMD EPYC with AVX2 alone held 38, ~73 s an epoch in
+#: fp32; its 64 took 81 minutes and gave P@4 0.804, 2026-11-28; 36 epochs gave 0.755-0.764), ranking by its
 #: trunk's features partially whitened (issue 18: they carry to categories never trained on; 90
 #: epochs win back on the trained ones what the whitening costs their deep ranking, README), keeping
 #: its last epoch (validation P@4 was flat over the last third, 0.81-0.83 from epoch 64 to 90 in one
