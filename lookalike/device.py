@@ -13,7 +13,6 @@ identity never depends on the device or the precision.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import time
@@ -29,6 +28,8 @@ from lookalike.settings import DEVICE_PATTERN
 log = logging.getLogger(__name__)
 
 BF16, FP32 = "bf16", "fp32"
+#: A bf16 warm-up this many times fp32's is not timed again: one-time costs do not explain it.
+HOPELESS = 4.0
 
 
 class DeviceUnavailable(LookalikeError):
@@ -106,25 +107,24 @@ def fastest_training_precision(device: torch.device, step: Callable[[bool], None
 
 def fastest_precision(run: Callable[[bool], None], what: str, repeats: int = 2) -> str:
     """fp32 or bf16, whichever runs ``run(bf16)`` faster here: one warm-up each, then ``repeats``
-    rounds of one timed call each, alternating, and the fastest call of each counts; bf16 must win
+    rounds of one call each, alternating, and the fastest call of each counts; bf16 must win
     by 10 % to be chosen. Logged with the CPU's model.
 
     Timed one block after the other, a load that started or stopped between the blocks decided
     instead of the CPU; alternating, such a load meets both, and the fastest call is the pace the
     machine gives when it is free. (A demo started beside another training job chose fp32 at 5.0 s
     against 4.7 s a step, where bf16 alone runs twice as fast on that CPU: under a load that stays,
-    no order of the calls helps.) bf16 stops being timed once its best call is twice fp32's: on a
-    CPU without bf16 instructions one bf16 training step took 15 s against 1.2 s in fp32 (AVX2
-    only), and each one more is budget lost.
+    no order of the calls helps.) bf16 stops being timed once its best call is twice fp32's, and
+    is not timed at all when its warm-up took `HOPELESS` times fp32's: on a CPU without bf16
+    instructions (a Zen 3 with AVX2 alone) one bf16 training step took 34 s against 3.6 s in fp32,
+    and each one more is budget lost.
     """
-    best = {FP32: math.inf, BF16: math.inf}
-    run(False)
-    run(True)
+    best = {FP32: _seconds(run, False), BF16: _seconds(run, True)}  # the warm-ups: upper bounds
+    if best[BF16] >= HOPELESS * best[FP32]:
+        repeats = 0
     for _ in range(repeats):
         for precision in (FP32, BF16):
-            started = time.perf_counter()
-            run(precision == BF16)
-            best[precision] = min(best[precision], time.perf_counter() - started)
+            best[precision] = min(best[precision], _seconds(run, precision == BF16))
         if best[BF16] >= 2 * best[FP32]:
             break  # cannot win
     chosen = BF16 if best[BF16] < 0.9 * best[FP32] else FP32
@@ -133,6 +133,12 @@ def fastest_precision(run: Callable[[bool], None], what: str, repeats: int = 2) 
         extra={"cpu": cpu_model(), "fp32_s": round(best[FP32], 4), "bf16_s": round(best[BF16], 4), "chosen": chosen},
     )
     return chosen
+
+
+def _seconds(run: Callable[[bool], None], bf16: bool) -> float:
+    started = time.perf_counter()
+    run(bf16)
+    return time.perf_counter() - started
 
 
 def default_workers(device: torch.device) -> int:
