@@ -176,17 +176,18 @@ class EpochLoop:
         elapsed = time.perf_counter() - self.started
         # recent enough to follow a machine that got busier or freer, long enough to hold an evaluation
         per_epoch = self._recent_epoch_s(max(3, 2 * self.eval_every), fallback=train_s)
-        holds = min(self.config.epochs, self.epoch + math.floor((self.config.max_minutes * 60 - elapsed) / per_epoch))
-        fits = max(self.epoch, holds, min(self.config.min_epochs, self.config.epochs))
+        left = self.config.max_minutes * 60 - elapsed
+        holds = max(self.epoch, min(self.config.epochs, self.epoch + math.floor(left / per_epoch)))
+        fits = max(holds, min(self.config.min_epochs, self.config.epochs))
         if fits == self.planned_epochs:
             return
         self.schedule.total_steps = len(self.loader) * fits
         extra = {"epochs": fits, "per_epoch_s": round(per_epoch, 2), "max_minutes": self.config.max_minutes}
-        if fits > max(self.epoch, holds):
+        if fits > holds:
             minutes = (elapsed + (fits - self.epoch) * per_epoch) / 60
             log.warning(
                 "time budget too short for the fewest epochs: training past it",
-                extra={**extra, "budget_holds": max(self.epoch, holds), "expected_minutes": round(minutes, 1)},
+                extra={**extra, "budget_holds": holds, "expected_minutes": round(minutes, 1)},
             )
         elif fits == self.epoch:
             log.warning("time budget reached", extra={"epoch": self.epoch, "max_minutes": self.config.max_minutes})
